@@ -1,0 +1,134 @@
+"""784-512-512-10 ReLU MLP, batch 128, Adam(1e-3), softmax cross-entropy."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import funcnn as fn
+from harness import stepper, torch_stepper
+
+TITLE = "MLP 784-512-512-10 ReLU, batch 128, Adam"
+REFERENCE = "pytorch"
+SIZES = (784, 512, 512, 10)
+BATCH = 128
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((BATCH, SIZES[0])).astype(np.float32), rng.integers(0, 10, BATCH).astype(np.int32)
+
+
+def funcnn_step(mode):
+    model = fn.serial(fn.Dense(512, w_init="he_normal"), fn.ReLU(), fn.Dense(512, w_init="he_normal"), fn.ReLU(), fn.Dense(10))
+    params, state = model.init(jax.random.key(0), (SIZES[0],))
+    tx = optax.adam(1e-3)
+    vg = fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode=mode)
+
+    @jax.jit
+    def step(carry, x, y):
+        params, state, opt = carry
+        _, g, state = vg(params, state, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), state, opt
+
+    x, y = data()
+    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
+def raw_jax_step():
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = [(jax.random.normal(k, (o, i)) * np.sqrt(2 / i), jnp.zeros(o)) for k, i, o in zip(keys, SIZES[:-1], SIZES[1:])]
+    tx = optax.adam(1e-3)
+
+    def loss(params, x, y):
+        for w, b in params[:-1]:
+            x = jax.nn.relu(x @ w.T + b)
+        w, b = params[-1]
+        return optax.softmax_cross_entropy_with_integer_labels(x @ w.T + b, y).mean()
+
+    @jax.jit
+    def step(carry, x, y):
+        params, opt = carry
+        g = jax.grad(loss)(params, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt
+
+    x, y = data()
+    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
+def flax_step():
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(784, 512, rngs=rngs)
+            self.l2 = nnx.Linear(512, 512, rngs=rngs)
+            self.l3 = nnx.Linear(512, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.l1(x)))))
+
+    model = MLP(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        g = nnx.grad(loss)(model)
+        opt.update(model, g)
+
+    x, y = map(jnp.asarray, data())
+
+    def run():
+        step(model, opt, x, y)
+        return model.l3.kernel.value
+
+    return run
+
+
+def equinox_step():
+    import equinox as eqx
+
+    model = eqx.nn.MLP(784, 10, 512, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    tx = optax.adam(1e-3)
+
+    @eqx.filter_jit
+    def step(carry, x, y):
+        model, opt = carry
+
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
+
+        g = eqx.filter_grad(loss)(model)
+        u, opt = tx.update(g, opt, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, u), opt
+
+    x, y = data()
+    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
+
+
+def torch_step():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                                torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    x, y = data()
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+                         torch.from_numpy(x), torch.from_numpy(y).long())
+
+
+def contenders():
+    return {
+        "funcnn manual": funcnn_step("manual"),
+        "funcnn autodiff": funcnn_step("autodiff"),
+        "raw jax": raw_jax_step(),
+        "flax nnx": flax_step(),
+        "equinox": equinox_step(),
+        "pytorch": torch_step(),
+    }

@@ -1,0 +1,123 @@
+"""Interleaved wall-clock timing of training steps, and the markdown table they go to.
+
+Every contender is a zero-argument callable running one training step and returning
+something to block on. Rounds run every contender once, in a fresh random order each
+round, so drifts in machine load hit all of them alike; each call is timed with
+``block_until_ready`` (JAX) before the clock is read. We report medians, the spread
+(interquartile range) and ratios to a reference, all from the same run.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import random
+import re
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def _block(out):
+    jax.block_until_ready(out) if out is not None else None
+
+
+def time_interleaved(contenders: dict, *, rounds: int = 30, warmup: int = 3, seed: int = 0) -> dict:
+    """Per-contender lists of seconds per step, measured in interleaved rounds."""
+    for f in contenders.values():
+        for _ in range(warmup):
+            _block(f())
+    times = {name: [] for name in contenders}
+    order = list(contenders)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            t0 = time.perf_counter()
+            _block(contenders[name]())
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def versions() -> str:
+    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
+    for mod in ("optax", "flax", "equinox", "torch"):
+        try:
+            parts.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    import os
+
+    dev = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{dev.platform} ({dev.device_kind}); host {cpu}, {os.cpu_count()} cores"
+
+
+def table(times: dict, reference: str, title: str, command: str, notes: str = "") -> str:
+    """A markdown section: median ms/step, IQR and ratio to ``reference``."""
+    ref = np.median(times[reference])
+    rows = sorted(times.items(), key=lambda kv: np.median(kv[1]))
+    lines = [
+        f"### {title}",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Reproduce: `{command}`. {len(next(iter(times.values())))} interleaved rounds; "
+        f"ratio = median / median of {reference} (lower is faster).",
+        "",
+        "| contender | median ms/step | IQR ms | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, t in rows:
+        q1, q3 = np.percentile(t, [25, 75])
+        lines.append(f"| {name} | {1e3 * np.median(t):.3f} | {1e3 * (q3 - q1):.3f} | {np.median(t) / ref:.2f} |")
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: str | Path, key: str, text: str) -> None:
+    """Replace (or append) the section tagged ``key`` in the markdown file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Training-step benchmarks\n\n"
+    begin, end = f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
+    block = f"{begin}\n{text}{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def stepper(step, carry, *args):
+    """A contender from a step ``carry = step(carry, *args)`` (jitted, donating if it likes)."""
+    box = [carry]
+
+    def run():
+        box[0] = step(box[0], *args)
+        return box[0]
+
+    return run
+
+
+def torch_stepper(model, loss_fn, optimizer, x, y):
+    """A contender running one PyTorch training step (zero_grad, forward, backward, step)."""
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return None
+
+    return run

@@ -1,0 +1,33 @@
+"""One-line errors for bad input: each names the argument and what was expected."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def positive_int(value, arg: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: {arg} must be a positive integer, got {value!r}")
+    return value
+
+
+def input_rank(input_shape, rank: int, where: str, what: str):
+    """Check one example's shape (no batch axis) has ``rank`` axes."""
+    shape = tuple(input_shape)
+    if len(shape) != rank:
+        raise ValueError(
+            f"{where}: input_shape must have {rank} axes ({what}) per example, got {shape}"
+        )
+    return shape
+
+
+def batch_input(x, trailing, where: str, what: str):
+    """Check ``x`` is a batch of examples of shape ``trailing`` (``None`` matches any size)."""
+    shape = jnp.shape(x)
+    ok = len(shape) == len(trailing) + 1 and all(
+        t is None or s == t for s, t in zip(shape[1:], trailing)
+    )
+    if not ok:
+        want = "(batch, " + ", ".join("?" if t is None else str(t) for t in trailing) + ")"
+        raise ValueError(f"{where}: x must have shape {want} ({what}), got {shape}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"{where}: x must be a floating-point array, got dtype {jnp.result_type(x)}")

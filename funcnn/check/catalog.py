@@ -1,0 +1,93 @@
+"""Every built-in layer and loss, at a small float64 test point, for ``funcnn check``.
+
+A case is a name, a zero-argument constructor and an input shape (one example);
+``check_layer`` draws params and a standard-normal batch from a fixed key, which
+keeps inputs away from kinks (ReLU at 0, max-pool ties) with probability one.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import layers as L
+from funcnn import losses
+from funcnn.check.core import check_layer, check_loss
+from funcnn.layer import serial
+
+
+class LayerCase(NamedTuple):
+    name: str
+    make: Callable
+    input_shape: tuple
+    options: dict = {}
+
+
+class LossCase(NamedTuple):
+    name: str
+    loss: losses.Loss
+    pred_shape: tuple
+    target: Callable  # key -> target array
+
+
+LAYER_CASES: list[LayerCase] = [
+    # foundation
+    LayerCase("dense", lambda: L.Dense(5), (4,)),
+    LayerCase("sigmoid", L.Sigmoid, (6,)),
+    LayerCase("tanh", L.Tanh, (6,)),
+    LayerCase("relu", L.ReLU, (6,)),
+    LayerCase("step", L.Step, (6,)),
+    LayerCase("identity", L.Identity, (6,)),
+    LayerCase("softmax", L.Softmax, (5,)),
+    LayerCase("flatten", L.Flatten, (2, 3, 2)),
+    LayerCase("dropout(0.3)", lambda: L.Dropout(0.3), (8,)),
+    LayerCase("mlp", lambda: serial(L.Flatten(), L.Dense(8), L.Tanh(), L.Dense(6), L.ReLU(), L.Dense(3)), (2, 2, 1)),
+    # convolution (issue 3)
+    # normalization (issue 4)
+    # recurrent (issue 5)
+    # bayes (issue 7)
+]
+
+
+def _labels(n, c):
+    return lambda key: jax.random.randint(key, (n,), 0, c)
+
+
+def _normal(shape):
+    return lambda key: jax.random.normal(key, shape)
+
+
+def _probs(shape):
+    return lambda key: jax.nn.softmax(jax.random.normal(key, shape), axis=-1)
+
+
+def _bits(shape):
+    return lambda key: jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32)
+
+
+LOSS_CASES: list[LossCase] = [
+    LossCase("mse", losses.mse, (4, 3), _normal((4, 3))),
+    LossCase("binary_cross_entropy", losses.binary_cross_entropy, (5, 1), _bits((5, 1))),
+    LossCase("softmax_cross_entropy(labels)", losses.softmax_cross_entropy, (5, 4), _labels(5, 4)),
+    LossCase("softmax_cross_entropy(probs)", losses.softmax_cross_entropy, (5, 4), _probs((5, 4))),
+    LossCase("gaussian_nll(sigma=0.5)", losses.gaussian_nll(0.5), (4, 2), _normal((4, 2))),
+    LossCase("gaussian_nll(learned)", losses.gaussian_nll(), (4, 4), _normal((4, 2))),
+]
+
+
+def run_layer_case(case: LayerCase, key=None, **kwargs):
+    key = jax.random.key(0) if key is None else key
+    return check_layer(case.make(), case.input_shape, key=key, name=case.name, **case.options, **kwargs)
+
+
+def run_loss_case(case: LossCase, key=None, **kwargs):
+    key = jax.random.key(0) if key is None else key
+    k_pred, k_target, k_check = jax.random.split(key, 3)
+    pred = jax.random.normal(k_pred, case.pred_shape)
+    return check_loss(case.loss, pred, case.target(k_target), key=k_check, name=case.name, **kwargs)
+
+
+def run_all(key=None):
+    """Reports for every built-in layer, then every built-in loss."""
+    return [run_layer_case(c, key) for c in LAYER_CASES] + [run_loss_case(c, key) for c in LOSS_CASES]

@@ -1,0 +1,53 @@
+"""The checker's report: one row per leaf, a readable table, ``assert_ok``."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """Errors of one gradient leaf: hand-written against autodiff and against finite
+    differences (``nan`` where finite differences were not run). ``problem`` names a
+    structural fault (missing leaf, wrong shape) that makes the row fail outright."""
+
+    path: str
+    abs_autodiff: float
+    rel_autodiff: float
+    abs_fd: float
+    rel_fd: float
+    ok: bool
+    problem: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    name: str
+    rows: tuple[Row, ...]
+    tol_autodiff: float
+    tol_fd: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    def __str__(self) -> str:
+        def fmt(v):
+            return "-" if math.isnan(v) else f"{v:.1e}"
+
+        width = max([len(r.path) for r in self.rows] + [4])
+        head = (f"{self.name}: {'ok' if self.ok else 'MISMATCH'} "
+                f"(rel tol: autodiff {self.tol_autodiff:.0e}, finite differences {self.tol_fd:.0e})")
+        lines = [head, f"  {'leaf':<{width}}  abs(ad)  rel(ad)  abs(fd)  rel(fd)"]
+        for r in self.rows:
+            mark = "" if r.ok else "  <-- " + (r.problem or "wrong")
+            lines.append(
+                f"  {r.path:<{width}}  {fmt(r.abs_autodiff):>7}  {fmt(r.rel_autodiff):>7}"
+                f"  {fmt(r.abs_fd):>7}  {fmt(r.rel_fd):>7}{mark}"
+            )
+        return "\n".join(lines)
+
+    def assert_ok(self) -> "Report":
+        if not self.ok:
+            raise AssertionError("gradient check failed\n" + str(self))
+        return self

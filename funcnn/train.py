@@ -1,0 +1,136 @@
+"""Training: minibatch optimisation with an optax optimiser, one compiled epoch at a time.
+
+Each epoch shuffles the training set with its own key, cuts it into
+``n // batch_size`` full batches (the remainder is dropped, a different remainder
+each epoch), and runs the steps inside one ``lax.scan``, so the whole epoch is one
+jit-compiled call:
+
+    g_t = dL/dtheta (manual backward or autodiff),  (u_t, s_t) = opt.update(g_t, s_{t-1}),
+    theta_t = theta_{t-1} + u_t.
+
+Gradient descent, momentum, Adam and learning-rate schedules are optax's
+(``optax.sgd(lr, momentum=0.9)``, ``optax.adam(optax.cosine_decay_schedule(...))``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcnn.gradients import MODES, value_and_grad
+
+
+class FitResult(NamedTuple):
+    params: dict
+    state: dict
+    history: dict
+
+
+def accuracy(pred, y):
+    """Fraction correct: argmax for (N, C) logits with integer labels, sign for (N, 1)
+    logits with 0/1 labels; ``nan`` when the task is not a classification."""
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        return jnp.nan
+    if pred.ndim == 2 and pred.shape[1] > 1:
+        return jnp.mean(jnp.argmax(pred, axis=-1) == y)
+    return jnp.mean((pred.reshape(y.shape) > 0) == (y > 0))
+
+
+def evaluate(model, loss, params, state, x, y, *, batch_size=1000):
+    """Mean loss and accuracy in eval mode (``train=False``), in chunks of ``batch_size``."""
+    predict = _predict_fn(model)
+    preds = [predict(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    pred = jnp.concatenate(preds)
+    return float(loss.value(pred, jnp.asarray(y))), float(accuracy(pred, jnp.asarray(y)))
+
+
+_PREDICT_CACHE: dict = {}
+
+
+def _predict_fn(model):
+    if model not in _PREDICT_CACHE:
+        _PREDICT_CACHE[model] = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
+    return _PREDICT_CACHE[model]
+
+
+def _as_arrays(data):
+    if hasattr(data, "x_train"):
+        return data.x_train, data.y_train, data.x_test, data.y_test
+    if len(data) == 2:
+        return data[0], data[1], None, None
+    if len(data) == 4:
+        return tuple(data)
+    raise ValueError("fit: data must be a Dataset, (x, y) or (x_train, y_train, x_test, y_test)")
+
+
+def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, penalty=None):
+    """A jit-compiled ``epoch(params, state, opt_state, x, y, key) -> (params, state,
+    opt_state, mean_loss)`` running every full batch of a shuffled pass in one scan."""
+    vg = value_and_grad(model, loss, mode=grad, l2=l2, penalty=penalty)
+
+    def step(carry, batch):
+        params, state, opt_state = carry
+        xb, yb, kb = batch
+        value, grads, state = vg(params, state, xb, yb, key=kb, train=True)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), state, opt_state), value
+
+    @jax.jit
+    def epoch(params, state, opt_state, x, y, key):
+        n_batches = x.shape[0] // batch_size
+        k_perm, k_steps = jax.random.split(key)
+        idx = jax.random.permutation(k_perm, x.shape[0])[: n_batches * batch_size]
+        idx = idx.reshape(n_batches, batch_size)
+        keys = jax.random.split(k_steps, n_batches)
+        carry, losses = jax.lax.scan(step, (params, state, opt_state), (x[idx], y[idx], keys))
+        return (*carry, losses.mean())
+
+    return epoch
+
+
+def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
+        penalty=None, progress=True, params=None, state=None) -> FitResult:
+    """Train ``model`` on ``data``; returns trained params, state and a history.
+
+    ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
+    ``optimizer``: an optax ``GradientTransformation``. ``l2``/``penalty``: extra terms of
+    the objective (see ``value_and_grad``). ``grad``: ``"manual"`` (hand-written
+    backward) or ``"autodiff"``. Evaluation (accuracy, test loss) runs in eval mode.
+    The history holds, per epoch, ``loss`` (mean training minibatch loss), and
+    ``train_loss``/``train_acc``/``test_loss``/``test_acc`` in eval mode.
+    """
+    if grad not in MODES:
+        raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+    x_tr, y_tr, x_te, y_te = _as_arrays(data)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(x_tr):
+        raise ValueError(f"fit: batch_size must be an integer in [1, {len(x_tr)}], got {batch_size!r}")
+    key, k_init = jax.random.split(key)
+    if params is None:
+        params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))
+    opt_state = optimizer.init(params)
+    epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty)
+    x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
+
+    history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="train", unit="epoch")
+    for k_epoch in jax.random.split(key, epochs):
+        params, state, opt_state, mean_loss = epoch(params, state, opt_state, x_dev, y_dev, k_epoch)
+        history["loss"].append(float(mean_loss))
+        tr = evaluate(model, loss, params, state, x_tr, y_tr)
+        te = evaluate(model, loss, params, state, x_te, y_te) if x_te is not None else (np.nan, np.nan)
+        for name, v in zip(("train_loss", "train_acc", "test_loss", "test_acc"), (*tr, *te)):
+            history[name].append(v)
+        if progress:
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", train_acc=f"{tr[1]:.3f}", test_acc=f"{te[1]:.3f}")
+    if progress:
+        bar.close()
+    return FitResult(params, state, history)
