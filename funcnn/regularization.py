@@ -7,9 +7,20 @@ By default only weight matrices and kernels decay: leaves whose name starts with
 anything else are left alone; pass ``include(path, leaf) -> bool`` to choose.
 
 This is *coupled* decay: the penalty enters the gradient, so an adaptive optimiser
-such as Adam rescales it together with the data gradient. Decoupled decay (AdamW,
-``optax.adamw(lr, weight_decay=...)``) shrinks the weights directly, outside the
-adaptive scaling; for plain SGD the two coincide (with weight_decay = lr * lambda).
+such as Adam rescales it together with the data gradient, and a weight whose
+gradient has a large running second moment is decayed less. Decoupled decay (AdamW,
+Loshchilov & Hutter 2019) shrinks the weights directly, outside the adaptive
+scaling: writing adam(g) for the step direction m_hat / (sqrt(v_hat) + eps) that
+Adam computes from the gradients it is fed,
+
+    L2 in Adam:  theta <- theta - lr * adam(g + lambda theta)
+    AdamW:       theta <- theta - lr * (adam(g) + lambda theta).
+
+``adamw(lr, weight_decay)`` below is ``optax.adamw`` masked with the same filter as
+``l2`` (optax's own default decays every leaf, biases included). For plain SGD the
+two coincide: optax multiplies the decay by the learning rate, so
+``optax.chain(optax.add_decayed_weights(lambda), optax.sgd(lr))`` takes exactly the
+steps of ``optax.sgd(lr)`` on the loss plus ``l2(lambda)``.
 """
 from __future__ import annotations
 
@@ -38,11 +49,25 @@ class Penalty:
         )
 
 
-def decays_weights(path, leaf) -> bool:
-    """Default filter: decay leaves whose dict key starts with ``"w"``."""
+def leaf_name(path) -> str:
+    """The name of a leaf from its pytree path: the last dict key (``"w"``, ``"gamma"``),
+    or ``""`` for a leaf reached by a sequence index. Handy in ``include`` filters."""
+    if not path:
+        return ""
     last = path[-1]
     name = getattr(last, "key", getattr(last, "name", ""))
-    return isinstance(name, str) and name.startswith("w")
+    return name if isinstance(name, str) else ""
+
+
+def decays_weights(path, leaf) -> bool:
+    """Default filter: decay leaves whose dict key starts with ``"w"`` (weight matrices
+    and kernels); biases ``b``, BatchNorm's ``gamma``/``beta`` and the rest are kept."""
+    return leaf_name(path).startswith("w")
+
+
+def decays_all(path, leaf) -> bool:
+    """Filter that decays every leaf (biases and normalisation parameters too)."""
+    return True
 
 
 def l2_penalty(params, coeff: float, include=decays_weights):
@@ -65,3 +90,22 @@ def l2(coeff: float, include=decays_weights) -> Penalty:
     if not coeff >= 0:
         raise ValueError(f"l2: coeff must be >= 0, got {coeff!r}")
     return Penalty(f"l2({coeff})", lambda p: l2_penalty(p, coeff, include), lambda p: l2_grad(p, coeff, include))
+
+
+def weight_decay_mask(params, include=decays_weights):
+    """A tree of bools like ``params``: True where ``include(path, leaf)`` (an optax mask)."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(include(p, x)), params)
+
+
+def adamw(learning_rate, weight_decay: float, *, include=decays_weights, **adam_kwargs):
+    """Decoupled weight decay: ``optax.adamw`` decaying only the leaves ``include`` picks.
+
+    ``learning_rate`` may be a schedule; ``adam_kwargs`` (``b1``, ``b2``, ``eps``...) go to
+    ``optax.adamw``. The decay is multiplied by the learning rate, as in optax and PyTorch.
+    """
+    import optax
+
+    if not weight_decay >= 0:
+        raise ValueError(f"adamw: weight_decay must be >= 0, got {weight_decay!r}")
+    return optax.adamw(learning_rate, weight_decay=weight_decay,
+                       mask=lambda params: weight_decay_mask(params, include), **adam_kwargs)

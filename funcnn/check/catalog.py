@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from funcnn import layers as L
 from funcnn import losses
+from funcnn.bayes.dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
 from funcnn.layer import serial
 
@@ -47,6 +48,9 @@ LAYER_CASES: list[LayerCase] = [
     # normalization (issue 4)
     # recurrent (issue 5)
     # bayes (issue 7)
+    LayerCase("bayes_dense", lambda: BayesDense(5, sigma_init=0.3), (4,)),
+    LayerCase("bayes_dense(eval)", lambda: BayesDense(5), (4,), {"train": False}),
+    LayerCase("bayes_mlp", lambda: serial(L.Flatten(), BayesDense(6, sigma_init=0.3), L.Tanh(), BayesDense(3)), (2, 2)),
 ]
 
 

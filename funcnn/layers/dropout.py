@@ -10,6 +10,8 @@ fixed key gives a fixed, differentiable function.
 """
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -20,9 +22,9 @@ def Dropout(rate: float) -> Layer:
     """Drop each unit with probability ``rate`` in training mode.
 
     Raises ``ValueError`` for a rate outside [0, 1) and, in training mode, when no
-    ``key`` is given.
+    ``key`` is given; ``TypeError`` for a non-floating-point x.
     """
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
         raise ValueError(f"Dropout: rate must be a number in [0, 1) (the fraction dropped), got {rate!r}")
     keep = 1.0 - rate
 
@@ -30,6 +32,8 @@ def Dropout(rate: float) -> Layer:
         return {}, {}
 
     def forward(params, state, x, *, key=None, train=False):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"Dropout: x must be a floating-point array, got dtype {jnp.result_type(x)}")
         if not train or rate == 0.0:
             return x, state, None
         if key is None:

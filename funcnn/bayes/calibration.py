@@ -1,0 +1,96 @@
+"""How good are predicted probabilities? Scores for probabilities (N, C) and labels (N,).
+
+* ``nll``: -(1/N) sum_n log p_n[y_n] (log guarded at the smallest positive float).
+* ``brier``: (1/N) sum_n sum_c (p_nc - [c = y_n])^2, in [0, 2] (Brier, 1950).
+* ``reliability``: split the confidences c_n = max_c p_nc into ``bins`` equal bins
+  (lo, hi] of [0, 1] (the first also takes 0); per bin the mean confidence, the
+  accuracy and the count: the data of a reliability diagram.
+* ``expected_calibration_error``: ECE = sum_b (n_b / N) |acc_b - conf_b| over the bins
+  (Naeini et al. 2015; Guo et al. 2017), 0 for a perfectly calibrated model.
+* ``predictive_entropy``: H(p_n) = -sum_c p_nc log p_nc (0 log 0 = 0), high where the
+  model does not know.
+* ``regression_nll``: Gaussian NLL of targets under a predictive (mean, variance).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def _check(probs, labels, where):
+    if jnp.ndim(probs) != 2 or jnp.shape(labels) != (jnp.shape(probs)[0],):
+        raise ValueError(
+            f"{where}: probs must have shape (N, C) and labels (N,), got {jnp.shape(probs)} and {jnp.shape(labels)}"
+        )
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise TypeError(f"{where}: labels must be integers, got dtype {jnp.result_type(labels)}")
+
+
+def _log(p):
+    return jnp.log(jnp.maximum(p, jnp.finfo(jnp.result_type(p)).tiny))
+
+
+def nll(probs, labels):
+    """Mean negative log-probability of the true class."""
+    _check(probs, labels, "nll")
+    return -jnp.mean(_log(jnp.take_along_axis(probs, labels[:, None], axis=1)))
+
+
+def brier(probs, labels):
+    """Mean squared distance between the probabilities and the one-hot labels."""
+    _check(probs, labels, "brier")
+    return jnp.mean(jnp.sum((probs - jax.nn.one_hot(labels, probs.shape[1], dtype=probs.dtype)) ** 2, axis=1))
+
+
+class Reliability(NamedTuple):
+    """Per bin (B,): ``confidence`` (mean max-probability), ``accuracy``, ``count``; both
+    means are 0 in an empty bin. ``edges`` (B + 1,) are the bin boundaries."""
+
+    edges: jax.Array
+    confidence: jax.Array
+    accuracy: jax.Array
+    count: jax.Array
+
+
+def reliability(probs, labels, bins: int = 15) -> Reliability:
+    """Reliability-diagram data over ``bins`` equal confidence bins (lo, hi]."""
+    _check(probs, labels, "reliability")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"reliability: bins must be a positive integer, got {bins!r}")
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(probs.dtype)
+    which = jnp.clip(jnp.ceil(conf * bins).astype(jnp.int32) - 1, 0, bins - 1)
+    member = jax.nn.one_hot(which, bins, dtype=probs.dtype)  # (N, B)
+    count = member.sum(0)
+    safe = jnp.maximum(count, 1)
+    return Reliability(jnp.linspace(0.0, 1.0, bins + 1), conf @ member / safe, correct @ member / safe, count)
+
+
+def expected_calibration_error(probs, labels, bins: int = 15):
+    """ECE = sum_b (n_b / N) |accuracy_b - confidence_b|."""
+    r = reliability(probs, labels, bins)
+    return jnp.sum(r.count * jnp.abs(r.accuracy - r.confidence)) / probs.shape[0]
+
+
+def predictive_entropy(probs):
+    """Entropy of each row of ``probs``, in nats: (N,)."""
+    return -jnp.sum(jnp.where(probs > 0, probs * _log(probs), 0.0), axis=-1)
+
+
+def regression_nll(mean, variance, target):
+    """Mean over elements of the Gaussian NLL 0.5 (log 2 pi v + (t - m)^2 / v)."""
+    return 0.5 * jnp.mean(math.log(2 * math.pi) + jnp.log(variance) + (target - mean) ** 2 / variance)
+
+
+def plot_reliability(ax, rel: Reliability, label: str | None = None, **style):
+    """Draw accuracy against confidence for the non-empty bins, and the diagonal."""
+    import numpy as np
+
+    keep = np.asarray(rel.count) > 0
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    ax.plot(np.asarray(rel.confidence)[keep], np.asarray(rel.accuracy)[keep], marker="o", ms=3,
+            label=label, **style)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))

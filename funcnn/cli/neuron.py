@@ -1,0 +1,221 @@
+"""``funcnn neuron simulate|phase|fi``: Morris–Lecar and Hodgkin–Huxley from the command line."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+
+from funcnn.cli.args import UsageError, positive_float
+
+MODELS = ("ml", "hh")
+PRESETS = ("hopf", "snlc", "homoclinic")
+# shortest --t-max (ms) that can hold a spike (simulate) / a steady-state rate (fi)
+MIN_T_SIM = {"ml": 200.0, "hh": 20.0}
+MIN_T_FI = {"ml": 1000.0, "hh": 200.0}
+
+
+def current_range(text: str):
+    """``"a:b:n"`` -> (a, b, n) with a < b and n >= 2."""
+    parts = text.split(":")
+    try:
+        a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) != 3 or not a < b or n < 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"expected start:stop:count with start < stop and count >= 2, got {text!r}") from None
+    return a, b, n
+
+
+def param_assignment(text: str):
+    """``"gK=8"`` -> ("gK", 8.0)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER like gK=8, got {text!r}") from None
+
+
+def _common(p, t_max_default, phase=False):
+    p.add_argument("--model", choices=("ml",) if phase else MODELS, default="ml",
+                   help="ml (Morris–Lecar) or hh (Hodgkin–Huxley)")
+    p.add_argument("--preset", choices=PRESETS, default="hopf", help="Morris–Lecar parameter set")
+    p.add_argument("--param", type=param_assignment, action="append", default=[],
+                   metavar="NAME=VALUE", help="override a model parameter (repeatable)")
+    p.add_argument("--t-max", type=positive_float, default=t_max_default, help="duration, ms")
+    p.add_argument("--dt", type=positive_float, default=None, help="RK4 step, ms")
+    p.add_argument("--out", default=None, help="output folder (default runs/neuron-<time>)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("neuron", help="simulate and analyse neuron models")
+    sub = parser.add_subparsers(dest="neuron_command", required=True,
+                                parser_class=type(parser))
+    p = sub.add_parser("simulate", help="voltage trace (plot and CSV)")
+    _common(p, None)
+    p.add_argument("--current", type=float, required=True, help="applied current, µA/cm²")
+    p.set_defaults(func=run_simulate)
+    p = sub.add_parser("phase", help="Morris–Lecar phase plane")
+    _common(p, 1000.0, phase=True)
+    p.add_argument("--current", type=float, required=True, help="applied current, µA/cm²")
+    p.set_defaults(func=run_phase)
+    p = sub.add_parser("fi", help="f–I curve (plot and CSV) and onset current(s)")
+    _common(p, None)
+    p.add_argument("--currents", type=current_range, required=True, metavar="A:B:N",
+                   help="N currents from A to B, µA/cm²")
+    p.set_defaults(func=run_fi)
+
+
+def _model(args):
+    from funcnn.neurons import hodgkin_huxley, morris_lecar
+    over = dict(args.param)
+    try:
+        params = morris_lecar(args.preset, **over) if args.model == "ml" else hodgkin_huxley(**over)
+    except ValueError as e:
+        raise UsageError(f"--param: {e}") from None
+    dt = params.default_dt if args.dt is None else args.dt
+    return params, dt
+
+
+def _check_t(args, dt, minimum, default):
+    t_max = default if args.t_max is None else args.t_max
+    if t_max < minimum:
+        raise UsageError(f"--t-max: must be >= {minimum:g} ms for model {args.model} "
+                         f"(too short to see a spike), got {t_max:g}")
+    if dt > t_max / 100:
+        raise UsageError(f"--dt: must be <= t-max/100 = {t_max / 100:g} ms, got {dt:g}")
+    if dt > 1.0 or (args.model == "hh" and dt > 0.05):
+        raise UsageError(f"--dt: RK4 is not accurate for this model above "
+                         f"{1.0 if args.model == 'ml' else 0.05:g} ms, got {dt:g}")
+    return t_max
+
+
+def _outdir(args):
+    out = args.out or os.path.join("runs", "neuron-" + time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out: expected a folder, got existing file {out!r}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def run_simulate(args) -> int:
+    import numpy as np
+
+    from funcnn.neurons import rate_from_spikes, simulate, spike_times
+    params, dt = _model(args)
+    t_max = _check_t(args, dt, MIN_T_SIM[args.model], 500.0 if args.model == "ml" else 100.0)
+    out = _outdir(args)
+    save = max(1, int(round(0.1 / dt)))
+    tr = simulate(params, args.current, t_max, dt=dt, save_every=save)
+    names = ("t",) + params.state_names
+    cols = [np.asarray(tr[k]) for k in names]
+    _write_csv(os.path.join(out, "trace.csv"), names, zip(*cols))
+    spikes = spike_times(tr["t"], tr["V"], params.threshold, params.refractory)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(cols[0], cols[1], lw=1)
+    ax.set(xlabel="t (ms)", ylabel="V (mV)",
+           title=f"{params.name} {args.preset if args.model == 'ml' else ''} I={args.current:g}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "trace.png"), dpi=120)
+    plt.close(fig)
+    print(f"spikes {len(spikes)}  steady rate {rate_from_spikes(spikes, t_max / 2):.2f} Hz")
+    print(f"wrote {out}/trace.csv and {out}/trace.png")
+    return 0
+
+
+def run_phase(args) -> int:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from funcnn.neurons import nullclines, simulate, stability
+    params, dt = _model(args)
+    t_max = _check_t(args, dt, MIN_T_SIM["ml"], 1000.0)
+    out = _outdir(args)
+    V = jnp.linspace(-80.0, 60.0, 701)
+    nc = nullclines(params, args.current, V)
+    eq = stability(params, args.current)
+    y0 = eq[0][0].at[0].add(20.0) if eq else None  # a suprathreshold kick from rest
+    tr = simulate(params, args.current, t_max, dt=dt, y0=y0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.plot(V, nc["N_dV0"], label="dV/dt = 0")
+    ax.plot(V, nc["N_dN0"], label="dN/dt = 0")
+    ax.plot(tr["V"], tr["N"], "k", lw=0.8, label="trajectory")
+    for y, ev, st in eq:
+        ax.plot(float(y[0]), float(y[1]), "o", mfc="k" if st == "stable" else "w", mec="k")
+        print(f"equilibrium V={float(y[0]):.3f} N={float(y[1]):.4f} {st} "
+              f"eigenvalues {np.round(np.asarray(ev), 5).tolist()}")
+    ax.set(xlabel="V (mV)", ylabel="N", ylim=(-0.05, 1.0),
+           title=f"Morris–Lecar {args.preset} I={args.current:g}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "phase.png"), dpi=120)
+    plt.close(fig)
+    _write_csv(os.path.join(out, "nullclines.csv"), ("V", "N_dV0", "N_dN0"),
+               zip(*[np.asarray(nc[k]) for k in ("V", "N_dV0", "N_dN0")]))
+    print(f"wrote {out}/phase.png and {out}/nullclines.csv")
+    return 0
+
+
+def _onset(params, currents, rates, start, t_max, dt):
+    import numpy as np
+
+    from funcnn.neurons import onset_current
+    firing = np.flatnonzero(rates > 0)
+    if len(firing) == 0 or firing[0] == 0:
+        return None
+    i = firing[0]
+    return onset_current(params, currents[i - 1], currents[i], start=start, t_max=t_max, dt=dt,
+                         tol=1e-4)
+
+
+def run_fi(args) -> int:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from funcnn.neurons import cycle_state, fi_curve
+    params, dt = _model(args)
+    t_max = _check_t(args, dt, MIN_T_FI[args.model], 2000.0 if args.model == "ml" else 500.0)
+    a, b, n = args.currents
+    out = _outdir(args)
+    currents = np.linspace(a, b, n)
+    rest = np.asarray(fi_curve(params, jnp.asarray(currents), t_max, dt=dt, start="rest"))
+    y_cyc = cycle_state(params, float(b), t_max, dt)
+    cyc = np.asarray(fi_curve(params, jnp.asarray(currents), t_max, dt=dt, start=y_cyc))
+    _write_csv(os.path.join(out, "fi.csv"), ("current", "rate_from_rest_hz", "rate_on_cycle_hz"),
+               zip(currents, rest, cyc))
+    on_rest = _onset(params, currents, rest, "rest", t_max, dt)
+    on_cyc = _onset(params, currents, cyc, "cycle", t_max, dt) if cyc[-1] > 0 else None
+    fmt = lambda x: "none" if x is None else f"{x:.3f}"
+    print(f"onset from_rest={fmt(on_rest)} lowest_on_cycle={fmt(on_cyc)} uA/cm2 "
+          f"(range {a:g}..{b:g}, {n} currents)")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(currents, rest, "o-", ms=3, label="from rest")
+    ax.plot(currents, cyc, "s--", ms=3, label="started on the cycle")
+    ax.set(xlabel="I (µA/cm²)", ylabel="rate (Hz)",
+           title=f"{params.name} {args.preset if args.model == 'ml' else ''} f–I")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "fi.png"), dpi=120)
+    plt.close(fig)
+    print(f"wrote {out}/fi.csv and {out}/fi.png")
+    return 0

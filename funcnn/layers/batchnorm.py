@@ -1,0 +1,164 @@
+"""Batch normalization (Ioffe & Szegedy, 2015) with running statistics as state.
+
+Every axis of x except the feature axis is a sample axis: for a Dense output
+(N, F) the statistics are over N, for a convolution output (N, H, W, C) over N, H
+and W. With m the number of values per feature, for each feature
+
+    mu = (1/m) sum_i x_i,   var = (1/m) sum_i (x_i - mu)^2   (biased),
+    xhat_i = (x_i - mu) / sqrt(var + eps),   y_i = gamma xhat_i + beta.
+
+Backward, given dy (sums run over the m values of one feature):
+
+    dbeta  = sum_i dy_i,        dgamma = sum_i dy_i xhat_i,
+    dx_i   = gamma / sqrt(var + eps) * (dy_i - dbeta / m - xhat_i dgamma / m).
+
+(Derivation: with g_i = gamma dy_i = dL/dxhat_i and s = (var + eps)^{-1/2},
+xhat_i depends on x_j directly, through mu and through var:
+d xhat_i / d x_j = s (delta_ij - 1/m) - s xhat_i xhat_j / m, since
+d var / d x_j = 2 (x_j - mu) / m. So dx_j = s (g_j - mean(g) - xhat_j mean(g xhat)),
+and mean(g) = gamma dbeta / m, mean(g xhat) = gamma dgamma / m.)
+
+Training mode normalises with the batch statistics and returns the running
+statistics updated as ``running = momentum * running + (1 - momentum) * batch``,
+with the *unbiased* batch variance var * m / (m - 1) in the running variance. Eval
+mode normalises with the running statistics, so y is affine in x:
+dx = gamma dy / sqrt(running_var + eps). The state is threaded, never
+differentiated: its update is under ``jax.lax.stop_gradient``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import initializers
+from funcnn.layer import Layer
+
+
+class _BatchStats(NamedTuple):
+    """Cache of training mode: the statistics depend on x."""
+
+    xhat: jax.Array
+    inv_std: jax.Array  # broadcastable against x
+
+
+class _RunningStats(NamedTuple):
+    """Cache of eval mode: the statistics are constants."""
+
+    xhat: jax.Array
+    inv_std: jax.Array
+
+
+def _broadcast_shape(ndim, ax, features):
+    """(1, ..., F, ..., 1): a per-feature vector shaped to broadcast against x."""
+    return tuple(features if i == ax else 1 for i in range(ndim))
+
+
+def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
+              gamma_init="ones", beta_init="zeros") -> Layer:
+    """Normalise each feature over the batch, then scale by ``gamma`` and shift by ``beta``.
+
+    Args:
+      momentum: weight of the old running statistics in their update, in [0, 1).
+      eps: added to the variance before the square root, > 0.
+      axis: the feature axis of the batched input x (batch axis first; negative
+        counts from the end). ``-1`` suits (N, F) and NHWC (N, H, W, C); ``1`` suits
+        NCHW. It may not be the batch axis.
+      gamma_init, beta_init: initialisers (a name from ``funcnn.initializers`` or a
+        callable ``init(key, shape, fan_in, fan_out)``) of the scale and the shift.
+
+    Params ``{"gamma": (F,), "beta": (F,)}`` (ones, zeros by default); state
+    ``{"mean": (F,), "var": (F,)}`` (zeros, ones).
+
+    Raises ``ValueError`` for a momentum outside [0, 1), a non-positive eps, an axis
+    that is the batch axis or out of range, an input whose feature axis does not
+    have F entries, and, in training mode, a batch with one value per feature (its
+    unbiased variance is undefined).
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"BatchNorm: momentum must be a number in [0, 1), got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"BatchNorm: eps must be a positive number, got {eps!r}")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
+    gamma_init = initializers.get(gamma_init, "gamma_init")
+    beta_init = initializers.get(beta_init, "beta_init")
+
+    def feature_axis(ndim):
+        """``axis`` as a non-negative axis of an ``ndim``-axis batched x."""
+        if ndim < 2:
+            raise ValueError(
+                f"BatchNorm: x must have a batch axis and at least one feature axis, got {ndim} axes"
+            )
+        if not -ndim <= axis < ndim or axis % ndim == 0:
+            raise ValueError(
+                f"BatchNorm: axis must be a feature axis of x (1..{ndim - 1} or -{ndim - 1}..-1; "
+                f"axis 0 is the batch axis), got axis={axis} for {ndim}-axis input"
+            )
+        return int(axis) % ndim
+
+    def init(key, input_shape):
+        shape = tuple(input_shape)
+        features = shape[feature_axis(len(shape) + 1) - 1]
+        kg, kb = jax.random.split(key)
+        params = {"gamma": gamma_init(kg, (features,), features, features),
+                  "beta": beta_init(kb, (features,), features, features)}
+        return params, {"mean": jnp.zeros((features,)), "var": jnp.ones((features,))}
+
+    def output_shape(input_shape):
+        feature_axis(len(input_shape) + 1)
+        return tuple(input_shape)
+
+    def forward(params, state, x, *, key=None, train=False):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"BatchNorm: x must be a floating-point array, got dtype {jnp.result_type(x)}")
+        ax = feature_axis(x.ndim)
+        features = params["gamma"].shape[0]
+        if x.shape[ax] != features:
+            raise ValueError(
+                f"BatchNorm: x must have {features} features on axis {axis}, got shape {x.shape}"
+            )
+        bshape = _broadcast_shape(x.ndim, ax, features)
+        gamma, beta = params["gamma"].reshape(bshape), params["beta"].reshape(bshape)
+        if train:
+            reduce = tuple(i for i in range(x.ndim) if i != ax)
+            m = math.prod(x.shape[i] for i in reduce)
+            if m < 2:
+                raise ValueError(
+                    f"BatchNorm: training mode needs more than one value per feature to estimate the "
+                    f"variance, got x of shape {x.shape}; use a larger batch or train=False"
+                )
+            mu = jnp.mean(x, axis=reduce, keepdims=True)
+            centred = x - mu
+            var = jnp.mean(jnp.square(centred), axis=reduce, keepdims=True)  # two-pass: no cancellation
+            inv_std = jax.lax.rsqrt(var + eps)
+            xhat = centred * inv_std
+            batch = jax.lax.stop_gradient((mu.reshape(features), var.reshape(features) * (m / (m - 1))))
+            new_state = {
+                "mean": (momentum * state["mean"] + (1 - momentum) * batch[0]).astype(state["mean"].dtype),
+                "var": (momentum * state["var"] + (1 - momentum) * batch[1]).astype(state["var"].dtype),
+            }
+            cache = _BatchStats(xhat, inv_std)
+        else:
+            mean, var = jax.lax.stop_gradient((state["mean"], state["var"]))
+            inv_std = jax.lax.rsqrt(var + eps).reshape(bshape)
+            xhat = (x - mean.reshape(bshape)) * inv_std
+            new_state = state
+            cache = _RunningStats(xhat, inv_std)
+        return gamma * xhat + beta, new_state, cache
+
+    def backward(params, cache, dy):
+        ax = feature_axis(dy.ndim)
+        reduce = tuple(i for i in range(dy.ndim) if i != ax)
+        bshape = _broadcast_shape(dy.ndim, ax, dy.shape[ax])
+        dbeta = jnp.sum(dy, axis=reduce)
+        dgamma = jnp.sum(dy * cache.xhat, axis=reduce)
+        if isinstance(cache, _BatchStats):  # the mean and variance depend on x too
+            m = dy.size // dy.shape[ax]
+            dy = dy - (dbeta.reshape(bshape) + cache.xhat * dgamma.reshape(bshape)) / m
+        return {"gamma": dgamma, "beta": dbeta}, params["gamma"].reshape(bshape) * cache.inv_std * dy
+
+    return Layer("batchnorm", init, forward, backward, output_shape)

@@ -1,0 +1,167 @@
+"""Convolution (cross-correlation, as in every deep-learning library) over 1 or 2 spatial axes.
+
+With a kernel W of shape (*K, C, O) (HWIO for 2-D), input X of shape (N, *S, C), stride s,
+dilation d and the input zero-padded, output position o of example n is
+
+    Y[n, o, :] = sum_t sum_c X_pad[n, o s + t d, c] W[t, c, :] + b          (t over the taps)
+
+Backward, given dY = dL/dY of shape (N, *M, O):
+
+    dW[t, c, :] = sum_n sum_o X_pad[n, o s + t d, c] dY[n, o, :]   (correlate the input with dY)
+    db          = sum_n sum_o dY[n, o, :]
+    dX_pad[n, i, c] = sum_{(o, t): o s + t d = i} sum_k dY[n, o, k] W[t, c, k]
+
+and dX is dX_pad with the padding cropped: the transposed convolution, i.e. dY dilated by
+the stride, correlated with the spatially flipped kernel, in and out channels swapped.
+
+Two formulations of the same formulas, picked per backend when the layer is traced
+(``impl=None``), or forced with ``impl="gemm"`` / ``impl="xla"``:
+
+* ``"gemm"`` (default on CPU): im2col. P = the stacked tap slices of X_pad, shape
+  (N, *M, T C). Then Y = P W2 + b with W2 = W reshaped (T C, O); dW2 = P^T dY;
+  dP = dY W2^T, and dX = col2im(dP) adds every tap's slice back where it came from.
+  Three matrix products hit the tuned CPU GEMM; the slices fuse into copy loops.
+* ``"xla"`` (default on GPU/TPU): three ``lax.conv_general_dilated`` calls used as forward
+  primitives: the forward, the input gradient (lhs_dilation = stride, flipped kernel) and
+  the kernel gradient (batch and channel axes exchanged, rhs_dilation = stride).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from funcnn import initializers
+from funcnn._validate import input_rank, positive_int
+from funcnn.layer import Layer
+from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
+                                         scatter_windows, window_slices)
+
+IMPLS = ("gemm", "xla")
+_SPATIAL_CHARS = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def default_impl() -> str:
+    """The formulation used when ``impl=None``: GEMM on CPU, XLA's convolution elsewhere."""
+    return "gemm" if jax.default_backend() == "cpu" else "xla"
+
+
+def _check_x(x, ndim, channels, where):
+    shape = jnp.shape(x)
+    if len(shape) != ndim + 2 or shape[-1] != channels:
+        raise ValueError(f"{where}: x must have shape {SPATIAL_NAMES[ndim]} with {channels} channels, got {shape}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"{where}: x must be a floating-point array, got dtype {jnp.result_type(x)}")
+
+
+def _gemm_forward(x, w, g):
+    patches = jnp.concatenate(window_slices(pad_to_used(x, g), g), axis=-1)  # (N, *M, T C)
+    return patches, patches @ w.reshape(-1, w.shape[-1])
+
+
+def _gemm_backward(x, w, g, dy):
+    patches, _ = _gemm_forward(x, w, g)  # same ops as the forward: XLA shares them under jit
+    axes = tuple(range(dy.ndim - 1))
+    dw = lax.dot_general(patches, dy, ((axes, axes), ((), ())))  # P^T dY: (T C, O)
+    dpatches = dy @ w.reshape(-1, w.shape[-1]).T  # (N, *M, T C)
+    c = x.shape[-1]
+    parts = [dpatches[..., i * c:(i + 1) * c] for i in range(len(g.taps))]
+    return dw.reshape(w.shape), scatter_windows(parts, g)
+
+
+def _xla_forward(x, w, g):
+    sp = _SPATIAL_CHARS[len(g.kernel)]
+    return lax.conv_general_dilated(x, w, g.stride, g.pads, rhs_dilation=g.dilation,
+                                    dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+
+
+def _xla_backward(x, w, g, dy):
+    sp = _SPATIAL_CHARS[len(g.kernel)]
+    spatial = tuple(range(len(g.kernel)))
+    # kernel gradient: batch axis N becomes the contracted feature axis, C the "batch"
+    dw = lax.conv_general_dilated(pad_to_used(x, g), dy, g.dilation, "VALID", rhs_dilation=g.stride,
+                                  dimension_numbers=(f"C{sp}N", f"I{sp}O", f"{sp}NC"))
+    # input gradient: dy dilated by the stride, correlated with the flipped kernel (O -> C)
+    pads = [(e - 1 - lo, n + lo - (m - 1) * s - 1)
+            for e, (lo, _), n, m, s in zip(g.extent, g.pads, g.in_spatial, g.out_spatial, g.stride)]
+    dx = lax.conv_general_dilated(dy, lax.rev(w, spatial), (1,) * len(spatial), pads, lhs_dilation=g.stride,
+                                  rhs_dilation=g.dilation, dimension_numbers=(f"N{sp}C", f"{sp}OI", f"N{sp}C"))
+    return dw, dx
+
+
+_FORMULATIONS = {"gemm": (lambda x, w, g: _gemm_forward(x, w, g)[1], _gemm_backward),
+                 "xla": (_xla_forward, _xla_backward)}
+
+
+def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
+    """The N-d convolution layer behind ``Conv1D`` and ``Conv2D``."""
+    where = f"Conv{ndim}D"
+    positive_int(features, "features", where)
+    kernel = as_tuple(kernel_size, ndim, "kernel_size", where)
+    stride = as_tuple(stride, ndim, "stride", where)
+    dilation = as_tuple(dilation, ndim, "dilation", where)
+    padding = check_padding(padding, ndim, where)
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"{where}: impl must be None (pick per backend) or one of {IMPLS}, got {impl!r}")
+    w_init = initializers.get(w_init, "w_init")
+    b_init = initializers.get(b_init, "b_init")
+    what = SPATIAL_NAMES[ndim][len("(batch, "):-1]
+
+    def geom(spatial):
+        return geometry(spatial, kernel, stride, dilation, padding, where)
+
+    def init(key, input_shape):
+        shape = input_rank(input_shape, ndim + 1, where, what)
+        geom(shape[:-1])
+        fan_in, fan_out = math.prod(kernel) * shape[-1], math.prod(kernel) * features
+        kw, kb = jax.random.split(key)
+        params = {"w": w_init(kw, (*kernel, shape[-1], features), fan_in, fan_out)}
+        if use_bias:
+            params["b"] = b_init(kb, (features,), fan_in, fan_out)
+        return params, {}
+
+    def output_shape(input_shape):
+        shape = input_rank(input_shape, ndim + 1, where, what)
+        return (*geom(shape[:-1]).out_spatial, features)
+
+    def forward(params, state, x, *, key=None, train=False):
+        w = params["w"]
+        _check_x(x, ndim, w.shape[-2], where)
+        y = _FORMULATIONS[impl or default_impl()][0](x, w, geom(x.shape[1:-1]))
+        if use_bias:
+            y = y + params["b"]
+        return y, state, x
+
+    def backward(params, x, dy):
+        w = params["w"]
+        dw, dx = _FORMULATIONS[impl or default_impl()][1](x, w, geom(x.shape[1:-1]), dy)
+        grads = {"w": dw}
+        if use_bias:
+            grads["b"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
+        return grads, dx
+
+    return Layer(f"conv{ndim}d", init, forward, backward, output_shape)
+
+
+def Conv2D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+    """2-D convolution over NHWC images: params ``{"w": (kh, kw, in, features), "b": (features,)}``.
+
+    ``kernel_size``, ``stride`` and ``dilation`` are an int or an (h, w) pair; ``padding`` is
+    "SAME" (output ceil(n / stride), as ``lax``), "VALID", an int, or ((top, bottom), (left,
+    right)). ``impl`` forces the "gemm" or "xla" formulation (default: per backend).
+    Raises ``ValueError`` for a non-4-D input, a channel count other than the kernel's, or a
+    window larger than the padded input.
+    """
+    return _conv(2, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)
+
+
+def Conv1D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+    """1-D convolution over (batch, length, channels): params ``{"w": (k, in, features), "b": (features,)}``.
+
+    Same arguments and errors as ``Conv2D`` with one spatial axis (``padding`` pairs: ((lo, hi),)).
+    """
+    return _conv(1, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)

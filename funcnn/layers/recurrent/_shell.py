@@ -1,0 +1,181 @@
+"""What SimpleRNN, LSTM and GRU share: the input protocol, the hoisted products and
+the layer shell around a cell's forward and reverse scans.
+
+Every cell computes, at each step t, pre-activations that are a sum of an input
+projection and a recurrent projection,
+
+    a_t = (x_t W_ih^T + b_ih)  (+)  (h_{t-1} W_hh^T + b_hh),
+
+combined gate by gate (a plain sum for SimpleRNN and LSTM; GRU multiplies the
+n-gate's recurrent part by r). The input projection does not depend on the
+recurrence, so it is one matrix product over all T steps *before* the scan:
+
+    XP = X W_ih^T + b_ih                  (T, B, G) from (T, B, F)
+
+Backward, a cell's reverse scan returns, for every step, the gradients of the loss
+w.r.t. both projections, dA_x = dL/dXP and dA_h = dL/d(h_{t-1} W_hh^T + b_hh), each
+(T, B, G). The weight gradients are then sums over time of outer products, which
+are again single matrix products contracting time and batch together, *after* the
+scan (autodiff would accumulate T small products inside it):
+
+    dW_ih = sum_t dA_x,t^T x_t     = dA_x^T X          (G, F)
+    dW_hh = sum_t dA_h,t^T h_{t-1} = dA_h^T H_prev     (G, H)
+    dX    = dA_x W_ih                                  (T, B, F)
+
+Initial state: ``x`` is either the sequence batch alone (the state starts at zero)
+or a pair ``(x, state0)`` with ``state0 = h0`` (SimpleRNN, GRU) or ``(h0, c0)``
+(LSTM), each (batch, hidden). The backward's input gradient has the same
+structure: ``dx`` or ``(dx, dstate0)``.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import initializers
+from funcnn._validate import positive_int
+from funcnn.layer import Layer
+
+
+class Cell(NamedTuple):
+    """One recurrent cell, as the shell needs it.
+
+    * ``gates``: G / H, the number of gate blocks stacked in ``w_ih`` and ``w_hh``.
+    * ``n_states``: 1 when the carry is ``h``, 2 when it is ``(h, c)``.
+    * ``input_bias``: the params key of the bias added to the input projection.
+    * ``bias_init(key, G)``: the bias leaves as a dict.
+    * ``scan(params, xp, carry0) -> (hs (T, B, H), cache)``: the forward recursion.
+    * ``reverse_scan(params, cache, h_prev, dys, dcarry) -> (dA_x, dA_h, dcarry0)``:
+      BPTT; ``dys`` is (T, B, H) or ``None`` (only the last state is an output, its
+      gradient already in ``dcarry``).
+    * ``bias_grads(dA_x, dA_h) -> dict``: the gradients of the bias leaves.
+    """
+
+    name: str
+    title: str
+    gates: int
+    n_states: int
+    input_bias: str
+    bias_init: Callable
+    scan: Callable
+    reverse_scan: Callable
+    bias_grads: Callable
+
+
+def sequence_shape(input_shape, where: str):
+    """(time, features) of one example; ``input_shape`` may also be the pair of shapes
+    ``((time, features), state_shape)`` when an initial state is passed."""
+    shape = tuple(input_shape)
+    if shape and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if len(shape) != 2:
+        raise ValueError(f"{where}: input_shape must be (time, features) per example, got {tuple(input_shape)}")
+    return shape
+
+
+def _check_state(s, batch, hidden, where, what):
+    if jnp.shape(s) != (batch, hidden):
+        raise ValueError(f"{where}: initial {what} must have shape ({batch}, {hidden}), got {jnp.shape(s)}")
+
+
+def split_input(x, cell: Cell, features: int, hidden: int):
+    """``x`` or ``(x, state0)`` -> (x, state0 or None), with one-line errors."""
+    where = cell.title
+    state0 = None
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"{where}: x must be an array or a pair (x, initial_state), got a sequence of {len(x)}")
+        x, state0 = x
+    shape = jnp.shape(x)
+    if len(shape) != 3 or shape[2] != features:
+        raise ValueError(
+            f"{where}: x must have shape (batch, time, {features}) (a batch of sequences), got {shape}")
+    if shape[1] < 1:
+        raise ValueError(f"{where}: x must have at least one time step, got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"{where}: x must be a floating-point array, got dtype {jnp.result_type(x)}")
+    if state0 is not None:
+        if cell.n_states == 1:
+            _check_state(state0, shape[0], hidden, where, "state h0")
+        else:
+            if not isinstance(state0, (tuple, list)) or len(state0) != 2:
+                raise ValueError(f"{where}: the initial state must be a pair (h0, c0), got {type(state0).__name__}")
+            state0 = tuple(state0)
+            for s, what in zip(state0, ("state h0", "cell c0")):
+                _check_state(s, shape[0], hidden, where, what)
+    return x, state0
+
+
+def _first(carry, n_states):
+    return carry if n_states == 1 else carry[0]
+
+
+def _like_carry(h, n_states):
+    """A carry whose h part is ``h`` and whose c part (if any) is zero."""
+    return h if n_states == 1 else (h, jnp.zeros_like(h))
+
+
+def time_sum_product(da, v):
+    """sum_t da_t^T v_t for da (T, B, G), v (T, B, K): one (G, T*B) @ (T*B, K) product."""
+    return da.reshape(-1, da.shape[-1]).T @ v.reshape(-1, v.shape[-1])
+
+
+def stacked_orthogonal(key, gates: int, hidden: int, dtype=jnp.float32):
+    """``gates`` independent orthogonal (H, H) blocks stacked into (gates*H, H)."""
+    ortho = jax.nn.initializers.orthogonal()
+    return jnp.concatenate([ortho(k, (hidden, hidden), dtype) for k in jax.random.split(key, gates)])
+
+
+def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, recurrent_init) -> Layer:
+    """Wrap a cell into a layer over (batch, time, features) inputs (see the module doc)."""
+    positive_int(hidden, "hidden", cell.title)
+    if not isinstance(return_sequences, bool):
+        raise TypeError(f"{cell.title}: return_sequences must be a bool, got {return_sequences!r}")
+    w_init = initializers.get(w_init, "w_init")
+    g = cell.gates * hidden
+
+    def init(key, input_shape):
+        _, features = sequence_shape(input_shape, cell.title)
+        k_ih, k_hh, k_b = jax.random.split(key, 3)
+        w_ih = w_init(k_ih, (g, features), features, g)
+        if recurrent_init == "orthogonal":
+            w_hh = stacked_orthogonal(k_hh, cell.gates, hidden)
+        else:
+            w_hh = initializers.get(recurrent_init, "recurrent_init")(k_hh, (g, hidden), hidden, g)
+        return {"w_ih": w_ih, "w_hh": w_hh, **cell.bias_init(k_b, g)}, {}
+
+    def output_shape(input_shape):
+        time, _ = sequence_shape(input_shape, cell.title)
+        return (time, hidden) if return_sequences else (hidden,)
+
+    def forward(params, state, x, *, key=None, train=False):
+        seq, state0 = split_input(x, cell, params["w_ih"].shape[1], hidden)
+        x_tm = jnp.swapaxes(seq, 0, 1)
+        xp = x_tm @ params["w_ih"].T + params[cell.input_bias]
+        if state0 is None:
+            carry0 = _like_carry(jnp.zeros((seq.shape[0], hidden), xp.dtype), cell.n_states)
+        else:
+            carry0 = state0
+        hs, cell_cache = cell.scan(params, xp, carry0)
+        y = jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]
+        return y, state, (x_tm, state0, _first(carry0, cell.n_states), hs, cell_cache)
+
+    def backward(params, cache, dy):
+        x_tm, state0, h0, hs, cell_cache = cache
+        h_prev = jnp.concatenate([h0[None], hs[:-1]])
+        if return_sequences:
+            dys, dh = jnp.swapaxes(dy, 0, 1), jnp.zeros_like(h0)
+        else:
+            dys, dh = None, dy
+        da_x, da_h, dcarry0 = cell.reverse_scan(params, cell_cache, h_prev, dys, _like_carry(dh, cell.n_states))
+        dparams = {
+            "w_ih": time_sum_product(da_x, x_tm),
+            "w_hh": time_sum_product(da_h, h_prev),
+            **cell.bias_grads(da_x, da_h),
+        }
+        dx = jnp.swapaxes(da_x @ params["w_ih"], 0, 1)
+        return dparams, (dx if state0 is None else (dx, dcarry0))
+
+    return Layer(cell.name, init, forward, backward, output_shape)

@@ -1,0 +1,28 @@
+"""Training curves as a PNG (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+
+def training_curves(history: dict, path, title: str = "") -> None:
+    """Loss (train minibatch, train, test) and accuracy (train, test) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history["loss"], label="minibatch (train mode)")
+    ax_loss.plot(epochs, history["train_loss"], label="train")
+    ax_loss.plot(epochs, history["test_loss"], label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_acc.plot(epochs, history["train_acc"], label="train")
+    ax_acc.plot(epochs, history["test_acc"], label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

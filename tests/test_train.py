@@ -1,0 +1,58 @@
+"""Training on real data, the data loaders, and fit's argument checks."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+import funcnn as fn
+from funcnn import losses, models
+
+
+def test_mlp_on_digits_reaches_95_percent_with_manual_gradients():
+    d = fn.data.load("digits")
+    model = models.mlp(d.x_train.shape[1:], 10, hidden=(64,))
+    result = fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(3e-3), d, epochs=8, batch_size=32,
+                          key=jax.random.key(0), grad="manual", progress=False)
+    h = result.history
+    assert h["test_acc"][-1] >= 0.95, h["test_acc"]
+    assert h["loss"][-1] < h["loss"][0] / 5
+    assert all(len(v) == 8 for v in h.values())
+
+
+def test_fit_is_deterministic_given_the_key():
+    d = fn.data.load("moons")
+    model = models.mlp((2,), 2, hidden=(8,), activation="tanh")
+    run = lambda: fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1, momentum=0.9), d,
+                               epochs=2, batch_size=50, key=jax.random.key(3), progress=False).params
+    a, b = run(), run()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("name,shape", [("digits", (8, 8, 1)), ("mnist5k", (28, 28, 1)), ("xor", (2,)),
+                                        ("blobs", (2,)), ("moons", (2,))])
+def test_datasets_load_offline(name, shape):
+    d = fn.data.load(name, seed=1)
+    assert d.x_train.shape[1:] == shape and d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    assert len(d.x_train) > len(d.x_test) > 0
+    assert set(np.unique(d.y_train)) == set(range(d.num_classes))
+    if name in ("digits", "mnist5k"):
+        assert d.x_train.min() >= 0 and d.x_train.max() <= 1
+    if name == "mnist5k":
+        assert (len(d.x_train), len(d.x_test)) == (4000, 1000)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; known: blobs, digits, mnist5k, moons, xor"):
+        fn.data.load("cifar")
+
+
+def test_fit_argument_errors():
+    d = fn.data.load("blobs")
+    model = models.mlp((2,), 2, hidden=(4,))
+    kwargs = dict(key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=1, batch_size=8, grad="numeric", **kwargs)
+    with pytest.raises(ValueError, match="batch_size must be an integer in"):
+        fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=1, batch_size=10**6, **kwargs)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=0, batch_size=8, **kwargs)
