@@ -39,21 +39,19 @@ def accuracy(pred, y):
     return jnp.mean((pred.reshape(y.shape) > 0) == (y > 0))
 
 
-def evaluate(model, loss, params, state, x, y, *, batch_size=1000):
-    """Mean loss and accuracy in eval mode (``train=False``), in chunks of ``batch_size``."""
-    predict = _predict_fn(model)
+def predictor(model):
+    """A jit-compiled ``predict(params, state, x) -> y`` in eval mode."""
+    return jax.jit(lambda params, state, x: model.apply(params, state, x, train=False)[0])
+
+
+def evaluate(model, loss, params, state, x, y, *, batch_size=1000, predict=None):
+    """Mean loss and accuracy in eval mode (``train=False``), in chunks of ``batch_size``.
+
+    Pass ``predict=predictor(model)`` when evaluating repeatedly, to compile once."""
+    predict = predict or predictor(model)
     preds = [predict(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     pred = jnp.concatenate(preds)
     return float(loss.value(pred, jnp.asarray(y))), float(accuracy(pred, jnp.asarray(y)))
-
-
-_PREDICT_CACHE: dict = {}
-
-
-def _predict_fn(model):
-    if model not in _PREDICT_CACHE:
-        _PREDICT_CACHE[model] = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
-    return _PREDICT_CACHE[model]
 
 
 def _as_arrays(data):
@@ -114,6 +112,7 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
         params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))
     opt_state = optimizer.init(params)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty)
+    predict = predictor(model)
     x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
 
     history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
@@ -124,8 +123,9 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     for k_epoch in jax.random.split(key, epochs):
         params, state, opt_state, mean_loss = epoch(params, state, opt_state, x_dev, y_dev, k_epoch)
         history["loss"].append(float(mean_loss))
-        tr = evaluate(model, loss, params, state, x_tr, y_tr)
-        te = evaluate(model, loss, params, state, x_te, y_te) if x_te is not None else (np.nan, np.nan)
+        tr = evaluate(model, loss, params, state, x_tr, y_tr, predict=predict)
+        te = (evaluate(model, loss, params, state, x_te, y_te, predict=predict)
+              if x_te is not None else (np.nan, np.nan))
         for name, v in zip(("train_loss", "train_acc", "test_loss", "test_acc"), (*tr, *te)):
             history[name].append(v)
         if progress:

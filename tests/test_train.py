@@ -56,3 +56,23 @@ def test_fit_argument_errors():
         fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=1, batch_size=10**6, **kwargs)
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=0, batch_size=8, **kwargs)
+
+
+def test_fit_compiles_the_epoch_once():
+    """The loss is traced once per compilation: many epochs must not retrace."""
+    import dataclasses
+
+    traces = []
+    base = losses.softmax_cross_entropy
+
+    def counting_value(pred, y):
+        traces.append(1)
+        return base.value(pred, y)
+
+    loss = dataclasses.replace(base, value=counting_value)
+    d = fn.data.load("blobs")
+    fn.train.fit(models.mlp((2,), 2, hidden=(4,)), loss, optax.sgd(0.1), d, epochs=4, batch_size=20,
+                 key=jax.random.key(0), progress=False)
+    # one trace for the training epoch, and one per distinct eval shape (train set, test set)
+    epoch_traces = len(traces) - 2 * 4  # evaluate calls loss.value eagerly once per split per epoch
+    assert epoch_traces == 1, len(traces)

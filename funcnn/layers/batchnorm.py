@@ -136,11 +136,9 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
             var = jnp.mean(jnp.square(centred), axis=reduce, keepdims=True)  # two-pass: no cancellation
             inv_std = jax.lax.rsqrt(var + eps)
             xhat = centred * inv_std
-            batch = jax.lax.stop_gradient((mu.reshape(features), var.reshape(features) * (m / (m - 1))))
-            new_state = {
-                "mean": (momentum * state["mean"] + (1 - momentum) * batch[0]).astype(state["mean"].dtype),
-                "var": (momentum * state["var"] + (1 - momentum) * batch[1]).astype(state["var"].dtype),
-            }
+            batch = {"mean": mu.reshape(features), "var": var.reshape(features) * (m / (m - 1))}
+            new_state = jax.lax.stop_gradient({
+                k: (momentum * state[k] + (1 - momentum) * batch[k]).astype(state[k].dtype) for k in batch})
             cache = _BatchStats(xhat, inv_std)
         else:
             mean, var = jax.lax.stop_gradient((state["mean"], state["var"]))
