@@ -51,15 +51,19 @@ def _per_feature(v, ndim, ax):
 def _setup(layout, key=0):
     shape, axis, batch = LAYOUTS[layout]
     layer = _layer(axis)
-    params, state = layer.init(jax.random.key(key), shape)
+    params, state = jax.jit(layer.init, static_argnums=1)(jax.random.key(key), shape)
     x = 2.0 + 3.0 * jax.random.normal(jax.random.key(key + 1), (batch, *shape))
     return layer, params, state, x, axis
+
+
+def _train_apply(layer):
+    return jax.jit(lambda p, s, x: layer.apply(p, s, x, train=True))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_training_forward_matches_numpy(layout):
     layer, params, state, x, axis = _setup(layout)
-    y, _ = layer.apply(params, state, x, train=True)
+    y, _ = _train_apply(layer)(params, state, x)
     xn = np.asarray(x, np.float64)
     red, ax = _reduce_axes(xn.ndim, axis)
     mean, var = xn.mean(red, keepdims=True), xn.var(red, keepdims=True)  # biased variance
@@ -112,8 +116,8 @@ def test_closed_form_backward_agrees_with_step_by_step_derivation(layout):
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
         x = x.astype(jnp.float64)
         dy = jax.random.normal(jax.random.key(7), x.shape, jnp.float64)
-        _, _, cache = layer.forward(params, state, x, train=True)
-        grads, dx = layer.backward(params, cache, dy)
+        grads, dx = jax.jit(lambda p, x, dy: layer.backward(p, layer.forward(p, state, x, train=True)[2], dy))(
+            params, x, dy)
         dgamma, dbeta, dx_ref = _step_by_step_backward(np.asarray(x), np.asarray(params["gamma"]),
                                                        np.asarray(dy), axis, 1e-5)
     np.testing.assert_allclose(grads["gamma"], dgamma, rtol=1e-12, atol=1e-12)
@@ -242,9 +246,10 @@ def test_value_and_grad_threads_the_running_statistics():
 def test_vmap_over_independent_batches_equals_a_loop():
     layer, params, state, _, _ = _setup("dense (N, F)")
     xs = jax.random.normal(jax.random.key(5), (3, 6, 5))
-    ys, states = jax.vmap(lambda x: layer.apply(params, state, x, train=True))(xs)
+    apply = _train_apply(layer)
+    ys, states = jax.jit(jax.vmap(apply, in_axes=(None, None, 0)))(params, state, xs)
     for i in range(3):
-        y, s = layer.apply(params, state, xs[i], train=True)
+        y, s = apply(params, state, xs[i])
         np.testing.assert_allclose(ys[i], y, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(states["var"][i], s["var"], rtol=1e-6)
 
@@ -270,5 +275,7 @@ def test_bad_arguments_are_refused():
         layer.apply(params, state, jnp.ones((1, 3)), train=True)
     with pytest.raises(TypeError, match="BatchNorm: x must be a floating-point array"):
         layer.apply(params, state, jnp.ones((4, 3), jnp.int32), train=True)
+    with pytest.raises(TypeError, match="BatchNorm: train must be a Python bool.*static_argnames"):
+        jax.jit(lambda x, train: layer.apply(params, state, x, train=train))(jnp.ones((4, 3)), True)
     # one example is fine in eval mode
     assert layer.apply(params, state, jnp.ones((1, 3)), train=False)[0].shape == (1, 3)

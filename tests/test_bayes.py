@@ -30,7 +30,7 @@ def _randomise(params, key, scale=0.5):
 def _train(model, loss, params, state, x, y, *, steps, lr, key, penalty=None):
     """Full-batch Adam on the manual gradient, the steps in one compiled scan."""
     vg = value_and_grad(model, loss, penalty=penalty)
-    opt = optax.adam(lr)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
 
     @jax.jit
     def run(params, key):
@@ -49,14 +49,10 @@ def _train(model, loss, params, state, x, y, *, steps, lr, key, penalty=None):
 # ----------------------------------------------------------------------------- BayesDense
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_bayes_dense_passes_checker(train):
-    check_layer(BayesDense(5, sigma_init=0.3), (4,), key=jax.random.key(3), train=train).assert_ok()
-
-
-def test_bayes_mlp_passes_checker():
-    model = fn.serial(BayesDense(6, sigma_init=0.3), fn.Tanh(), BayesDense(3, prior_sigma=0.5))
-    check_layer(model, (4,), batch=4, key=jax.random.key(1)).assert_ok()
+def test_bayes_dense_passes_checker():
+    # a fixed key fixes eps, so the sampled layer is a deterministic function of (mu, rho, x);
+    # eval mode and a BayesDense MLP are in the catalog (test_check_gallery)
+    check_layer(BayesDense(5, sigma_init=0.3), (4,), key=jax.random.key(3), train=True).assert_ok()
 
 
 def test_forward_is_a_dense_layer_at_the_sampled_weights():
@@ -78,7 +74,7 @@ def test_sampled_weights_have_the_posterior_moments():
     layer = BayesDense(2, sigma_init=0.3)
     params, _ = layer.init(jax.random.key(0), (3,))
     params = _randomise(params, jax.random.key(1))
-    ws = jax.vmap(lambda k: sample(params, k)[0])(jax.random.split(jax.random.key(2), 20000))
+    ws = jax.jit(jax.vmap(lambda k: sample(params, k)[0]))(jax.random.split(jax.random.key(2), 20000))
     sigma = np.log1p(np.exp(np.asarray(params["w_rho"])))
     # standard errors sigma / sqrt(n) for the mean and about sigma / sqrt(2n) for the std
     np.testing.assert_array_less(np.abs(ws.mean(0) - params["w_mu"]), 5 * sigma / math.sqrt(20000))
@@ -120,7 +116,7 @@ def test_checker_flags_wrong_reparameterisation(name):
         grads, dx = layer.backward(params, cache, dy)
         return WRONG_BACKWARDS[name](grads, params, cache[1]), dx
 
-    assert not check_layer(dataclasses.replace(layer, backward=backward), (4,)).ok
+    assert not check_layer(dataclasses.replace(layer, backward=backward), (4,), fd=False).ok
 
 
 def test_bayes_dense_errors():
@@ -139,8 +135,9 @@ def test_bayes_dense_errors():
 
 
 def test_softplus_inverse():
-    for s in (1e-4, 0.05, 1.0, 40.0):
-        assert math.isclose(float(jax.nn.softplus(jnp.float64(softplus_inverse(s)))), s, rel_tol=1e-12)
+    with jax.enable_x64(True):
+        for s in (1e-4, 0.05, 1.0, 40.0):
+            assert math.isclose(float(jax.nn.softplus(jnp.float64(softplus_inverse(s)))), s, rel_tol=1e-12)
 
 
 # ----------------------------------------------------------------------------- KL
@@ -174,39 +171,42 @@ def test_kl_is_zero_at_the_prior_and_finite_for_tiny_sigma():
 
 
 def test_kl_penalty_gradient_passes_checker():
-    model = fn.serial(fn.Flatten(), BayesDense(5, prior_sigma=0.5), fn.Tanh(), fn.Dense(3), BayesDense(2))
+    layer = BayesDense(4, prior_sigma=0.5)
     with jax.enable_x64(True):
-        params, state = model.init(jax.random.key(0), (2, 3))
+        params, state = layer.init(jax.random.key(0), (3,))
         params = _randomise(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1))
         pen = kl_penalty(state, 17)
-        g = pen.grad(params)
-        chex.assert_trees_all_equal_structs(g, params)
-        np.testing.assert_array_equal(g["3_dense"]["w"], 0.0)
         check_backward(lambda p: pen.value(p),
                        lambda p, dy: (jax.tree_util.tree_map(lambda a: dy * a, pen.grad(p)),),
                        params, name="kl_penalty").assert_ok()
-        # the two layers' priors are their own
-        total = gaussian_kl(params["1_bayes_dense"]["w_mu"], params["1_bayes_dense"]["w_rho"], 0.5) \
-            + gaussian_kl(params["1_bayes_dense"]["b_mu"], params["1_bayes_dense"]["b_rho"], 0.5) \
-            + gaussian_kl(params["4_bayes_dense"]["w_mu"], params["4_bayes_dense"]["w_rho"], 1.0) \
-            + gaussian_kl(params["4_bayes_dense"]["b_mu"], params["4_bayes_dense"]["b_rho"], 1.0)
-        np.testing.assert_allclose(kl_divergence(params, state), total, rtol=1e-14)
-        np.testing.assert_allclose(pen.value(params), total / 17, rtol=1e-14)
 
 
-def test_elbo_manual_equals_autodiff():
-    model = fn.serial(BayesDense(8, sigma_init=0.2), fn.Tanh(), BayesDense(2, prior_sigma=0.5))
+def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
+    """The negative ELBO's gradient (data term and KL over every BayesDense, each with its own
+    prior; a plain Dense in between gets no KL) by the manual backward equals autodiff."""
+    model = fn.serial(fn.Flatten(), BayesDense(5, prior_sigma=0.5, sigma_init=0.2), fn.Tanh(), fn.Dense(4),
+                      BayesDense(2))
     with jax.enable_x64(True):
-        params, state = model.init(jax.random.key(0), (3,))
-        params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-        x = jax.random.normal(jax.random.key(1), (10, 3), jnp.float64)
+        params, state = model.init(jax.random.key(0), (2, 3))
+        params = _randomise(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1), 0.2)
+        x = jax.random.normal(jax.random.key(1), (10, 2, 3), jnp.float64)
         y = jax.random.randint(jax.random.key(2), (10,), 0, 2)
         k = jax.random.key(3)
         vm, gm, _ = jax.jit(elbo(model, losses.softmax_cross_entropy, state, 50))(params, state, x, y, key=k)
         va, ga, _ = jax.jit(elbo(model, losses.softmax_cross_entropy, state, 50, mode="autodiff"))(
             params, state, x, y, key=k)
         assert abs(float(vm - va)) <= 1e-12 * abs(float(va))
+        chex.assert_trees_all_equal_structs(gm, params)
         chex.assert_trees_all_close(gm, ga, rtol=1e-10, atol=0)
+
+        pen = kl_penalty(state, 50)
+        np.testing.assert_array_equal(pen.grad(params)["3_dense"]["w"], 0.0)
+        layer_kl = [gaussian_kl(params[n][m], params[n][r], prior)
+                    for n, prior in (("1_bayes_dense", 0.5), ("4_bayes_dense", 1.0))
+                    for m, r in (("w_mu", "w_rho"), ("b_mu", "b_rho"))]
+        np.testing.assert_allclose(kl_divergence(params, state), sum(layer_kl), rtol=1e-14)
+        data_term = losses.softmax_cross_entropy.value(model.apply(params, state, x, key=k, train=True)[0], y)
+        np.testing.assert_allclose(vm, data_term + sum(layer_kl) / 50, rtol=1e-13)
 
 
 def test_kl_penalty_errors():
@@ -226,18 +226,22 @@ def test_posterior_sigma_shrinks_with_more_data_towards_the_mean_field_optimum()
         kx, ke = jax.random.split(jax.random.key(n))
         x = jax.random.normal(kx, (n, 1))
         y = 1.5 * x + 0.5 + noise * jax.random.normal(ke, (n, 1))
-        layer = BayesDense(1, prior, sigma_init=0.3)
+        layer = BayesDense(1, prior, sigma_init=0.05)
         params, state = layer.init(jax.random.key(0), (1,))
-        params, _ = _train(layer, losses.gaussian_nll(noise), params, state, x, y, steps=3000, lr=0.02,
+        params, _ = _train(layer, losses.gaussian_nll(noise), params, state, x, y, steps=3000, lr=0.1,
                            key=jax.random.key(1), penalty=kl_penalty(state, n))
         xt = np.concatenate([np.asarray(x), np.ones((n, 1))], 1)
         lam = np.eye(2) / prior**2 + xt.T @ xt / noise**2
         optima.append(1 / np.sqrt(np.diag(lam)))
+        # the posterior mean of a linear-Gaussian model is exact under mean field
+        mean = np.linalg.solve(lam, xt.T @ np.asarray(y)[:, 0] / noise**2)
+        got = np.array([float(params["w_mu"][0, 0]), float(params["b_mu"][0])])
+        np.testing.assert_array_less(np.abs(got - mean), 0.5 * optima[-1])
         sigmas.append(np.array([float(jax.nn.softplus(params["w_rho"][0, 0])),
                                 float(jax.nn.softplus(params["b_rho"][0]))]))
     assert np.all(sigmas[1] < sigmas[0] / 5), sigmas
     for got, want in zip(sigmas, optima):
-        np.testing.assert_allclose(got, want, rtol=0.25)
+        np.testing.assert_allclose(got, want, rtol=0.15)  # SGD noise is about 5%
 
 
 # ----------------------------------------------------------------------------- predict
@@ -277,7 +281,8 @@ def test_predict_is_the_average_over_samples():
     k = jax.random.key(2)
     ys = sample_outputs(model, params, state, x, k, 50)
     keys = jax.random.split(k, 50)
-    loop = np.stack([np.asarray(model.apply(params, state, x, key=kk, train=True)[0]) for kk in keys])
+    one = jax.jit(lambda kk: model.apply(params, state, x, key=kk, train=True)[0])
+    loop = np.stack([np.asarray(one(kk)) for kk in keys])
     np.testing.assert_allclose(ys, loop, rtol=1e-5, atol=1e-6)
 
     reg = predict(model, params, state, x, k, samples=50, noise_var=0.25)
@@ -359,7 +364,7 @@ def test_calibration_extremes():
     np.testing.assert_allclose(cal.predictive_entropy(onehot), 0.0)
     np.testing.assert_allclose(cal.predictive_entropy(jnp.full((2, 4), 0.25)), math.log(4), rtol=1e-6)
     np.testing.assert_allclose(cal.regression_nll(jnp.zeros(3), jnp.full(3, 4.0), jnp.array([0.0, 2.0, -2.0])),
-                               0.5 * math.log(2 * math.pi * 4) + (0 + 0.5 + 0.5) / 2 / 3, rtol=1e-6)
+                               0.5 * (math.log(2 * math.pi * 4) + (0 + 1 + 1) / 3), rtol=1e-6)
     with pytest.raises(ValueError, match="nll: probs must have shape"):
         cal.nll(onehot, labels[:2])
     with pytest.raises(TypeError, match="labels must be integers"):

@@ -16,7 +16,8 @@ import pytest
 
 from funcnn.neurons import (
     PRESETS, equilibria, fi_curve, hodgkin_huxley, jacobian_eigenvalues, morris_lecar,
-    initial_states, nullclines, onset_current, rest_instability_current, saddle_node_currents, simulate,
+    initial_states, nullclines, onset_current, rest_instability_current, saddle_node_currents,
+    simulate,
     simulate_adaptive, spike_times, stability,
 )
 from funcnn.neurons.hodgkin_huxley import HodgkinHuxley, xexp
@@ -29,20 +30,20 @@ HH = hodgkin_huxley()
 @pytest.mark.parametrize("x64", [False, True])
 def test_hh_rates_exact_at_removable_singularities(x64):
     with jax.enable_x64(x64):
-        am = lambda v: HodgkinHuxley.rates(v)[0]
-        an = lambda v: HodgkinHuxley.rates(v)[4]
-        v40, v55 = jnp.asarray(-40.0), jnp.asarray(-55.0)
-        assert float(am(v40)) == 1.0 and float(an(v55)) == pytest.approx(0.1, rel=1e-7)
+        am = jax.jit(jax.vmap(lambda v: HodgkinHuxley.rates(v)[0]))
+        an = jax.jit(jax.vmap(lambda v: HodgkinHuxley.rates(v)[4]))
+        dam = jax.jit(jax.vmap(jax.grad(lambda v: HodgkinHuxley.rates(v)[0])))
+        dan = jax.jit(jax.vmap(jax.grad(lambda v: HodgkinHuxley.rates(v)[4])))
+        v = jnp.asarray([-40.0, -55.0])
+        assert float(am(v)[0]) == 1.0 and float(an(v)[1]) == pytest.approx(0.1, rel=1e-7)
         # d/dV [a * x/(1-e^-x)], x = (V - V0)/10, at x = 0 is a/20
-        assert float(jax.grad(am)(v40)) == pytest.approx(0.05, rel=1e-6)
-        assert float(jax.grad(an)(v55)) == pytest.approx(0.005, rel=1e-6)
+        assert float(dam(v)[0]) == pytest.approx(0.05, rel=1e-6)
+        assert float(dan(v)[1]) == pytest.approx(0.005, rel=1e-6)
         # continuous with the closed form just off the singularity
-        for d in (1e-3, -1e-3, 1e-2):
-            v = -40.0 + d
-            closed = 0.1 * (v + 40) / (1 - np.exp(-(v + 40) / 10))
-            assert float(am(jnp.asarray(v))) == pytest.approx(closed, rel=1e-6)
-        y = HH.steady_state(v40)
-        g = jax.jacfwd(lambda y: HH.rhs(y, 0.0))(y)
+        d = np.asarray([1e-3, -1e-3, 1e-2, -0.5])
+        closed = 0.1 * d / (1 - np.exp(-d / 10))
+        np.testing.assert_allclose(np.asarray(am(jnp.asarray(-40.0 + d))), closed, rtol=1e-6)
+        g = jax.jit(jax.jacfwd(lambda y: HH.rhs(y, 0.0)))(HH.steady_state(jnp.asarray(-40.0)))
         assert bool(jnp.all(jnp.isfinite(g)))
     assert float(xexp(0.0)) == 1.0 and float(jax.grad(xexp)(0.0)) == 0.5
 
@@ -144,19 +145,21 @@ def test_gradient_through_simulator_matches_finite_differences():
 
         def loss(theta):
             p = HOPF._replace(gCa=theta[0], gK=theta[1], phi=theta[2])
-            return jnp.mean(simulate(p, 100.0, 60.0, dt=0.1, y0=y0)["V"])
+            return jnp.mean(simulate(p, 100.0, 60.0, dt=0.5, y0=y0)["V"])
 
         theta = jnp.asarray([4.4, 8.0, 0.04])
         g = jax.grad(loss)(theta)
+        loss = jax.jit(loss)
         for i, h in enumerate([1e-4, 1e-4, 1e-6]):
             e = jnp.zeros(3).at[i].set(h)
             fd = (loss(theta + e) - loss(theta - e)) / (2 * h)
             assert float(g[i]) == pytest.approx(float(fd), rel=1e-5)
 
         def hh_loss(gna):  # a spike crosses V = -55 and -40 (the removable singularities)
-            return jnp.mean(simulate(HH._replace(gNa=gna), 10.0, 15.0, dt=0.01,
+            return jnp.mean(simulate(HH._replace(gNa=gna), 10.0, 10.0, dt=0.025,
                                      y0=HH.cycle_seed())["V"])
         g = jax.grad(hh_loss)(120.0)
+        hh_loss = jax.jit(hh_loss)
         fd = (hh_loss(120.0 + 1e-4) - hh_loss(120.0 - 1e-4)) / 2e-4
         assert float(g) == pytest.approx(float(fd), rel=1e-5)
 

@@ -1,4 +1,4 @@
-"""``funcnn neuron simulate|phase|fi``: Morris–Lecar and Hodgkin–Huxley from the command line."""
+"""``funcnn neuron simulate|phase|fi``: Morris–Lecar and Hodgkin–Huxley on the command line."""
 from __future__ import annotations
 
 import argparse

@@ -132,7 +132,8 @@ def scatter_windows(parts, g: Geometry):
     into the input positions it read, dropping what fell on padding: -> (N, *in, C).
 
     Each part is placed with one ``lax.pad`` (interior padding s - 1 spreads it to stride
-    s; negative edges crop the padding); XLA fuses the sum into a single loop."""
+    s; negative edges crop the padding); XLA fuses the pads and the sum into one loop, as
+    fast as a stack-and-reshape interleave even when windows do not overlap."""
     total = None
     for tap, part in zip(g.taps, parts):
         config = [(0, 0, 0)]
@@ -143,3 +144,4 @@ def scatter_windows(parts, g: Geometry):
         placed = lax.pad(part, lax.convert_element_type(0, part.dtype), config)
         total = placed if total is None else total + placed
     return total
+

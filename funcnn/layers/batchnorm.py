@@ -123,6 +123,9 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
             )
         bshape = _broadcast_shape(x.ndim, ax, features)
         gamma, beta = params["gamma"].reshape(bshape), params["beta"].reshape(bshape)
+        if isinstance(train, jax.core.Tracer):
+            raise TypeError("BatchNorm: train must be a Python bool, got a traced value; "
+                            "mark it static under jit (static_argnames='train')")
         if train:
             reduce = tuple(i for i in range(x.ndim) if i != ax)
             m = math.prod(x.shape[i] for i in reduce)

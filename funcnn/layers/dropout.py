@@ -34,6 +34,9 @@ def Dropout(rate: float) -> Layer:
     def forward(params, state, x, *, key=None, train=False):
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             raise TypeError(f"Dropout: x must be a floating-point array, got dtype {jnp.result_type(x)}")
+        if isinstance(train, jax.core.Tracer):
+            raise TypeError("Dropout: train must be a Python bool, got a traced value; "
+                            "mark it static under jit (static_argnames='train')")
         if not train or rate == 0.0:
             return x, state, None
         if key is None:

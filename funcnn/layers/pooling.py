@@ -14,11 +14,11 @@ inputs X_pad[o s + t]. Per channel:
 Max pooling pads with -inf, so a padded tap never wins; a padding as wide as the window
 would give windows with no input, and raises.
 
-Fast path: when windows tile the input exactly (VALID, stride == window, sizes divisible),
-the input is reshaped to (N, M1, k1, M2, k2, C) and the window axes are reduced directly;
-the max backward is then a one-hot mask of the first arg-max broadcast against dY, a single
-fused elementwise loop instead of XLA's ``select_and_scatter``. Otherwise every tap is a
-strided slice (forward) and ``scatter_windows`` adds the taps' gradients back (backward).
+Every tap is one strided slice of the padded input (forward: an elementwise max or sum
+of the slices); the backward builds each tap's share of dY and ``scatter_windows`` adds the
+shares back, all fused by XLA into a few elementwise loops. This avoids XLA's
+``select_and_scatter``, which autodiff of ``lax.reduce_window`` emits and which is an
+order of magnitude slower on CPU for 2x2 pooling (see docs/conv.md).
 
 ``GlobalAvgPool`` maps (N, *S, C) to (N, C): Y = mean over S, dX = dY / |S| broadcast.
 """
@@ -36,20 +36,6 @@ from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding,
                                          scatter_windows, window_slices)
 
 
-def _tiles(g):
-    """Whether the windows tile the input exactly (no padding, no overlap, nothing dropped)."""
-    return (all(lo == hi == 0 for lo, hi in g.pads) and g.stride == g.kernel
-            and all(n == m * k for n, m, k in zip(g.in_spatial, g.out_spatial, g.kernel)))
-
-
-def _split_windows(x, g):
-    """(N, *S, C) -> (N, M1, k1, M2, k2, ..., C), and the window axes (2, 4, ...)."""
-    shape = [x.shape[0]]
-    for m, k in zip(g.out_spatial, g.kernel):
-        shape += [m, k]
-    return x.reshape(*shape, x.shape[-1]), tuple(range(2, 2 * len(g.kernel) + 1, 2))
-
-
 def _counts(g):
     """Static (1, *M, 1) array: how many taps of each window fall on the input."""
     total = np.ones((), np.float64)
@@ -61,45 +47,24 @@ def _counts(g):
 
 
 def _max_forward(x, g):
-    if _tiles(g):
-        xr, axes = _split_windows(x, g)
-        return xr.max(axis=axes)
     return functools.reduce(jnp.maximum, window_slices(pad_to_used(x, g, -jnp.inf), g))
 
 
 def _max_backward(x, y, dy, g):
-    if _tiles(g):
-        xr, axes = _split_windows(x, g)
-        expand = lambda a: jnp.expand_dims(a, axes)  # noqa: E731
-        # flat tap index of every window element, broadcast over (N, M, k, ..., C)
-        tap = np.arange(math.prod(g.kernel)).reshape(g.kernel)
-        tap = np.expand_dims(tap, tuple(range(0, 2 * len(g.kernel), 2)))[None, ..., None]
-        first = jnp.where(xr == expand(y), tap, tap.size).min(axis=axes, keepdims=True)
-        return jnp.where(tap == first, expand(dy), 0).astype(dy.dtype).reshape(x.shape)
     parts, taken = [], None
     for xs in window_slices(pad_to_used(x, g, -jnp.inf), g):
-        hit = xs == y if taken is None else (xs == y) & ~taken
+        hit = xs == y if taken is None else (xs == y) & ~taken  # first tap holding the max
         taken = hit if taken is None else taken | hit
         parts.append(jnp.where(hit, dy, 0).astype(dy.dtype))
     return scatter_windows(parts, g)
 
 
 def _avg_forward(x, g):
-    if _tiles(g):
-        xr, axes = _split_windows(x, g)
-        return xr.mean(axis=axes)
     total = functools.reduce(jnp.add, window_slices(pad_to_used(x, g), g))
     return total / _counts(g).astype(x.dtype)
 
 
 def _avg_backward(x, y, dy, g):
-    if _tiles(g):
-        shape = [dy.shape[0]]
-        for m, k in zip(g.out_spatial, g.kernel):
-            shape += [m, k]
-        _, axes = _split_windows(x, g)
-        spread = jnp.broadcast_to(jnp.expand_dims(dy / math.prod(g.kernel), axes), (*shape, dy.shape[-1]))
-        return spread.reshape(x.shape)
     share = dy / _counts(g).astype(dy.dtype)
     return scatter_windows([share] * len(g.taps), g)
 

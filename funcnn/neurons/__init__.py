@@ -1,18 +1,18 @@
 """Biological neuron models (Morris–Lecar, Hodgkin–Huxley): simulation, analysis, fitting."""
 from funcnn.neurons.analysis import (
-    bistability_range, cycle_state, equilibria, initial_states, fi_curve, jacobian_eigenvalues, nullclines, onset_current,
-    rate_from_spikes, rest_instability_current, rest_state, saddle_node_currents, spike_times,
-    stability, steady_current,
+    bistability_range, cycle_state, equilibria, fi_curve, initial_states, jacobian_eigenvalues,
+    nullclines, onset_current, rate_from_spikes, rest_instability_current, rest_state,
+    saddle_node_currents, spike_times, stability, steady_current,
 )
-from funcnn.neurons.fit import fit_parameters
+from funcnn.neurons.fit import FitResult, fit_parameters
 from funcnn.neurons.hodgkin_huxley import HodgkinHuxley, hodgkin_huxley, xexp
 from funcnn.neurons.integrate import simulate, simulate_adaptive
 from funcnn.neurons.morris_lecar import PRESETS, MorrisLecar, morris_lecar
 
 __all__ = [
-    "HodgkinHuxley", "MorrisLecar", "PRESETS", "bistability_range", "cycle_state", "equilibria", "initial_states", "fi_curve",
-    "fit_parameters", "hodgkin_huxley", "jacobian_eigenvalues", "morris_lecar", "nullclines",
-    "onset_current", "rate_from_spikes", "rest_instability_current", "rest_state",
-    "saddle_node_currents", "simulate", "simulate_adaptive", "spike_times", "stability",
-    "steady_current", "xexp",
+    "FitResult", "HodgkinHuxley", "MorrisLecar", "PRESETS", "bistability_range", "cycle_state",
+    "equilibria", "fi_curve", "fit_parameters", "hodgkin_huxley", "initial_states",
+    "jacobian_eigenvalues", "morris_lecar", "nullclines", "onset_current", "rate_from_spikes",
+    "rest_instability_current", "rest_state", "saddle_node_currents", "simulate",
+    "simulate_adaptive", "spike_times", "stability", "steady_current", "xexp",
 ]

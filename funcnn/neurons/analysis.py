@@ -38,6 +38,7 @@ def steady_current(params, V):
     return params.ionic_current(*[y[i] for i in range(y.shape[0])])
 
 
+@partial(jax.jit, static_argnames=("iters",))
 def _bisect_root(params, current, a, b, iters=40):
     g = lambda v: steady_current(params, v) - current
 
@@ -67,7 +68,7 @@ def equilibria(params, current):
     g = np.asarray(steady_current(params, jnp.asarray(V))) - float(current)
     idx = np.nonzero(np.sign(g[:-1]) * np.sign(g[1:]) <= 0)[0]
     idx = [i for i in idx if not (g[i] == 0 and i > 0 and g[i - 1] * g[i + 1] > 0)]
-    roots = [_bisect_root(params, current, V[i], V[i + 1]) for i in idx]
+    roots = [_bisect_root(params, float(current), V[i], V[i + 1]) for i in idx]
     roots = sorted({round(float(r), 6) for r in roots})
     return jnp.stack([params.steady_state(jnp.asarray(r)) for r in roots])
 
@@ -76,6 +77,7 @@ def jacobian(params, y, current):
     return jax.jacfwd(lambda z: params.rhs(z, current))(jnp.asarray(y))
 
 
+@jax.jit
 def jacobian_eigenvalues(params, y, current):
     """Eigenvalues of the Jacobian at state ``y`` (from ``jax.jacfwd``); stable iff all Re < 0."""
     return jnp.linalg.eigvals(jacobian(params, y, current))

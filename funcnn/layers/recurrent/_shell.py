@@ -118,8 +118,12 @@ def _like_carry(h, n_states):
 
 
 def time_sum_product(da, v):
-    """sum_t da_t^T v_t for da (T, B, G), v (T, B, K): one (G, T*B) @ (T*B, K) product."""
-    return da.reshape(-1, da.shape[-1]).T @ v.reshape(-1, v.shape[-1])
+    """sum_t da_t^T v_t for da (T, B, G), v (T, B, K): one (G, T*B) @ (T*B, K) product.
+
+    Written as one ``dot_general`` contracting time and batch together: on CPU XLA
+    then transposes ``da`` once (shared by dW_ih and dW_hh) and runs a fast GEMM,
+    about twice as fast as ``da.reshape(-1, G).T @ v.reshape(-1, K)``."""
+    return jax.lax.dot_general(da, v, (((0, 1), (0, 1)), ((), ())))
 
 
 def stacked_orthogonal(key, gates: int, hidden: int, dtype=jnp.float32):

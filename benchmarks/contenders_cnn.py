@@ -1,0 +1,171 @@
+"""conv(32, 3x3, SAME)-ReLU-maxpool 2-conv(64, 3x3, SAME)-ReLU-maxpool 2-dense(10) on 28x28x1,
+batch 64, Adam(1e-3), softmax cross-entropy.
+
+funcnn picks its convolution per backend and layer (``impl=None``): on CPU im2col + GEMM
+for the 1-channel first layer and XLA's convolution for the second; on GPU/TPU XLA's
+convolution. The "(all gemm)" / "(all xla conv)" rows force one formulation everywhere.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcnn.gradients import value_and_grad
+from funcnn.layer import serial
+from funcnn.layers.activations import ReLU
+from funcnn.layers.conv import Conv2D
+from funcnn.layers.dense import Dense
+from funcnn.layers.flatten import Flatten
+from funcnn.layers.pooling import MaxPool2D
+from funcnn.losses import softmax_cross_entropy
+from harness import stepper, torch_stepper
+
+TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
+REFERENCE = "pytorch"
+BATCH, SIDE = 64, 28
+NOTES = ("funcnn manual/autodiff pick the convolution per backend and layer (CPU: im2col + GEMM for "
+         "the 1-channel first layer, `lax.conv_general_dilated` for the second; GPU/TPU: XLA everywhere); "
+         "the `(all gemm)` / `(all xla conv)` rows force one formulation. funcnn's max-pool backward is a "
+         "fused first-arg-max mask, not XLA's `select_and_scatter` (which the JAX peers get from autodiff).")
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, SIDE, SIDE, 1)).astype(np.float32)
+    return x, rng.integers(0, 10, BATCH).astype(np.int32)
+
+
+def funcnn_step(mode, impl=None):
+    model = serial(Conv2D(32, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2),
+                   Conv2D(64, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2), Flatten(), Dense(10))
+    params, state = model.init(jax.random.key(0), (SIDE, SIDE, 1))
+    tx = optax.adam(1e-3)
+    vg = value_and_grad(model, softmax_cross_entropy, mode=mode)
+
+    @jax.jit
+    def step(carry, x, y):
+        params, state, opt = carry
+        _, g, state = vg(params, state, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), state, opt
+
+    x, y = data()
+    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
+def raw_jax_step():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = {"c1": (jax.random.normal(k1, (3, 3, 1, 32)) * np.sqrt(2 / 9), jnp.zeros(32)),
+              "c2": (jax.random.normal(k2, (3, 3, 32, 64)) * np.sqrt(2 / 288), jnp.zeros(64)),
+              "d": (jax.random.normal(k3, (7 * 7 * 64, 10)) * np.sqrt(1 / 3136), jnp.zeros(10))}
+    tx = optax.adam(1e-3)
+
+    def conv(x, w, b):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+
+    def pool(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    def loss(p, x, y):
+        x = pool(jax.nn.relu(conv(x, *p["c1"])))
+        x = pool(jax.nn.relu(conv(x, *p["c2"])))
+        logits = x.reshape(x.shape[0], -1) @ p["d"][0] + p["d"][1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def step(carry, x, y):
+        params, opt = carry
+        g = jax.grad(loss)(params, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), opt
+
+    x, y = data()
+    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
+def flax_step():
+    from flax import nnx
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.c1 = nnx.Conv(1, 32, (3, 3), padding="SAME", rngs=rngs)
+            self.c2 = nnx.Conv(32, 64, (3, 3), padding="SAME", rngs=rngs)
+            self.d = nnx.Linear(7 * 7 * 64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            x = nnx.max_pool(jax.nn.relu(self.c1(x)), (2, 2), (2, 2))
+            x = nnx.max_pool(jax.nn.relu(self.c2(x)), (2, 2), (2, 2))
+            return self.d(x.reshape(x.shape[0], -1))
+
+    model = CNN(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        g = nnx.grad(loss)(model)
+        opt.update(model, g)
+
+    x, y = map(jnp.asarray, data())
+
+    def run():
+        step(model, opt, x, y)
+        return model.d.kernel.value
+
+    return run
+
+
+def equinox_step():
+    import equinox as eqx
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    model = eqx.nn.Sequential([
+        eqx.nn.Conv2d(1, 32, 3, padding="SAME", key=k1), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
+        eqx.nn.Conv2d(32, 64, 3, padding="SAME", key=k2), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
+        eqx.nn.Lambda(jnp.ravel), eqx.nn.Linear(7 * 7 * 64, 10, key=k3)])
+    tx = optax.adam(1e-3)
+
+    @eqx.filter_jit
+    def step(carry, x, y):
+        model, opt = carry
+
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
+
+        g = eqx.filter_grad(loss)(model)
+        u, opt = tx.update(g, opt, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, u), opt
+
+    x, y = data()
+    x = np.transpose(x, (0, 3, 1, 2))  # equinox convolutions are channels-first, per example
+    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
+
+
+def torch_step():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3, padding="same"), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding="same"), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
+    x, y = data()
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+                         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long())
+
+
+def contenders():
+    return {
+        "funcnn manual": funcnn_step("manual"),
+        "funcnn autodiff": funcnn_step("autodiff"),
+        "funcnn manual (all gemm)": funcnn_step("manual", "gemm"),
+        "funcnn manual (all xla conv)": funcnn_step("manual", "xla"),
+        "raw jax": raw_jax_step(),
+        "flax nnx": flax_step(),
+        "equinox": equinox_step(),
+        "pytorch": torch_step(),
+    }
