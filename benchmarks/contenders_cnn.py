@@ -4,6 +4,11 @@ batch 64, Adam(1e-3), softmax cross-entropy.
 funcnn picks its convolution per backend and layer (``impl=None``): on CPU im2col + GEMM
 for the 1-channel first layer and XLA's convolution for the second; on GPU/TPU XLA's
 convolution. The "(all gemm)" / "(all xla conv)" rows force one formulation everywhere.
+
+``python benchmarks/contenders_cnn.py [--rounds 20]`` times the pieces of this step apart
+(each convolution's forward, kernel and input gradients in both formulations; the 2x2
+max-pool backward against autodiff's ``select_and_scatter``) and writes
+benchmarks/results/cnn_ops.md.
 """
 from __future__ import annotations
 
@@ -169,3 +174,66 @@ def contenders():
         "equinox": equinox_step(),
         "pytorch": torch_step(),
     }
+
+
+def op_contenders():
+    """Per-op timings at this model's shapes: ``{(op, variant): step}``."""
+    from jax import lax
+
+    from funcnn.layers import conv as C
+    from funcnn.layers import pooling as P
+    from funcnn.layers._conv_windows import geometry
+
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)  # noqa: E731
+    ops = {}
+    for side, cin, cout in [(28, 1, 32), (14, 32, 64)]:
+        x, w, dy = normal(BATCH, side, side, cin), normal(3, 3, cin, cout), normal(BATCH, side, side, cout)
+        g = geometry((side, side), (3, 3), (1, 1), (1, 1), "SAME", "conv")
+        layer = f"conv {side}x{side}x{cin}->{cout}"
+        for impl, (fwd, bwd) in C._FORMULATIONS.items():
+            f = jax.jit(lambda x, w, fwd=fwd: fwd(x, w, g))
+            dw = jax.jit(lambda x, w, dy, bwd=bwd: bwd(x, w, g, dy)[0])
+            dx = jax.jit(lambda x, w, dy, bwd=bwd: bwd(x, w, g, dy)[1])
+            ops[layer, "forward", impl] = lambda f=f: f(x, w)
+            ops[layer, "kernel grad", impl] = lambda f=dw: f(x, w, dy)
+            ops[layer, "input grad", impl] = lambda f=dx: f(x, w, dy)
+    for side, ch in [(28, 32), (14, 64)]:
+        x, dy = normal(BATCH, side, side, ch), normal(BATCH, side // 2, side // 2, ch)
+        g = geometry((side, side), (2, 2), (2, 2), (1, 1), "VALID", "pool")
+        window = lambda v: lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
+        auto = jax.jit(lambda x, dy: jax.vjp(window, x)[1](dy)[0])
+        manual = jax.jit(lambda x, dy: P._max_backward(x, P._max_forward(x, g), dy, g))
+        layer = f"maxpool 2x2 {side}x{side}x{ch}"
+        ops[layer, "forward + backward", "autodiff of reduce_window (select_and_scatter)"] = lambda f=auto: f(x, dy)
+        ops[layer, "forward + backward", "funcnn (tap slices + first-max mask)"] = lambda f=manual: f(x, dy)
+    return ops
+
+
+def main(argv=None):
+    import argparse
+    from pathlib import Path
+
+    from harness import machine, time_interleaved, versions
+
+    p = argparse.ArgumentParser(description="per-op timings of the CNN step")
+    p.add_argument("--rounds", type=int, default=20)
+    args = p.parse_args(argv)
+    ops = op_contenders()
+    times = time_interleaved({" | ".join(k): f for k, f in ops.items()}, rounds=args.rounds)
+    lines = ["# CNN step, op by op", "",
+             f"Measured on {machine()}; {versions()}. Reproduce: `python benchmarks/contenders_cnn.py "
+             f"--rounds {args.rounds}`; {args.rounds} interleaved rounds, median ms (batch {BATCH}, float32, "
+             "3x3 SAME convolutions, each op jitted alone).", "",
+             "| layer | op | formulation | median ms |", "|---|---|---|---:|"]
+    for name, t in times.items():
+        lines.append(f"| {name} | {1e3 * np.median(t):.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(__file__).resolve().parent / "results" / "cnn_ops.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,7 +60,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
     args = p.parse_args(argv)
-    epochs, seeds, width, n_train = (3, 1, 64, 200) if args.quick else (150, 3, 512, 500)
+    epochs, seeds, width, n_train = (3, 1, 64, 200) if args.quick else (100, 3, 512, 500)
 
     ds = data.load("digits")
     subset = (ds.x_train[:n_train], ds.y_train[:n_train], ds.x_test, ds.y_test)

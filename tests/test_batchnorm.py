@@ -139,8 +139,11 @@ def _random_state(key, state):
     return {"mean": jax.random.normal(km, f), "var": jax.random.uniform(kv, f, minval=0.5, maxval=2.0)}
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("layout", LAYOUTS)
+# training mode on (N, F) and NHWC is checked by funcnn.check.catalog (tests/test_check_gallery.py)
+CHECKS = [("NCHW (N, C, H, W), axis=1", True)] + [(layout, False) for layout in LAYOUTS]
+
+
+@pytest.mark.parametrize("layout,train", CHECKS, ids=[f"{lay}-{'train' if t else 'eval'}" for lay, t in CHECKS])
 def test_checker_passes(layout, train):
     shape, axis, batch = LAYOUTS[layout]
     layer = _with_state(_layer(axis), _random_state)

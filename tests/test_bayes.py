@@ -19,12 +19,20 @@ from funcnn.check import check_backward, check_layer, check_loss
 from funcnn.gradients import value_and_grad
 
 
-def _randomise(params, key, scale=0.5):
-    """Move every leaf off its constant init so that each rho differs."""
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+def _init(model, input_shape, *, scale=0.5, dtype=jnp.float32):
+    """Params and state, every param leaf moved off its constant init (so each rho differs),
+    in one compiled call (op-by-op dispatch would compile every small op on its own)."""
+
+    @jax.jit
+    def make(key):
+        k_init, k_move = jax.random.split(key)
+        params, state = model.init(k_init, input_shape)
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(k_move, len(leaves))
+        moved = [l.astype(dtype) + scale * jax.random.normal(k, l.shape, dtype) for k, l in zip(keys, leaves)]
+        return jax.tree_util.tree_unflatten(tree, moved), state
+
+    return make(jax.random.key(0))
 
 
 def _train(model, loss, params, state, x, y, *, steps, lr, key, penalty=None):
@@ -57,8 +65,7 @@ def test_bayes_dense_passes_checker():
 
 def test_forward_is_a_dense_layer_at_the_sampled_weights():
     layer = BayesDense(3, sigma_init=0.2)
-    params, state = layer.init(jax.random.key(0), (4,))
-    params = _randomise(params, jax.random.key(1))
+    params, state = _init(layer, (4,))
     x = jax.random.normal(jax.random.key(2), (5, 4))
     k = jax.random.key(7)
     w, b, eps_w, eps_b = sample(params, k)
@@ -72,8 +79,7 @@ def test_forward_is_a_dense_layer_at_the_sampled_weights():
 
 def test_sampled_weights_have_the_posterior_moments():
     layer = BayesDense(2, sigma_init=0.3)
-    params, _ = layer.init(jax.random.key(0), (3,))
-    params = _randomise(params, jax.random.key(1))
+    params, _ = _init(layer, (3,))
     ws = jax.jit(jax.vmap(lambda k: sample(params, k)[0]))(jax.random.split(jax.random.key(2), 20000))
     sigma = np.log1p(np.exp(np.asarray(params["w_rho"])))
     # standard errors sigma / sqrt(n) for the mean and about sigma / sqrt(2n) for the std
@@ -86,8 +92,7 @@ def test_reparameterisation_gradient_formula():
     """drho = dW * eps * sigmoid(rho) with dW the Dense gradient at the sampled W."""
     with jax.enable_x64(True):
         layer = BayesDense(3, sigma_init=0.2)
-        params, state = layer.init(jax.random.key(0), (4,))
-        params = _randomise(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1))
+        params, state = _init(layer, (4,), dtype=jnp.float64)
         x = jax.random.normal(jax.random.key(2), (6, 4), jnp.float64)
         dy = jax.random.normal(jax.random.key(3), (6, 3), jnp.float64)
         k = jax.random.key(4)
@@ -173,8 +178,7 @@ def test_kl_is_zero_at_the_prior_and_finite_for_tiny_sigma():
 def test_kl_penalty_gradient_passes_checker():
     layer = BayesDense(4, prior_sigma=0.5)
     with jax.enable_x64(True):
-        params, state = layer.init(jax.random.key(0), (3,))
-        params = _randomise(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1))
+        params, state = _init(layer, (3,), dtype=jnp.float64)
         pen = kl_penalty(state, 17)
         check_backward(lambda p: pen.value(p),
                        lambda p, dy: (jax.tree_util.tree_map(lambda a: dy * a, pen.grad(p)),),
@@ -187,8 +191,7 @@ def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
     model = fn.serial(fn.Flatten(), BayesDense(5, prior_sigma=0.5, sigma_init=0.2), fn.Tanh(), fn.Dense(4),
                       BayesDense(2))
     with jax.enable_x64(True):
-        params, state = model.init(jax.random.key(0), (2, 3))
-        params = _randomise(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1), 0.2)
+        params, state = _init(model, (2, 3), scale=0.2, dtype=jnp.float64)
         x = jax.random.normal(jax.random.key(1), (10, 2, 3), jnp.float64)
         y = jax.random.randint(jax.random.key(2), (10,), 0, 2)
         k = jax.random.key(3)
@@ -199,14 +202,19 @@ def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
         chex.assert_trees_all_equal_structs(gm, params)
         chex.assert_trees_all_close(gm, ga, rtol=1e-10, atol=0)
 
-        pen = kl_penalty(state, 50)
-        np.testing.assert_array_equal(pen.grad(params)["3_dense"]["w"], 0.0)
-        layer_kl = [gaussian_kl(params[n][m], params[n][r], prior)
-                    for n, prior in (("1_bayes_dense", 0.5), ("4_bayes_dense", 1.0))
-                    for m, r in (("w_mu", "w_rho"), ("b_mu", "b_rho"))]
-        np.testing.assert_allclose(kl_divergence(params, state), sum(layer_kl), rtol=1e-14)
-        data_term = losses.softmax_cross_entropy.value(model.apply(params, state, x, key=k, train=True)[0], y)
-        np.testing.assert_allclose(vm, data_term + sum(layer_kl) / 50, rtol=1e-13)
+        @jax.jit
+        def pieces(params):
+            layer_kl = [gaussian_kl(params[n][m], params[n][r], prior)
+                        for n, prior in (("1_bayes_dense", 0.5), ("4_bayes_dense", 1.0))
+                        for m, r in (("w_mu", "w_rho"), ("b_mu", "b_rho"))]
+            data_term = losses.softmax_cross_entropy.value(model.apply(params, state, x, key=k, train=True)[0], y)
+            return (kl_penalty(state, 50).grad(params)["3_dense"]["w"], kl_divergence(params, state), sum(layer_kl),
+                    data_term)
+
+        dense_grad, total, by_hand, data_term = pieces(params)
+        np.testing.assert_array_equal(dense_grad, 0.0)
+        np.testing.assert_allclose(total, by_hand, rtol=1e-14)
+        np.testing.assert_allclose(vm, data_term + by_hand / 50, rtol=1e-13)
 
 
 def test_kl_penalty_errors():

@@ -133,21 +133,25 @@ def stacked_orthogonal(key, gates: int, hidden: int, dtype=jnp.float32):
 
 
 def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, recurrent_init) -> Layer:
-    """Wrap a cell into a layer over (batch, time, features) inputs (see the module doc)."""
+    """Wrap a cell into a layer over (batch, time, features) inputs (see the module doc).
+
+    ``w_init`` and ``recurrent_init`` are funcnn initialisers (names or callables);
+    ``recurrent_init="orthogonal"`` draws one orthogonal (H, H) block per gate."""
     positive_int(hidden, "hidden", cell.title)
     if not isinstance(return_sequences, bool):
         raise TypeError(f"{cell.title}: return_sequences must be a bool, got {return_sequences!r}")
     w_init = initializers.get(w_init, "w_init")
+    if recurrent_init == "orthogonal":
+        def recurrent_init(key, shape, fan_in, fan_out):
+            return stacked_orthogonal(key, cell.gates, hidden)
+    recurrent_init = initializers.get(recurrent_init, "recurrent_init")
     g = cell.gates * hidden
 
     def init(key, input_shape):
         _, features = sequence_shape(input_shape, cell.title)
         k_ih, k_hh, k_b = jax.random.split(key, 3)
         w_ih = w_init(k_ih, (g, features), features, g)
-        if recurrent_init == "orthogonal":
-            w_hh = stacked_orthogonal(k_hh, cell.gates, hidden)
-        else:
-            w_hh = initializers.get(recurrent_init, "recurrent_init")(k_hh, (g, hidden), hidden, g)
+        w_hh = recurrent_init(k_hh, (g, hidden), hidden, g)
         return {"w_ih": w_ih, "w_hh": w_hh, **cell.bias_init(k_b, g)}, {}
 
     def output_shape(input_shape):
