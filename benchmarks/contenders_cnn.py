@@ -192,21 +192,21 @@ def op_contenders():
         g = geometry((side, side), (3, 3), (1, 1), (1, 1), "SAME", "conv")
         layer = f"conv {side}x{side}x{cin}->{cout}"
         for impl, (fwd, bwd) in C._FORMULATIONS.items():
-            f = jax.jit(lambda x, w, fwd=fwd: fwd(x, w, g))
-            dw = jax.jit(lambda x, w, dy, bwd=bwd: bwd(x, w, g, dy)[0])
-            dx = jax.jit(lambda x, w, dy, bwd=bwd: bwd(x, w, g, dy)[1])
-            ops[layer, "forward", impl] = lambda f=f: f(x, w)
-            ops[layer, "kernel grad", impl] = lambda f=dw: f(x, w, dy)
-            ops[layer, "input grad", impl] = lambda f=dx: f(x, w, dy)
+            f = jax.jit(lambda x, w, fwd=fwd, g=g: fwd(x, w, g))
+            dw = jax.jit(lambda x, w, dy, bwd=bwd, g=g: bwd(x, w, g, dy)[0])
+            dx = jax.jit(lambda x, w, dy, bwd=bwd, g=g: bwd(x, w, g, dy)[1])
+            ops[layer, "forward", impl] = lambda f=f, x=x, w=w: f(x, w)
+            ops[layer, "kernel grad", impl] = lambda f=dw, x=x, w=w, dy=dy: f(x, w, dy)
+            ops[layer, "input grad", impl] = lambda f=dx, x=x, w=w, dy=dy: f(x, w, dy)
     for side, ch in [(28, 32), (14, 64)]:
         x, dy = normal(BATCH, side, side, ch), normal(BATCH, side // 2, side // 2, ch)
         g = geometry((side, side), (2, 2), (2, 2), (1, 1), "VALID", "pool")
         window = lambda v: lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
         auto = jax.jit(lambda x, dy: jax.vjp(window, x)[1](dy)[0])
-        manual = jax.jit(lambda x, dy: P._max_backward(x, P._max_forward(x, g), dy, g))
+        manual = jax.jit(lambda x, dy, g=g: P._max_backward(x, P._max_forward(x, g), dy, g))
         layer = f"maxpool 2x2 {side}x{side}x{ch}"
-        ops[layer, "forward + backward", "autodiff of reduce_window (select_and_scatter)"] = lambda f=auto: f(x, dy)
-        ops[layer, "forward + backward", "funcnn (tap slices + first-max mask)"] = lambda f=manual: f(x, dy)
+        ops[layer, "forward + backward", "autodiff of reduce_window (select_and_scatter)"] = lambda f=auto, x=x, dy=dy: f(x, dy)
+        ops[layer, "forward + backward", "funcnn (tap slices + first-max mask)"] = lambda f=manual, x=x, dy=dy: f(x, dy)
     return ops
 
 

@@ -15,7 +15,8 @@ All gradients are funcnn's hand-written backward.
 
     python experiments/activations_losses.py [--quick]
 
-Writes experiments/results/activations_losses.md and activations_losses.png.
+Writes experiments/results/activations_losses.md and activations_losses.png (``--quick``: under
+experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
@@ -83,7 +84,10 @@ def one_neuron(cost: str, steps: int, lr=0.15):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
     args = p.parse_args(argv)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     epochs, seeds, neuron_steps = (2, 1, 20) if args.quick else (40, 3, 300)
 
     ds = data.load("digits")
@@ -120,7 +124,7 @@ def main(argv=None):
     def steps_below(out, level=0.2):
         return next((i for i, a in enumerate(out) if a < level), None)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Activations and output losses",
         "",
@@ -149,7 +153,7 @@ def main(argv=None):
         "![activations and losses](activations_losses.png)",
         "",
     ]
-    (RESULTS / "activations_losses.md").write_text("\n".join(lines))
+    (out / "activations_losses.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, h in act_curves.items():
@@ -166,8 +170,8 @@ def main(argv=None):
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "activations_losses.png", dpi=120)
-    print(f"wrote {RESULTS / 'activations_losses.md'} and .png in {elapsed:.0f} s")
+    fig.savefig(out / "activations_losses.png", dpi=120)
+    print(f"wrote {out / 'activations_losses.md'} and .png in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":

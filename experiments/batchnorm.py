@@ -11,7 +11,8 @@ sigmoid network's gradient shrinks by a factor of about four per layer
 
     python experiments/batchnorm.py [--quick]
 
-Writes experiments/results/batchnorm.md and batchnorm.png.
+Writes experiments/results/batchnorm.md and batchnorm.png (``--quick``: under
+experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def dense_grad_norms(model, params, state, x, y):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
     args = p.parse_args(argv)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     depth, width, epochs, seeds = (3, 16, 2, 1) if args.quick else (8, 64, 40, 3)
 
     ds = data.load("digits")
@@ -95,7 +99,7 @@ def main(argv=None):
         hit = sum(e is not None for e in reached)
         return (f"> {epochs}" if median == float("inf") else f"{median:.0f}") + f" ({hit}/{len(reached)} seeds)"
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# BatchNorm in a {depth}-hidden-layer MLP",
         "",
@@ -114,7 +118,7 @@ def main(argv=None):
         "![batchnorm](batchnorm.png)",
         "",
     ]
-    (RESULTS / "batchnorm.md").write_text("\n".join(lines))
+    (out / "batchnorm.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in curves.items():
@@ -128,8 +132,8 @@ def main(argv=None):
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "batchnorm.png", dpi=120)
-    print(f"wrote {RESULTS / 'batchnorm.md'} and .png in {elapsed:.0f} s")
+    fig.savefig(out / "batchnorm.png", dpi=120)
+    print(f"wrote {out / 'batchnorm.md'} and .png in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":

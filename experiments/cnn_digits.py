@@ -2,7 +2,7 @@
 
 CNN (``funcnn.models.cnn``): conv 32 (3x3, SAME) - ReLU - maxpool 2 - conv 64 (3x3, SAME) -
 ReLU - maxpool 2 - dense 128 - ReLU - dense 10. MLP (``funcnn.models.mlp``): 128 - 64 ReLU.
-Both: Adam(1e-3), batch 32, softmax cross-entropy, manual gradients, on
+Both: Adam(1e-3), batch 64, softmax cross-entropy, manual gradients, on
 
 * ``digits``: scikit-learn's 8x8 digits (1,437 train / 360 test),
 * ``mnist5k``: 5,000 28x28 MNIST images (4,000 train / 1,000 test).
@@ -34,8 +34,8 @@ from funcnn.losses import softmax_cross_entropy  # noqa: E402
 from funcnn.train import fit  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-BATCH = 32
-EPOCHS = {"digits": 30, "mnist5k": 12}
+BATCH = 64
+EPOCHS = {"digits": 30, "mnist5k": 6}
 MODELS = {"cnn": dict(hidden=(128,)), "mlp": dict(hidden=(128, 64))}
 
 

@@ -7,7 +7,8 @@ test accuracy and of the generalisation gap (train - test).
 
     python experiments/regularization.py [--quick]
 
-Writes experiments/results/regularization.md and regularization.png.
+Writes experiments/results/regularization.md and regularization.png (``--quick``: under
+experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ def configs():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
     args = p.parse_args(argv)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     epochs, seeds, width, n_train = (3, 1, 64, 200) if args.quick else (100, 3, 512, 500)
 
     ds = data.load("digits")
@@ -79,7 +83,7 @@ def main(argv=None):
         print(f"{name:28s} train {tr:.3f}  test {te:.3f}  gap {gap:+.3f}  test loss {loss:.3f}", flush=True)
     elapsed = time.perf_counter() - start
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Regularisation on 500 training digits",
         "",
@@ -94,7 +98,7 @@ def main(argv=None):
         "![regularization](regularization.png)",
         "",
     ]
-    (RESULTS / "regularization.md").write_text("\n".join(lines))
+    (out / "regularization.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in curves.items():
@@ -106,8 +110,8 @@ def main(argv=None):
     axes[1].set(xlabel="epoch", ylabel="test cross-entropy", title="test loss", yscale="log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "regularization.png", dpi=120)
-    print(f"wrote {RESULTS / 'regularization.md'} and .png in {elapsed:.0f} s")
+    fig.savefig(out / "regularization.png", dpi=120)
+    print(f"wrote {out / 'regularization.md'} and .png in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ learning rate each schedule gives per step.
 
     python experiments/schedules.py [--quick]
 
-Writes experiments/results/schedules.md and schedules.png.
+Writes experiments/results/schedules.md and schedules.png (``--quick``: under
+experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
@@ -49,7 +50,10 @@ def schedules(total_steps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
+    p.add_argument("--out", type=pathlib.Path, default=None,
+                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
     args = p.parse_args(argv)
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
     epochs, seeds = (2, 1) if args.quick else (40, 3)
 
     ds = data.load("digits")
@@ -72,7 +76,7 @@ def main(argv=None):
               flush=True)
     elapsed = time.perf_counter() - start
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Learning-rate schedules",
         "",
@@ -88,7 +92,7 @@ def main(argv=None):
         "![schedules](schedules.png)",
         "",
     ]
-    (RESULTS / "schedules.md").write_text("\n".join(lines))
+    (out / "schedules.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     for name, curve in curves.items():
@@ -101,8 +105,8 @@ def main(argv=None):
     axes[1].set(xlabel="step", ylabel="SGD learning rate", title="the schedules")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "schedules.png", dpi=120)
-    print(f"wrote {RESULTS / 'schedules.md'} and .png in {elapsed:.0f} s")
+    fig.savefig(out / "schedules.png", dpi=120)
+    print(f"wrote {out / 'schedules.md'} and .png in {elapsed:.0f} s")
 
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ def test_serial_gives_each_dropout_its_own_key():
     assert not np.array_equal(mask0, mask1)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("seed", [0, 1])
+# (training mode at key 0 is also in funcnn.check.catalog)
+@pytest.mark.parametrize("seed,train", [(1, True), (0, False)], ids=["train", "eval"])
 def test_checker_with_a_fixed_key(seed, train):
     check_layer(Dropout(0.3), (3, 4), batch=3, train=train, key=jax.random.key(seed)).assert_ok()
 

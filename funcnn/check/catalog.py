@@ -72,7 +72,6 @@ LAYER_CASES: list[LayerCase] = [
     # bayes (issue 7)
     LayerCase("bayes_dense", lambda: BayesDense(5, sigma_init=0.3), (4,)),
     LayerCase("bayes_dense(eval)", lambda: BayesDense(5), (4,), {"train": False}),
-    LayerCase("bayes_mlp", lambda: serial(L.Flatten(), BayesDense(6, sigma_init=0.3), L.Tanh(), BayesDense(3)), (2, 2)),
 ]
 
 
