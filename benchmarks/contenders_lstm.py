@@ -20,7 +20,10 @@ NOTES = (
     "accumulates the weight gradients inside the reverse scan. Raw JAX is the textbook "
     "`lax.scan` over `x_t W_ih^T + h W_hh^T + b` under `jax.grad`; Flax uses "
     "`nnx.RNN(nnx.OptimizedLSTMCell)`, Equinox `vmap` of a scanned `eqx.nn.LSTMCell`, "
-    "PyTorch `nn.LSTM(batch_first=True)` on CPU."
+    "PyTorch `nn.LSTM(batch_first=True)` on CPU with its default intra-op threads (one per core), "
+    "and the same restricted to one thread: on a shared machine its OpenMP threads wait for "
+    "each other and a busy core, and the default's times become long and erratic. The JAX "
+    "contenders run this model on one core."
 )
 BATCH, TIME, FEATURES, HIDDEN, CLASSES = 64, 40, 1, 128, 10
 
@@ -152,7 +155,8 @@ def equinox_step():
     return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
 
 
-def torch_step():
+def torch_step(threads=None):
+    """PyTorch's step; with ``threads`` set, torch runs it on that many intra-op threads."""
     import torch
 
     class Model(torch.nn.Module):
@@ -167,8 +171,20 @@ def torch_step():
     torch.manual_seed(0)
     model = Model()
     x, y = data()
-    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
-                         torch.from_numpy(x), torch.from_numpy(y).long())
+    run = torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+                        torch.from_numpy(x), torch.from_numpy(y).long())
+    if threads is None:
+        return run
+
+    def run_with_threads():
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(default)
+
+    return run_with_threads
 
 
 def contenders():
@@ -179,4 +195,5 @@ def contenders():
         "flax nnx": flax_step(),
         "equinox": equinox_step(),
         "pytorch": torch_step(),
+        "pytorch (1 thread)": torch_step(threads=1),
     }

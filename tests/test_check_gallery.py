@@ -122,3 +122,23 @@ def test_tolerance_does_not_grow_with_size():
             return (dy * 2 * a * (1 + 1e-6 * (jnp.arange(n) == 0)),)
         report = fn.check_backward(lambda a: a**2, backward, jnp.linspace(1.0, 2.0, n), fd=False)
         assert not report.ok
+
+
+def test_leaf_with_zero_true_gradient_passes():
+    """A bias just before a batch mean subtraction has gradient exactly 0; rounding noise
+    in it must not fail the check, while a wrong nonzero value must."""
+    def f(w, b, x):
+        z = x @ w.T + b
+        return jnp.tanh(z - z.mean(0))
+
+    def f_vjp(w, b, x, dy):
+        z = x @ w.T + b
+        y = jnp.tanh(z - z.mean(0))
+        dc = dy * (1 - y**2)
+        dz = dc - dc.mean(0)
+        return dz.T @ x, dz.sum(0), dz @ w
+
+    args = (jax.random.normal(jax.random.key(0), (3, 4)), jnp.ones(3), jax.random.normal(jax.random.key(1), (5, 4)))
+    fn.check_backward(f, f_vjp, *args).assert_ok()
+    wrong = lambda w, b, x, dy: (f_vjp(w, b, x, dy)[0], f_vjp(w, b, x, dy)[1] + 1e-3, f_vjp(w, b, x, dy)[2])
+    assert not fn.check_backward(f, wrong, *args).ok

@@ -14,10 +14,13 @@ compared, leaf by leaf, with
 Everything runs in float64 (``jax.enable_x64`` as a context, not globally).
 The error of a leaf is the CS231n relative error, taken elementwise,
 
-    rel = max_j |a_j - b_j| / max(|a_j|, |b_j|, floor),   floor = 1e-3 * max_j |b_j|,
+    rel = max_j |a_j - b_j| / max(|a_j|, |b_j|, floor),   floor = 1e-3 * scale,
 
-where the floor only keeps entries that are zero up to rounding from dividing by
-~0. Tolerances are fixed, independent of array size: rel <= 1e-10 against autodiff
+where ``scale`` is the largest autodiff gradient entry over all arguments. The floor
+only keeps entries that are zero up to rounding -- including a whole leaf whose true
+gradient is zero, such as a bias just before a BatchNorm -- from dividing rounding
+noise by itself; against tolerances of 1e-10 and 1e-6 it still flags a 1% error in a
+leaf a million times smaller than the largest. Tolerances are fixed, independent of array size: rel <= 1e-10 against autodiff
 and rel <= 1e-6 against finite differences. A wrong derivation (a factor off by 1%,
 a missing term, a transpose, a sign) is off by far more than either.
 """
@@ -48,12 +51,12 @@ def _is_diff(x):
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _rel_error(a, b):
+def _rel_error(a, b, scale):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.size == 0:
         return 0.0, 0.0
     diff = np.abs(a - b)
-    floor = max(1e-3 * float(np.max(np.abs(b))), 1e-300)
+    floor = max(1e-3 * scale, 1e-300)
     rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     return float(diff.max()), float(rel.max())
 
@@ -116,6 +119,11 @@ def check_backward(forward, backward, *primals, key=None, name="backward", fd=Tr
 
         auto = jax.jit(lambda p, d: jax.vjp(forward, *p)[1](d))(primals, dy)
 
+        def max_abs(tree):
+            return max([float(jnp.max(jnp.abs(l))) for l in jax.tree_util.tree_leaves(tree)
+                        if jnp.size(l) and _is_diff(l)] + [0.0])
+
+        scale = max_abs(auto)
         rows = []
         for i, (p, m, a, mask) in enumerate(zip(primals, manual, auto, diff_mask)):
             p_paths = jax.tree_util.tree_flatten_with_path(p)[0]
@@ -136,11 +144,11 @@ def check_backward(forward, backward, *primals, key=None, name="backward", fd=Tr
                     rows.append(Row(path, np.nan, np.nan, np.nan, np.nan, False,
                                     f"shape {ml.shape}, expected {leaf.shape}"))
                     continue
-                abs_ad, rel_ad = _rel_error(ml, al)
+                abs_ad, rel_ad = _rel_error(ml, al, scale)
                 abs_fd = rel_fd = np.nan
                 if fd:
                     idx, fd_vals = _fd_leaf(forward, dy, primals, i, j, jax.random.fold_in(kfd, 1000 * i + j), max_fd)
-                    abs_fd, rel_fd = _rel_error(np.asarray(ml).reshape(-1)[idx], fd_vals)
+                    abs_fd, rel_fd = _rel_error(np.asarray(ml).reshape(-1)[idx], fd_vals, scale)
                 ok = rel_ad <= TOL_AUTODIFF and (not fd or rel_fd <= TOL_FD)
                 rows.append(Row(path, abs_ad, rel_ad, abs_fd, rel_fd, bool(ok)))
             for extra in sorted(set(m_map) - expected):
