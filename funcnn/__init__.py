@@ -1,16 +1,23 @@
 """funcnn: neural networks as pure functions over parameter pytrees, every layer with
 its own hand-written backward, checked against autodiff and finite differences."""
-from funcnn import check, data, initializers, losses, train
+from funcnn import bayes, check, data, initializers, losses, models, neurons, perceptron, regularization, train
+from funcnn.bayes import BayesDense
 from funcnn.check import check_backward, check_layer, check_loss
 from funcnn.gradients import per_example_grads, value_and_grad
 from funcnn.layer import Layer, serial
-from funcnn.layers import Dense, Dropout, Flatten, Identity, ReLU, Sigmoid, Softmax, Step, Tanh
+from funcnn.layers import (
+    GRU, LSTM, AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool,
+    Identity, MaxPool1D, MaxPool2D, ReLU, Sigmoid, SimpleRNN, Softmax, Step, Tanh,
+)
 from funcnn.manual_vjp import with_manual_vjp
+from funcnn.regularization import Penalty
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Dense", "Dropout", "Flatten", "Identity", "Layer", "ReLU", "Sigmoid", "Softmax", "Step", "Tanh",
-    "check", "check_backward", "check_layer", "check_loss", "data", "initializers", "losses",
-    "per_example_grads", "serial", "train", "value_and_grad", "with_manual_vjp",
+    "AvgPool1D", "AvgPool2D", "BatchNorm", "BayesDense", "Conv1D", "Conv2D", "Dense", "Dropout", "Flatten",
+    "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "ReLU",
+    "Sigmoid", "SimpleRNN", "Softmax", "Step", "Tanh", "bayes", "check", "check_backward", "check_layer",
+    "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
+    "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]

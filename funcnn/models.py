@@ -27,15 +27,12 @@ def cnn(input_shape, outputs: int, hidden=(128,), activation: str = "relu") -> L
 
     For NHWC images (28x28 -> 7x7x64, 8x8 -> 2x2x64); a pool is skipped once the image is
     down to 1 pixel, so tiny inputs still build. ReLU layers get He initialisation."""
-    from funcnn.layers.conv import Conv2D  # issue 3
-    from funcnn.layers.pooling import MaxPool2D
-
     w_init = "he_normal" if activation == "relu" else "glorot_uniform"
     shape, stack = tuple(input_shape), []
     for features in (32, 64):
-        stack += [Conv2D(features, 3, w_init=w_init), activations.get(activation)]
+        stack += [L.Conv2D(features, 3, w_init=w_init), activations.get(activation)]
         if min(shape[:2]) >= 2:
-            stack.append(MaxPool2D(2))
+            stack.append(L.MaxPool2D(2))
             shape = (shape[0] // 2, shape[1] // 2)
     stack.append(L.Flatten())
     for h in hidden:

@@ -12,9 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import layers as L
-from funcnn.layers import conv, pooling  # issue 3
-from funcnn.layers import batchnorm  # issue 4
-from funcnn.layers import recurrent  # issue 5
 from funcnn import losses
 from funcnn.bayes.dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
@@ -48,26 +45,26 @@ LAYER_CASES: list[LayerCase] = [
     LayerCase("dropout(0.3)", lambda: L.Dropout(0.3), (8,)),
     LayerCase("mlp", lambda: serial(L.Flatten(), L.Dense(8), L.Tanh(), L.Dense(6), L.ReLU(), L.Dense(3)), (2, 2, 1)),
     # convolution (issue 3)
-    LayerCase("conv2d(3x3,SAME)", lambda: conv.Conv2D(3, 3), (5, 5, 2)),
-    LayerCase("conv2d(2x2,s(2,1),pads,dil(1,2),xla)", lambda: conv.Conv2D(2, 2, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), impl="xla"), (5, 5, 3)),
-    LayerCase("conv1d(3,s2,SAME)", lambda: conv.Conv1D(3, 3, stride=2), (9, 2)),
-    LayerCase("maxpool2d(3,s2,SAME)", lambda: pooling.MaxPool2D(3, 2, "SAME"), (5, 6, 2)),
-    LayerCase("avgpool2d(3,s2,SAME)", lambda: pooling.AvgPool2D(3, 2, "SAME"), (5, 6, 2)),
-    LayerCase("global_avg_pool", pooling.GlobalAvgPool, (3, 4, 2)),
+    LayerCase("conv2d(3x3,SAME)", lambda: L.Conv2D(3, 3), (5, 5, 2)),
+    LayerCase("conv2d(2x2,s(2,1),pads,dil(1,2),xla)", lambda: L.Conv2D(2, 2, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), impl="xla"), (5, 5, 3)),
+    LayerCase("conv1d(3,s2,SAME)", lambda: L.Conv1D(3, 3, stride=2), (9, 2)),
+    LayerCase("maxpool2d(3,s2,SAME)", lambda: L.MaxPool2D(3, 2, "SAME"), (5, 6, 2)),
+    LayerCase("avgpool2d(3,s2,SAME)", lambda: L.AvgPool2D(3, 2, "SAME"), (5, 6, 2)),
+    LayerCase("global_avg_pool", L.GlobalAvgPool, (3, 4, 2)),
     # normalization (issue 4)
     # random gamma/beta (he_normal, glorot_normal) so that no term hides behind gamma = 1, beta = 0
-    LayerCase("batchnorm(N,F)", lambda: batchnorm.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
+    LayerCase("batchnorm(N,F)", lambda: L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
               (5,), {"batch": 4}),
-    LayerCase("batchnorm(NHWC)", lambda: batchnorm.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
+    LayerCase("batchnorm(NHWC)", lambda: L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
               (3, 3, 2), {"batch": 2}),
     # recurrent (issue 5)
-    LayerCase("simple_rnn(T=5)", lambda: recurrent.SimpleRNN(4), (5, 2)),
-    LayerCase("lstm(T=4,last)", lambda: recurrent.LSTM(3, return_sequences=False), (4, 2)),
-    LayerCase("gru(T=5)", lambda: recurrent.GRU(3), (5, 2)),
-    LayerCase("lstm(T=3,h0,c0)", lambda: recurrent.LSTM(3), (3, 2), {"x": (
+    LayerCase("simple_rnn(T=5)", lambda: L.SimpleRNN(4), (5, 2)),
+    LayerCase("lstm(T=4,last)", lambda: L.LSTM(3, return_sequences=False), (4, 2)),
+    LayerCase("gru(T=5)", lambda: L.GRU(3), (5, 2)),
+    LayerCase("lstm(T=3,h0,c0)", lambda: L.LSTM(3), (3, 2), {"x": (
         jax.random.normal(jax.random.key(1), (3, 3, 2)),
         (jax.random.normal(jax.random.key(2), (3, 3)), jax.random.normal(jax.random.key(3), (3, 3))))}),
-    LayerCase("gru(T=4,h0,last)", lambda: recurrent.GRU(3, return_sequences=False), (4, 2), {"x": (
+    LayerCase("gru(T=4,h0,last)", lambda: L.GRU(3, return_sequences=False), (4, 2), {"x": (
         jax.random.normal(jax.random.key(1), (3, 4, 2)), jax.random.normal(jax.random.key(2), (3, 3)))}),
     # bayes (issue 7)
     LayerCase("bayes_dense", lambda: BayesDense(5, sigma_init=0.3), (4,)),

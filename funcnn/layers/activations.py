@@ -59,7 +59,7 @@ def Tanh() -> Layer:
 
 
 def ReLU() -> Layer:
-    return _elementwise("relu", lambda x: jnp.maximum(x, 0), lambda x, y: (x > 0).astype(x.dtype))
+    return _elementwise("relu", jax.nn.relu, lambda x, y: (x > 0).astype(x.dtype))
 
 
 def Step() -> Layer:
