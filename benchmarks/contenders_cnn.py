@@ -31,7 +31,8 @@ TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
 REFERENCE = "pytorch"
 BATCH, SIDE = 64, 28
 NOTES = ("funcnn manual/autodiff pick the convolution per backend and layer (CPU: im2col + GEMM for "
-         "the 1-channel first layer, `lax.conv_general_dilated` for the second; GPU/TPU: XLA everywhere); "
+         "the 1-channel first layer, `lax.conv_general_dilated` over batch chunks of 8 for the second; "
+         "GPU/TPU: XLA everywhere, whole batch); "
          "the `(all gemm)` / `(all xla conv)` rows force one formulation. funcnn's max-pool backward is a "
          "fused first-arg-max mask, not XLA's `select_and_scatter` (which the JAX peers get from autodiff).")
 

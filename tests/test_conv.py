@@ -10,7 +10,7 @@ from funcnn.check import check_layer
 from funcnn.gradients import value_and_grad
 from funcnn.layer import serial
 from funcnn.layers.activations import ReLU
-from funcnn.layers.conv import GEMM_MAX_CHANNELS, Conv1D, Conv2D, default_impl
+from funcnn.layers.conv import CPU_BATCH_CHUNK, GEMM_MAX_CHANNELS, MAX_CHUNKS, Conv1D, Conv2D, batch_chunks, default_impl
 from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
@@ -118,6 +118,38 @@ def test_cnn_manual_gradients_equal_autodiff():
         np.testing.assert_allclose(lm, la, rtol=1e-12)
         for a, b in zip(jax.tree_util.tree_leaves(gm), jax.tree_util.tree_leaves(ga)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_chunks_cover_the_batch():
+    for n in (1, 7, 8, 19, 64, 1000):
+        chunks = batch_chunks(n)
+        assert chunks[0][0] == 0 and chunks[-1][1] == n
+        assert all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:]))
+        if jax.default_backend() == "cpu":
+            assert len(chunks) == min(-(-n // CPU_BATCH_CHUNK), MAX_CHUNKS)
+
+
+def test_chunked_xla_convolution_equals_one_whole_batch_call():
+    """A batch of 19 runs as chunks 8, 8, 3 on CPU: forward, dW (summed over chunks) and dX
+    (concatenated) equal one whole-batch lax.conv_general_dilated and its autodiff."""
+    layer = Conv2D(3, 3, stride=2, padding="SAME", impl="xla")
+    with jax.enable_x64(True):
+        params, _ = layer.init(jax.random.key(0), (7, 6, 5))
+        x = jax.random.normal(jax.random.key(1), (19, 7, 6, 5), jnp.float64)
+        w = params["w"].astype(jnp.float64)
+
+        def reference(w, x):
+            return lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        y, _, cache = layer.forward({"w": w, "b": jnp.zeros(3)}, {}, x)
+        y_ref, vjp = jax.vjp(reference, w, x)
+        dy = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
+        grads, dx = layer.backward({"w": w, "b": jnp.zeros(3)}, cache, dy)
+        dw_ref, dx_ref = vjp(dy)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grads["w"], dw_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grads["b"], dy.sum((0, 1, 2)), rtol=1e-12)
 
 
 def test_conv_jits_and_vmaps():

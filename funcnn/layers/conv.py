@@ -28,6 +28,12 @@ The default is measured, not guessed (docs/conv.md): on CPU, XLA's convolution i
 for a few input channels (the first layer of an image model) and im2col + GEMM is 1.5-2x
 faster there, while from ~8 channels up XLA's convolution wins (P grows T-fold and
 building it costs as much as the product). On GPU/TPU it is always XLA's convolution.
+
+On CPU the "xla" formulation also runs over chunks of ``CPU_BATCH_CHUNK`` examples (the
+forward and dX chunk by chunk, dW summed over the chunks: the formulas are sums over n).
+XLA:CPU runs each convolution on one thread with a working set that outgrows the cache at
+batch 64; chunks of 8 are ~25% faster on one core and let independent chunks share two
+(benchmarks/results/train_step.md). Elsewhere the whole batch is one call.
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ _SPATIAL_CHARS = {1: "W", 2: "HW", 3: "DHW"}
 
 
 GEMM_MAX_CHANNELS = 4  # on CPU, im2col + GEMM up to this many input channels
+CPU_BATCH_CHUNK = 8  # on CPU, XLA's convolutions run over chunks of this many examples
+MAX_CHUNKS = 16  # larger batches (evaluation) use larger chunks, to bound the program size
 
 
 def default_impl(in_channels: int) -> str:
@@ -78,13 +86,31 @@ def _gemm_backward(x, w, g, dy):
     return dw.reshape(w.shape), scatter_windows(parts, g)
 
 
+def batch_chunks(n: int) -> list:
+    """Static (start, stop) pairs covering a batch of n: one chunk off CPU."""
+    if jax.default_backend() != "cpu":
+        return [(0, n)]
+    size = max(CPU_BATCH_CHUNK, -(-n // MAX_CHUNKS))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
 def _xla_forward(x, w, g):
     sp = _SPATIAL_CHARS[len(g.kernel)]
-    return lax.conv_general_dilated(x, w, g.stride, g.pads, rhs_dilation=g.dilation,
-                                    dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+    parts = [lax.conv_general_dilated(x[a:b], w, g.stride, g.pads, rhs_dilation=g.dilation,
+                                      dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+             for a, b in batch_chunks(x.shape[0])]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
 def _xla_backward(x, w, g, dy):
+    parts = [_xla_backward_chunk(x[a:b], w, g, dy[a:b]) for a, b in batch_chunks(x.shape[0])]
+    if len(parts) == 1:
+        return parts[0]
+    dws, dxs = zip(*parts)
+    return sum(dws[1:], dws[0]), jnp.concatenate(dxs, axis=0)
+
+
+def _xla_backward_chunk(x, w, g, dy):
     sp = _SPATIAL_CHARS[len(g.kernel)]
     spatial = tuple(range(len(g.kernel)))
     # kernel gradient: batch axis N becomes the contracted feature axis, C the "batch"
