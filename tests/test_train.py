@@ -58,8 +58,9 @@ def test_fit_argument_errors():
         fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=0, batch_size=8, **kwargs)
 
 
-def test_fit_compiles_the_epoch_once():
-    """The loss is traced once per compilation: many epochs must not retrace."""
+@pytest.mark.parametrize("scan", [True, False])
+def test_fit_compiles_the_epoch_once(scan):
+    """The loss is traced once per compilation: many epochs (or batches) must not retrace."""
     import dataclasses
 
     traces = []
@@ -72,7 +73,34 @@ def test_fit_compiles_the_epoch_once():
     loss = dataclasses.replace(base, value=counting_value)
     d = fn.data.load("blobs")
     fn.train.fit(models.mlp((2,), 2, hidden=(4,)), loss, optax.sgd(0.1), d, epochs=4, batch_size=20,
-                 key=jax.random.key(0), progress=False)
-    # one trace for the training epoch, and one per distinct eval shape (train set, test set)
+                 key=jax.random.key(0), progress=False, scan=scan)
+    # one trace for the training epoch (or step), and one per distinct eval shape (train set, test set)
     epoch_traces = len(traces) - 2 * 4  # evaluate calls loss.value eagerly once per split per epoch
     assert epoch_traces == 1, len(traces)
+
+
+def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
+    """fit(scan=True) (one lax.scan per epoch) and fit(scan=False) (the compiled step per
+    batch) use the same permutation and keys: same parameters, same history."""
+    from funcnn.layers.conv import Conv2D
+    from funcnn.layers.pooling import MaxPool2D
+
+    def conv_net(impl):
+        return fn.serial(Conv2D(3, 3, impl=impl), fn.ReLU(), MaxPool2D(2), fn.Flatten(), fn.Dense(4))
+
+    model = conv_net("xla")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 40).astype(np.int32)
+    runs = [fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(1e-2), (x, y), epochs=2, batch_size=8,
+                         key=jax.random.key(3), progress=False, scan=scan) for scan in (True, False)]
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0].params), jax.tree_util.tree_leaves(runs[1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=1e-5)
+    # the automatic choice: on CPU, a step with an XLA convolution is not scanned; one whose
+    # convolutions are matrix products (im2col), or an MLP's, is
+    on_cpu = jax.default_backend() == "cpu"
+    sce = losses.softmax_cross_entropy
+    assert fn.train.scan_is_slow(model, sce, x, y, batch_size=8) == on_cpu
+    assert not fn.train.scan_is_slow(conv_net("gemm"), sce, x, y, batch_size=8)
+    assert not fn.train.scan_is_slow(models.mlp((6, 6, 1), 4, hidden=(5,)), sce, x, y, batch_size=8)

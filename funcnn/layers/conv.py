@@ -96,21 +96,11 @@ def batch_chunks(n: int) -> list:
 
 def _xla_forward(x, w, g):
     sp = _SPATIAL_CHARS[len(g.kernel)]
-    parts = [lax.conv_general_dilated(x[a:b], w, g.stride, g.pads, rhs_dilation=g.dilation,
-                                      dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
-             for a, b in batch_chunks(x.shape[0])]
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+    return lax.conv_general_dilated(x, w, g.stride, g.pads, rhs_dilation=g.dilation,
+                                    dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"))
 
 
 def _xla_backward(x, w, g, dy):
-    parts = [_xla_backward_chunk(x[a:b], w, g, dy[a:b]) for a, b in batch_chunks(x.shape[0])]
-    if len(parts) == 1:
-        return parts[0]
-    dws, dxs = zip(*parts)
-    return sum(dws[1:], dws[0]), jnp.concatenate(dxs, axis=0)
-
-
-def _xla_backward_chunk(x, w, g, dy):
     sp = _SPATIAL_CHARS[len(g.kernel)]
     spatial = tuple(range(len(g.kernel)))
     # kernel gradient: batch axis N becomes the contracted feature axis, C the "batch"
@@ -124,8 +114,25 @@ def _xla_backward_chunk(x, w, g, dy):
     return dw, dx
 
 
-_FORMULATIONS = {"gemm": (lambda x, w, g: _gemm_forward(x, w, g)[1], _gemm_backward),
-                 "xla": (_xla_forward, _xla_backward)}
+def _chunked_forward(forward):
+    def run(x, w, g):
+        parts = [forward(x[a:b], w, g) for a, b in batch_chunks(x.shape[0])]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+    return run
+
+
+def _chunked_backward(backward):
+    def run(x, w, g, dy):
+        parts = [backward(x[a:b], w, g, dy[a:b]) for a, b in batch_chunks(x.shape[0])]
+        if len(parts) == 1:
+            return parts[0]
+        dws, dxs = zip(*parts)
+        return sum(dws[1:], dws[0]), jnp.concatenate(dxs, axis=0)
+    return run
+
+
+_FORMULATIONS = {"gemm": (_chunked_forward(lambda x, w, g: _gemm_forward(x, w, g)[1]), _chunked_backward(_gemm_backward)),
+                 "xla": (_chunked_forward(_xla_forward), _chunked_backward(_xla_backward))}
 
 
 def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
