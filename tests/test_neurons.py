@@ -5,7 +5,7 @@ Published values (µA/cm²) and where they come from:
   (Methods in Neuronal Modeling, ch. 7), Ermentrout & Terman 2010 ch. 3.
 * ML Hopf set, stable large cycle exists from I = 88.3 (fold of cycles): same sources.
 * ML Hopf set, rest loses stability (subcritical Hopf): 93.86, the value fixed by the
-  published parameters (trace of the Jacobian at rest changes sign; see docs/neurons.md).
+  published parameters (trace of the Jacobian at rest changes sign; see the README, "Neuron models").
 * HH (6.3 °C): subcritical Hopf at I = 9.78, fold of cycles at 6.26 — Rinzel & Miller 1980
   (Math. Biosci. 49:27), Guckenheimer & Labouriau 1993 (Bull. Math. Biol. 55:937).
 """

@@ -24,7 +24,7 @@ or forced with ``impl="gemm"`` / ``impl="xla"``:
   forward, the input gradient (lhs_dilation = stride, flipped kernel, I and O exchanged)
   and the kernel gradient (batch and channel axes exchanged, rhs_dilation = stride).
 
-The default is measured, not guessed (docs/conv.md): on CPU, XLA's convolution is slow
+The default is measured, not guessed (README, "Convolutional networks"): on CPU, XLA's convolution is slow
 for a few input channels (the first layer of an image model) and im2col + GEMM is 1.5-2x
 faster there, while from ~8 channels up XLA's convolution wins (P grows T-fold and
 building it costs as much as the product). On GPU/TPU it is always XLA's convolution.

@@ -18,7 +18,7 @@ Every tap is one strided slice of the padded input (forward: an elementwise max 
 of the slices); the backward builds each tap's share of dY and ``scatter_windows`` adds the
 shares back, all fused by XLA into a few elementwise loops. This avoids XLA's
 ``select_and_scatter``, which autodiff of ``lax.reduce_window`` emits and which is an
-order of magnitude slower on CPU for 2x2 pooling (see docs/conv.md).
+order of magnitude slower on CPU for 2x2 pooling (README, "Convolutional networks").
 
 ``GlobalAvgPool`` maps (N, *S, C) to (N, C): Y = mean over S, dX = dY / |S| broadcast.
 """
