@@ -117,14 +117,13 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
     return epoch
 
 
-def scan_is_slow(model, loss, x, y, *, batch_size, grad="manual") -> bool:
-    """True on CPU when the training step contains a convolution (see the module doc)."""
+def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual") -> bool:
+    """True on CPU when the training step contains an XLA convolution (module docstring):
+    the step is traced once, on abstract batches of ``batch_size`` rows of ``x`` and ``y``."""
     if jax.default_backend() != "cpu":
         return False
     vg = value_and_grad(model, loss, mode=grad)
-    params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
-    xb = jax.ShapeDtypeStruct((batch_size, *np.shape(x)[1:]), jnp.asarray(x[:1]).dtype)
-    yb = jax.ShapeDtypeStruct((batch_size, *np.shape(y)[1:]), jnp.asarray(y[:1]).dtype)
+    xb, yb = (jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), np.asarray(a[:1]).dtype) for a in (x, y))
     jaxpr = jax.make_jaxpr(lambda p, s, xb, yb: vg(p, s, xb, yb, key=jax.random.key(0), train=True))(
         params, state, xb, yb)
     return "conv_general_dilated" in str(jaxpr)
@@ -155,7 +154,7 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
         params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))
     opt_state = optimizer.init(params)
     if scan is None:
-        scan = not scan_is_slow(model, loss, x_tr, y_tr, batch_size=batch_size, grad=grad)
+        scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
                        scan=scan)
     predict = predictor(model)

@@ -100,7 +100,10 @@ def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
     # the automatic choice: on CPU, a step with an XLA convolution is not scanned; one whose
     # convolutions are matrix products (im2col), or an MLP's, is
     on_cpu = jax.default_backend() == "cpu"
-    sce = losses.softmax_cross_entropy
-    assert fn.train.scan_is_slow(model, sce, x, y, batch_size=8) == on_cpu
-    assert not fn.train.scan_is_slow(conv_net("gemm"), sce, x, y, batch_size=8)
-    assert not fn.train.scan_is_slow(models.mlp((6, 6, 1), 4, hidden=(5,)), sce, x, y, batch_size=8)
+    def slow(net):
+        params, state = net.init(jax.random.key(0), (6, 6, 1))
+        return fn.train.scan_is_slow(net, losses.softmax_cross_entropy, params, state, x, y, batch_size=8)
+
+    assert slow(model) == on_cpu
+    assert not slow(conv_net("gemm"))
+    assert not slow(models.mlp((6, 6, 1), 4, hidden=(5,)))
