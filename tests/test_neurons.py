@@ -98,6 +98,14 @@ def test_saddle_node_of_snlc_set():
     assert i_sn == pytest.approx(39.96, abs=0.01)
 
 
+def test_rest_of_homoclinic_set_vanishes_at_the_same_saddle_node():
+    """The homoclinic set differs from the SNLC set in phi only, which moves no equilibrium:
+    rest (one of three equilibria) vanishes at the same fold, 39.96 (E&T 2010 ch. 3)."""
+    (v, i_sn), _ = saddle_node_currents(HOMO)
+    assert i_sn == pytest.approx(39.96, abs=0.01)
+    assert len(equilibria(HOMO, i_sn - 1.0)) == 3 and len(equilibria(HOMO, i_sn + 1.0)) == 1
+
+
 # shared (t_max, dt) per model so that the compiled scans are reused across tests
 ML_RUN = dict(t_max=2000.0, dt=0.5)
 HH_RUN = dict(t_max=1000.0, dt=0.025)

@@ -234,3 +234,5 @@ def test_other_bad_inputs():
         SimpleRNN(3, "softmax")
     with pytest.raises(ValueError, match=r"input_shape must be \(time, features\)"):
         LSTM(3).init(jax.random.key(0), (5,))
+    with pytest.raises(ValueError, match=r"LSTM: recurrent_init must be a callable, 'orthogonal' or one of .*'orthogonl'"):
+        LSTM(3, recurrent_init="orthogonl")

@@ -144,6 +144,9 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
     if recurrent_init == "orthogonal":
         def recurrent_init(key, shape, fan_in, fan_out):
             return stacked_orthogonal(key, cell.gates, hidden)
+    elif isinstance(recurrent_init, str) and recurrent_init not in initializers.INITIALIZERS:
+        raise ValueError(f"{cell.title}: recurrent_init must be a callable, 'orthogonal' or one of "
+                         f"{sorted(initializers.INITIALIZERS)}, got {recurrent_init!r}")
     recurrent_init = initializers.get(recurrent_init, "recurrent_init")
     g = cell.gates * hidden
 
