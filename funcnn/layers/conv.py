@@ -24,16 +24,18 @@ or forced with ``impl="gemm"`` / ``impl="xla"``:
   forward, the input gradient (lhs_dilation = stride, flipped kernel, I and O exchanged)
   and the kernel gradient (batch and channel axes exchanged, rhs_dilation = stride).
 
-The default is measured, not guessed (README, "Convolutional networks"): on CPU, XLA's convolution is slow
-for a few input channels (the first layer of an image model) and im2col + GEMM is 1.5-2x
-faster there, while from ~8 channels up XLA's convolution wins (P grows T-fold and
-building it costs as much as the product). On GPU/TPU it is always XLA's convolution.
+The default is measured, not guessed (README, "Convolutional networks"): on CPU, XLA's
+convolution is slow for a few input channels (the first layer of an image model) and
+im2col + GEMM is 1.5-2x faster there, while from ~8 channels up XLA's convolution wins
+(P grows T-fold and building it costs as much as the product). On GPU/TPU it is always
+XLA's convolution.
 
-On CPU the "xla" formulation also runs over chunks of ``CPU_BATCH_CHUNK`` examples (the
-forward and dX chunk by chunk, dW summed over the chunks: the formulas are sums over n).
-XLA:CPU runs each convolution on one thread with a working set that outgrows the cache at
-batch 64; chunks of 8 are ~25% faster on one core and let independent chunks share two
-(benchmarks/results/train_step.md). Elsewhere the whole batch is one call.
+On CPU both formulations run over chunks of ``CPU_BATCH_CHUNK`` examples (the forward
+and dX chunk by chunk, dW summed over the chunks: the formulas are sums over n). XLA:CPU
+runs each convolution on one thread with a working set that outgrows the cache at batch
+64 (the patch matrix, for GEMM, even more); chunks of 8 made the CNN step ~25% faster on
+one core and let independent chunks share two (benchmarks/results/train_step.md).
+Elsewhere the whole batch is one call.
 """
 from __future__ import annotations
 
@@ -131,8 +133,10 @@ def _chunked_backward(backward):
     return run
 
 
-_FORMULATIONS = {"gemm": (_chunked_forward(lambda x, w, g: _gemm_forward(x, w, g)[1]), _chunked_backward(_gemm_backward)),
-                 "xla": (_chunked_forward(_xla_forward), _chunked_backward(_xla_backward))}
+_FORMULATIONS = {
+    "gemm": (_chunked_forward(lambda x, w, g: _gemm_forward(x, w, g)[1]), _chunked_backward(_gemm_backward)),
+    "xla": (_chunked_forward(_xla_forward), _chunked_backward(_xla_backward)),
+}
 
 
 def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
