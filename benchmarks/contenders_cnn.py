@@ -25,7 +25,7 @@ from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
 from funcnn.losses import softmax_cross_entropy
-from harness import stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
 
 TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
 REFERENCE = "pytorch"
@@ -105,24 +105,8 @@ def flax_step():
             x = nnx.max_pool(jax.nn.relu(self.c2(x)), (2, 2), (2, 2))
             return self.d(x.reshape(x.shape[0], -1))
 
-    model = CNN(nnx.Rngs(0))
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, x, y):
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-        g = nnx.grad(loss)(model)
-        opt.update(model, g)
-
     x, y = map(jnp.asarray, data())
-
-    def run():
-        step(model, opt, x, y)
-        return model.d.kernel.value
-
-    return run
+    return flax_stepper(CNN(nnx.Rngs(0)), x, y, lambda m: m.d.kernel.value)
 
 
 def equinox_step():
@@ -133,22 +117,9 @@ def equinox_step():
         eqx.nn.Conv2d(1, 32, 3, padding="SAME", key=k1), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
         eqx.nn.Conv2d(32, 64, 3, padding="SAME", key=k2), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
         eqx.nn.Lambda(jnp.ravel), eqx.nn.Linear(7 * 7 * 64, 10, key=k3)])
-    tx = optax.adam(1e-3)
-
-    @eqx.filter_jit
-    def step(carry, x, y):
-        model, opt = carry
-
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
-
-        g = eqx.filter_grad(loss)(model)
-        u, opt = tx.update(g, opt, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, u), opt
-
     x, y = data()
     x = np.transpose(x, (0, 3, 1, 2))  # equinox convolutions are channels-first, per example
-    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
+    return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y))
 
 
 def torch_step():

@@ -9,7 +9,7 @@ import optax
 
 import funcnn as fn
 from funcnn.layers.recurrent import LSTM
-from harness import stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
 
 TITLE = "LSTM(128), length 40, 1 feature, batch 64, last h -> Dense(10), Adam"
 REFERENCE = "pytorch"
@@ -98,24 +98,8 @@ def flax_step():
         def __call__(self, x):
             return self.out(self.rnn(x)[:, -1])
 
-    model = Model(nnx.Rngs(0))
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, x, y):
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-        g = nnx.grad(loss)(model)
-        opt.update(model, g)
-
     x, y = map(jnp.asarray, data())
-
-    def run():
-        step(model, opt, x, y)
-        return model.out.kernel.value
-
-    return run
+    return flax_stepper(Model(nnx.Rngs(0)), x, y, lambda m: m.out.kernel.value)
 
 
 def equinox_step():
@@ -138,22 +122,8 @@ def equinox_step():
             (h, _), _ = jax.lax.scan(step, (zeros, zeros), xs)
             return self.out(h)
 
-    model = Model(jax.random.key(0))
-    tx = optax.adam(1e-3)
-
-    @eqx.filter_jit
-    def step(carry, x, y):
-        model, opt = carry
-
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
-
-        g = eqx.filter_grad(loss)(model)
-        u, opt = tx.update(g, opt, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, u), opt
-
     x, y = data()
-    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
+    return equinox_stepper(Model(jax.random.key(0)), jnp.asarray(x), jnp.asarray(y))
 
 
 def torch_step(threads=None):

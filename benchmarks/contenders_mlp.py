@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 import funcnn as fn
-from harness import stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
 
 TITLE = "MLP 784-512-512-10 ReLU, batch 128, Adam"
 REFERENCE = "pytorch"
@@ -71,45 +71,16 @@ def flax_step():
         def __call__(self, x):
             return self.l3(jax.nn.relu(self.l2(jax.nn.relu(self.l1(x)))))
 
-    model = MLP(nnx.Rngs(0))
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, opt, x, y):
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
-        g = nnx.grad(loss)(model)
-        opt.update(model, g)
-
     x, y = map(jnp.asarray, data())
-
-    def run():
-        step(model, opt, x, y)
-        return model.l3.kernel.value
-
-    return run
+    return flax_stepper(MLP(nnx.Rngs(0)), x, y, lambda m: m.l3.kernel.value)
 
 
 def equinox_step():
     import equinox as eqx
 
     model = eqx.nn.MLP(784, 10, 512, 2, activation=jax.nn.relu, key=jax.random.key(0))
-    tx = optax.adam(1e-3)
-
-    @eqx.filter_jit
-    def step(carry, x, y):
-        model, opt = carry
-
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
-
-        g = eqx.filter_grad(loss)(model)
-        u, opt = tx.update(g, opt, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, u), opt
-
     x, y = data()
-    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), jnp.asarray(x), jnp.asarray(y))
+    return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y))
 
 
 def torch_step():

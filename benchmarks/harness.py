@@ -121,3 +121,46 @@ def torch_stepper(model, loss_fn, optimizer, x, y):
         return None
 
     return run
+
+
+def flax_stepper(model, x, y, leaf):
+    """A contender running one Flax NNX Adam(1e-3) step of softmax cross-entropy on ``model``;
+    ``leaf(model)`` is an array of the step's output to block on."""
+    import optax
+    from flax import nnx
+
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt, x, y):
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        opt.update(model, nnx.grad(loss)(model))
+
+    def run():
+        step(model, opt, x, y)
+        return leaf(model)
+
+    return run
+
+
+def equinox_stepper(model, x, y):
+    """A contender running one Adam(1e-3) step of softmax cross-entropy on an Equinox
+    ``model`` of one example, ``jax.vmap``-ed over the batch."""
+    import equinox as eqx
+    import optax
+
+    tx = optax.adam(1e-3)
+
+    @eqx.filter_jit
+    def step(carry, x, y):
+        model, opt = carry
+
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
+
+        u, opt = tx.update(eqx.filter_grad(loss)(model), opt, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, u), opt
+
+    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), x, y)

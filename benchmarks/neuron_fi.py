@@ -120,7 +120,7 @@ def main():
         f"1× | {first_f - t_f:.2f} | {on_f:.3f} |",
         f"| diffrax Dopri5 vmapped (rtol 1e-6, atol 1e-6; median of 3) | {t_d:.3f} | "
         f"{t_d / t_f:.1f}× | {first_d - t_d:.2f} | {onset(r_d):.3f} |",
-        f"| scipy `solve_ivp` RK45 loop (rtol 1e-6, atol 1e-8), "
+        "| scipy `solve_ivp` RK45 loop (rtol 1e-6, atol 1e-8), "
         + (f"timed over all {N} currents" if len(sub) == N else f"**extrapolated** from {len(sub)} currents")
         + f" ({per * 1e3:.0f} ms each) | {t_s:.1f} | {t_s / t_f:.0f}× | – | "
         f"{on_s:.3f} |", "",

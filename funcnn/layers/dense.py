@@ -13,7 +13,6 @@ Backward, given dY = dL/dY of shape (N, S):
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from funcnn import initializers
 from funcnn._validate import batch_input, input_rank, positive_int
