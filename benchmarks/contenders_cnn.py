@@ -17,15 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.gradients import value_and_grad
 from funcnn.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.conv import Conv2D
 from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
-from funcnn.losses import softmax_cross_entropy
-from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
 
 TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
 REFERENCE = "pytorch"
@@ -46,19 +44,8 @@ def data(seed=0):
 def funcnn_step(mode, impl=None):
     model = serial(Conv2D(32, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2),
                    Conv2D(64, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2), Flatten(), Dense(10))
-    params, state = model.init(jax.random.key(0), (SIDE, SIDE, 1))
-    tx = optax.adam(1e-3)
-    vg = value_and_grad(model, softmax_cross_entropy, mode=mode)
-
-    @jax.jit
-    def step(carry, x, y):
-        params, state, opt = carry
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
-
     x, y = data()
-    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return funcnn_stepper(model, x, y, mode)
 
 
 def raw_jax_step():
@@ -66,7 +53,6 @@ def raw_jax_step():
     params = {"c1": (jax.random.normal(k1, (3, 3, 1, 32)) * np.sqrt(2 / 9), jnp.zeros(32)),
               "c2": (jax.random.normal(k2, (3, 3, 32, 64)) * np.sqrt(2 / 288), jnp.zeros(64)),
               "d": (jax.random.normal(k3, (7 * 7 * 64, 10)) * np.sqrt(1 / 3136), jnp.zeros(10))}
-    tx = optax.adam(1e-3)
 
     def conv(x, w, b):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
@@ -80,15 +66,8 @@ def raw_jax_step():
         logits = x.reshape(x.shape[0], -1) @ p["d"][0] + p["d"][1]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
-    def step(carry, x, y):
-        params, opt = carry
-        g = jax.grad(loss)(params, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), opt
-
     x, y = data()
-    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return jax_stepper(loss, params, x, y)
 
 
 def flax_step():

@@ -9,7 +9,7 @@ import optax
 
 import funcnn as fn
 from funcnn.layers.recurrent import LSTM
-from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
 
 TITLE = "LSTM(128), length 40, 1 feature, batch 64, last h -> Dense(10), Adam"
 REFERENCE = "pytorch"
@@ -37,19 +37,8 @@ def data(seed=0):
 
 def funcnn_step(mode):
     model = fn.serial(LSTM(HIDDEN, return_sequences=False), fn.Dense(CLASSES))
-    params, state = model.init(jax.random.key(0), (TIME, FEATURES))
-    tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode=mode)
-
-    @jax.jit
-    def step(carry, x, y):
-        params, state, opt = carry
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
-
     x, y = data()
-    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return funcnn_stepper(model, x, y, mode)
 
 
 def raw_jax_step():
@@ -62,7 +51,6 @@ def raw_jax_step():
         "w_out": jax.random.uniform(k3, (CLASSES, HIDDEN), minval=-s, maxval=s),
         "b_out": jnp.zeros(CLASSES),
     }
-    tx = optax.adam(1e-3)
 
     def loss(p, x, y):
         def step(carry, x_t):
@@ -76,15 +64,8 @@ def raw_jax_step():
         (h, _), _ = jax.lax.scan(step, (h0, h0), jnp.swapaxes(x, 0, 1))
         return optax.softmax_cross_entropy_with_integer_labels(h @ p["w_out"].T + p["b_out"], y).mean()
 
-    @jax.jit
-    def step(carry, x, y):
-        params, opt = carry
-        g = jax.grad(loss)(params, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), opt
-
     x, y = data()
-    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return jax_stepper(loss, params, x, y)
 
 
 def flax_step():

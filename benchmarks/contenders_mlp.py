@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 import funcnn as fn
-from harness import equinox_stepper, flax_stepper, stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
 
 TITLE = "MLP 784-512-512-10 ReLU, batch 128, Adam"
 REFERENCE = "pytorch"
@@ -22,25 +22,13 @@ def data(seed=0):
 
 def funcnn_step(mode):
     model = fn.serial(fn.Dense(512, w_init="he_normal"), fn.ReLU(), fn.Dense(512, w_init="he_normal"), fn.ReLU(), fn.Dense(10))
-    params, state = model.init(jax.random.key(0), (SIZES[0],))
-    tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode=mode)
-
-    @jax.jit
-    def step(carry, x, y):
-        params, state, opt = carry
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
-
     x, y = data()
-    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return funcnn_stepper(model, x, y, mode)
 
 
 def raw_jax_step():
     keys = jax.random.split(jax.random.key(0), 3)
     params = [(jax.random.normal(k, (o, i)) * np.sqrt(2 / i), jnp.zeros(o)) for k, i, o in zip(keys, SIZES[:-1], SIZES[1:])]
-    tx = optax.adam(1e-3)
 
     def loss(params, x, y):
         for w, b in params[:-1]:
@@ -48,15 +36,8 @@ def raw_jax_step():
         w, b = params[-1]
         return optax.softmax_cross_entropy_with_integer_labels(x @ w.T + b, y).mean()
 
-    @jax.jit
-    def step(carry, x, y):
-        params, opt = carry
-        g = jax.grad(loss)(params, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), opt
-
     x, y = data()
-    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    return jax_stepper(loss, params, x, y)
 
 
 def flax_step():

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 
 def _block(out):
@@ -110,6 +112,38 @@ def stepper(step, carry, *args):
     return run
 
 
+def funcnn_stepper(model, x, y, mode):
+    """A contender running one Adam(1e-3) step of softmax cross-entropy on a funcnn
+    ``model``, with the hand-written backward (``mode="manual"``) or autodiff."""
+    import funcnn as fn
+
+    params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
+    tx = optax.adam(1e-3)
+    vg = fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode=mode)
+
+    @jax.jit
+    def step(carry, x, y):
+        params, state, opt = carry
+        _, g, state = vg(params, state, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), state, opt
+
+    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
+def jax_stepper(loss, params, x, y):
+    """A contender running one Adam(1e-3) step of ``loss(params, x, y)`` under ``jax.grad``."""
+    tx = optax.adam(1e-3)
+
+    @jax.jit
+    def step(carry, x, y):
+        params, opt = carry
+        u, opt = tx.update(jax.grad(loss)(params, x, y), opt, params)
+        return optax.apply_updates(params, u), opt
+
+    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+
+
 def torch_stepper(model, loss_fn, optimizer, x, y):
     """A contender running one PyTorch training step (zero_grad, forward, backward, step)."""
 
@@ -126,7 +160,6 @@ def torch_stepper(model, loss_fn, optimizer, x, y):
 def flax_stepper(model, x, y, leaf):
     """A contender running one Flax NNX Adam(1e-3) step of softmax cross-entropy on ``model``;
     ``leaf(model)`` is an array of the step's output to block on."""
-    import optax
     from flax import nnx
 
     opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
@@ -149,7 +182,6 @@ def equinox_stepper(model, x, y):
     """A contender running one Adam(1e-3) step of softmax cross-entropy on an Equinox
     ``model`` of one example, ``jax.vmap``-ed over the batch."""
     import equinox as eqx
-    import optax
 
     tx = optax.adam(1e-3)
 

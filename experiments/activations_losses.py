@@ -20,8 +20,6 @@ experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import time
 
 import funcnn  # noqa: F401  (the library under study)
@@ -44,7 +42,8 @@ from funcnn.layers.flatten import Flatten  # noqa: E402
 from funcnn.losses import Loss, binary_cross_entropy, mse, softmax_cross_entropy  # noqa: E402
 from funcnn.train import fit  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from _common import parse, write  # noqa: E402
+
 BATCH = 32
 
 
@@ -82,12 +81,7 @@ def one_neuron(cost: str, steps: int, lr=0.15):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
-    p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
-    args = p.parse_args(argv)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    args, out = parse(__doc__, argv)
     epochs, seeds, neuron_steps = (2, 1, 20) if args.quick else (40, 3, 300)
 
     ds = data.load("digits")
@@ -124,7 +118,6 @@ def main(argv=None):
     def steps_below(out, level=0.2):
         return next((i for i, a in enumerate(out) if a < level), None)
 
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Activations and output losses",
         "",
@@ -153,7 +146,6 @@ def main(argv=None):
         "![activations and losses](activations_losses.png)",
         "",
     ]
-    (out / "activations_losses.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, h in act_curves.items():
@@ -163,15 +155,13 @@ def main(argv=None):
         axes[1].plot(range(1, epochs + 1), h["test_acc"], label=name)
     axes[1].set(xlabel="epoch", ylabel="test accuracy", title="output cost with sigmoid outputs (SGD 3.0)",
                 ylim=(0, 1))
-    for cost, out in neuron.items():
-        axes[2].plot(out, label=cost)
+    for cost, trace in neuron.items():
+        axes[2].plot(trace, label=cost)
     axes[2].set(xlabel="gradient-descent step", ylabel="neuron output (target 0)",
                 title="one neuron from w = b = 2", ylim=(0, 1))
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "activations_losses.png", dpi=120)
-    print(f"wrote {out / 'activations_losses.md'} and .png in {elapsed:.0f} s")
+    write(out, "activations_losses", lines, fig, elapsed)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import time
 
 import funcnn  # noqa: F401  (the library under study)
@@ -41,7 +39,8 @@ from funcnn.layers.flatten import Flatten  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
 from funcnn.train import fit  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from _common import parse, write  # noqa: E402
+
 TARGET = 0.90
 LR, MOMENTUM = 0.05, 0.9
 
@@ -63,12 +62,7 @@ def dense_grad_norms(model, params, state, x, y):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
-    p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
-    args = p.parse_args(argv)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    args, out = parse(__doc__, argv)
     depth, width, epochs, seeds = (3, 16, 2, 1) if args.quick else (8, 64, 40, 3)
 
     ds = data.load("digits")
@@ -99,7 +93,6 @@ def main(argv=None):
         hit = sum(e is not None for e in reached)
         return (f"> {epochs}" if median == float("inf") else f"{median:.0f}") + f" ({hit}/{len(reached)} seeds)"
 
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# BatchNorm in a {depth}-hidden-layer MLP",
         "",
@@ -118,7 +111,6 @@ def main(argv=None):
         "![batchnorm](batchnorm.png)",
         "",
     ]
-    (out / "batchnorm.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in curves.items():
@@ -131,9 +123,7 @@ def main(argv=None):
                 title="gradient norm per layer at initialisation")
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "batchnorm.png", dpi=120)
-    print(f"wrote {out / 'batchnorm.md'} and .png in {elapsed:.0f} s")
+    write(out, "batchnorm", lines, fig, elapsed)
 
 
 if __name__ == "__main__":

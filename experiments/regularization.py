@@ -12,8 +12,6 @@ experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import time
 
 import funcnn  # noqa: F401  (the library under study)
@@ -36,7 +34,8 @@ from funcnn.losses import softmax_cross_entropy  # noqa: E402
 from funcnn.regularization import adamw  # noqa: E402
 from funcnn.train import fit  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from _common import parse, write  # noqa: E402
+
 LR, L2, WEIGHT_DECAY, RATE = 1e-3, 1e-3, 0.1, 0.5
 
 
@@ -58,12 +57,7 @@ def configs():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
-    p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
-    args = p.parse_args(argv)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    args, out = parse(__doc__, argv)
     epochs, seeds, width, n_train = (3, 1, 64, 200) if args.quick else (100, 3, 512, 500)
 
     ds = data.load("digits")
@@ -83,7 +77,6 @@ def main(argv=None):
         print(f"{name:28s} train {tr:.3f}  test {te:.3f}  gap {gap:+.3f}  test loss {loss:.3f}", flush=True)
     elapsed = time.perf_counter() - start
 
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Regularisation on 500 training digits",
         "",
@@ -98,7 +91,6 @@ def main(argv=None):
         "![regularization](regularization.png)",
         "",
     ]
-    (out / "regularization.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, h in curves.items():
@@ -109,9 +101,7 @@ def main(argv=None):
                 ylim=(0.8 if not args.quick else 0.0, 1.005))
     axes[1].set(xlabel="epoch", ylabel="test cross-entropy", title="test loss", yscale="log")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "regularization.png", dpi=120)
-    print(f"wrote {out / 'regularization.md'} and .png in {elapsed:.0f} s")
+    write(out, "regularization", lines, fig, elapsed)
 
 
 if __name__ == "__main__":

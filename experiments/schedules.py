@@ -13,8 +13,6 @@ experiments/results/quick/, or ``--out DIR``).
 """
 from __future__ import annotations
 
-import argparse
-import pathlib
 import time
 
 import funcnn  # noqa: F401  (the library under study)
@@ -31,7 +29,8 @@ from funcnn import data, models  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
 from funcnn.train import fit  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from _common import parse, write  # noqa: E402
+
 LR, ADAM_LR, BATCH = 0.5, 1e-3, 32
 
 
@@ -48,12 +47,7 @@ def schedules(total_steps):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (few epochs, one seed)")
-    p.add_argument("--out", type=pathlib.Path, default=None,
-                   help="output folder (default experiments/results, or experiments/results/quick with --quick)")
-    args = p.parse_args(argv)
-    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    args, out = parse(__doc__, argv)
     epochs, seeds = (2, 1) if args.quick else (40, 3)
 
     ds = data.load("digits")
@@ -76,7 +70,6 @@ def main(argv=None):
               flush=True)
     elapsed = time.perf_counter() - start
 
-    out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Learning-rate schedules",
         "",
@@ -92,7 +85,6 @@ def main(argv=None):
         "![schedules](schedules.png)",
         "",
     ]
-    (out / "schedules.md").write_text("\n".join(lines))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     for name, curve in curves.items():
@@ -104,9 +96,7 @@ def main(argv=None):
         axes[1].plot(steps, jax.vmap(rate)(steps) if callable(rate) else np.full(total_steps, rate), label=name)
     axes[1].set(xlabel="step", ylabel="SGD learning rate", title="the schedules")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "schedules.png", dpi=120)
-    print(f"wrote {out / 'schedules.md'} and .png in {elapsed:.0f} s")
+    write(out, "schedules", lines, fig, elapsed)
 
 
 if __name__ == "__main__":
