@@ -1,5 +1,10 @@
+import sys
+from pathlib import Path
+
 import jax
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py: the tolerance rule
 
 
 @pytest.fixture
