@@ -23,6 +23,35 @@ noise by itself; against tolerances of 1e-10 and 1e-6 it still flags a 1% error 
 leaf a million times smaller than the largest. Tolerances are fixed, independent of array size: rel <= 1e-10 against autodiff
 and rel <= 1e-6 against finite differences. A wrong derivation (a factor off by 1%,
 a missing term, a transpose, a sign) is off by far more than either.
+
+Custom rules. If ``forward`` contains a ``jax.custom_vjp``/``jax.custom_jvp`` function
+defined outside JAX itself, ``jax.vjp(forward)`` would run that rule, and a rule
+checked against itself always passes. So autodiff here differentiates the *primal*
+of every such function instead (the rule is replaced by its undecorated function;
+finite differences never see rules). JAX's own rules (``jax.nn.relu``,
+``jnp.logaddexp``, ...) are kept. A rule hidden inside ``scan``/``cond``/``while``
+cannot be replaced and is refused with a ``ValueError``; check such rules with
+``check_custom_vjp`` / ``check_custom_jvp``.
+
+Second order (``order=2``, PyTorch's gradgradcheck): the hand-written backward is
+itself differentiated by autodiff whenever something takes a derivative of a gradient
+it produced -- ``jax.hessian`` of a ``with_manual_vjp`` model, a gradient penalty,
+meta-learning. For a random v (shaped like the primals) the check compares
+
+    d/dp <backward(p, dy), v>   (autodiff through the hand-written backward)
+    d/dp <vjp_f(p)(dy), v>  = H_{<f, dy>} v   (autodiff's Hessian-vector product)
+
+leaf by leaf, with the same relative error and the autodiff tolerance. A backward
+that is right to first order fails here when it is not differentiable as written:
+``stop_gradient`` on a term that depends on p, values read through integer casts, a
+cached quantity treated as a constant although it depends on p.
+
+Random parameters. ``check_layer`` checks by default at the initial parameters *and*
+at random ones: every float leaf p gets N(0, s^2) noise with s = std(p), or 0.5 for a
+leaf that starts constant, so gains are not 1, biases not 0, log-scales not 0 (a
+missing gain, bias or forget-gate term cancels at the initial values). The state is
+left as initialised (a BatchNorm's running variance stays positive). ``check_loss``
+likewise draws predictions and targets away from special points when not given.
 """
 from __future__ import annotations
 
@@ -30,11 +59,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.check.diagnose import diagnose
 from funcnn.check.report import Report, Row
 
 TOL_AUTODIFF = 1e-10
 TOL_FD = 1e-6
 FD_STEP = 1e-5
+CUSTOM_CALLS = ("custom_vjp_call", "custom_jvp_call")
 
 
 def _to64(tree):
@@ -60,6 +91,95 @@ def _rel_error(a, b, scale):
     rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     return float(diff.max()), float(rel.max())
 
+
+# ---- custom rules: find the user's, and differentiate their primal instead ----------
+
+def _sub_jaxprs(params):
+    for v in params.values():
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if hasattr(x, "jaxpr") and hasattr(x, "consts"):
+                yield x.jaxpr
+            elif hasattr(x, "eqns"):
+                yield x
+
+
+def _rule_source(eqn):
+    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+    return getattr(info, "func_src_info", "") or ""
+
+
+def _is_user_rule(eqn):
+    """A custom rule not defined inside JAX's own package (those are JAX's tested rules)."""
+    if eqn.primitive.name not in CUSTOM_CALLS:
+        return False
+    src = _rule_source(eqn).replace("\\", "/")
+    return not ("/jax/" in src or "/jaxlib/" in src)
+
+
+def user_rules(jaxpr) -> list[str]:
+    """Source descriptions of the user-defined custom rules anywhere in ``jaxpr``."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if _is_user_rule(eqn):
+            found.append(_rule_source(eqn))
+        else:
+            for sub in _sub_jaxprs(eqn.params):
+                found += user_rules(sub)
+    return found
+
+
+def _eval_primal(jaxpr, consts, args):
+    """Evaluate ``jaxpr`` with every user custom rule replaced by its primal function."""
+    env = {}
+
+    def read(v):
+        return v.val if hasattr(v, "val") and not hasattr(v, "count") else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if _is_user_rule(eqn):
+            call = eqn.params["call_jaxpr"]
+            outs = _eval_primal(call.jaxpr, call.consts, invals)
+        elif eqn.primitive.name in ("pjit", "jit", "closed_call") and user_rules(eqn.params["jaxpr"].jaxpr
+                                                                             if "jaxpr" in eqn.params else
+                                                                             eqn.params["call_jaxpr"].jaxpr):
+            call = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+            outs = _eval_primal(call.jaxpr, call.consts, invals)
+        elif any(user_rules(sub) for sub in _sub_jaxprs(eqn.params)):
+            raise ValueError(
+                f"check_backward: forward has a custom_vjp/custom_jvp rule inside '{eqn.primitive.name}', so "
+                "autodiff would compare the rule with itself; check the rule with "
+                "funcnn.check.check_custom_vjp / check_custom_jvp")
+        else:
+            subfuns, bind_params = eqn.primitive.get_bind_params(eqn.params)
+            outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+        for v, x in zip(eqn.outvars, outs):
+            env[v] = x
+    return [read(v) for v in jaxpr.outvars]
+
+
+def primal_only(forward, *primals):
+    """``forward`` with every user custom rule inside replaced by its undecorated
+    function (``forward`` itself when it has none): autodiff of it is the true derivative."""
+    closed = jax.make_jaxpr(forward)(*primals)
+    if not user_rules(closed.jaxpr):
+        return forward
+    out_tree = jax.tree_util.tree_structure(jax.eval_shape(forward, *primals))
+
+    def f(*args):
+        flat = jax.tree_util.tree_leaves(args)
+        return jax.tree_util.tree_unflatten(out_tree, _eval_primal(closed.jaxpr, closed.consts, flat))
+
+    return f
+
+
+# ---- the check ---------------------------------------------------------------------
 
 def _fd_leaf(forward, dy, primals, arg, leaf_index, key, max_fd):
     """Fourth-order central differences of <dy, forward> w.r.t. elements of one leaf.
@@ -89,73 +209,144 @@ def _fd_leaf(forward, dy, primals, arg, leaf_index, key, max_fd):
     return idx, jax.jit(jax.vmap(directional))(jnp.asarray(idx))
 
 
+def _normal_like(key, tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return jax.tree_util.tree_unflatten(treedef, [
+        jax.random.normal(k, jnp.shape(l), jnp.float64) if _is_diff(l) else l for k, l in zip(keys, leaves)])
+
+
+def _max_abs(tree):
+    return max([float(jnp.max(jnp.abs(l))) for l in jax.tree_util.tree_leaves(tree)
+                if jnp.size(l) and _is_diff(l)] + [0.0])
+
+
+def _compare(primals, manual, reference, argnames, scale, *, order, point, fd_fn=None, tol=TOL_AUTODIFF):
+    """Rows comparing ``manual`` with ``reference`` (one gradient tree per primal)."""
+    others = {}
+    for i, p in enumerate(primals):
+        for kp, leaf in jax.tree_util.tree_flatten_with_path(p)[0]:
+            if _is_diff(leaf):
+                others[argnames[i] + jax.tree_util.keystr(kp)] = leaf
+    floor = max(1e-3 * scale, 1e-300)
+    rows = []
+    for i, (p, m, a) in enumerate(zip(primals, manual, reference)):
+        p_paths = jax.tree_util.tree_flatten_with_path(p)[0]
+        a_leaves = jax.tree_util.tree_leaves(a)
+        m_paths = [] if m is None else jax.tree_util.tree_flatten_with_path(m)[0]
+        m_map = {jax.tree_util.keystr(kp): v for kp, v in m_paths}
+        expected = set()
+        for j, ((kp, leaf), al) in enumerate(zip(p_paths, a_leaves)):
+            if not _is_diff(leaf):
+                continue
+            key = jax.tree_util.keystr(kp)
+            path = argnames[i] + key
+            expected.add(key)
+
+            def bad(problem, diagnosis=""):
+                rows.append(Row(path, np.nan, np.nan, np.nan, np.nan, False, problem, point, order, diagnosis))
+
+            if key not in m_map:
+                bad("missing from backward")
+                continue
+            ml = jnp.asarray(m_map[key])
+            if ml.shape != leaf.shape:
+                bad(f"shape {ml.shape}, expected {leaf.shape}", diagnose(ml, al, tol=tol, floor=floor))
+                continue
+            abs_ad, rel_ad = _rel_error(ml, al, scale)
+            abs_fd = rel_fd = np.nan
+            if fd_fn is not None:
+                idx, fd_vals = fd_fn(i, j)
+                abs_fd, rel_fd = _rel_error(np.asarray(ml).reshape(-1)[idx], fd_vals, scale)
+            ok = rel_ad <= tol and (fd_fn is None or rel_fd <= TOL_FD)
+            diagnosis = ""
+            if not ok:
+                own = {k: v for k, v in others.items() if k != path}
+                if rel_ad > tol:
+                    diagnosis = diagnose(ml, al, tol=tol, floor=floor, others=own)
+                else:
+                    diagnosis = ("agrees with autodiff but not with finite differences: a kink near the "
+                                 "point, or a custom rule inside forward that is wrong")
+            rows.append(Row(path, abs_ad, rel_ad, abs_fd, rel_fd, bool(ok), "", point, order, diagnosis))
+        for extra in sorted(set(m_map) - expected):
+            rows.append(Row(argnames[i] + extra, np.nan, np.nan, np.nan, np.nan, False,
+                            "not a differentiable leaf of the primal", point, order))
+    return rows
+
+
 def check_backward(forward, backward, *primals, key=None, name="backward", fd=True,
-                   max_fd=512, argnames=None) -> Report:
+                   max_fd=512, argnames=None, order=1, point="") -> Report:
     """Compare ``backward(*primals, dy)`` with autodiff and finite differences of ``forward``.
 
     ``forward(*primals) -> y`` (a pytree of arrays); ``backward(*primals, dy)`` returns a
     tuple of gradients, one per primal, each with that primal's structure (``None`` or
     an empty dict for a primal without float leaves). Integer leaves (labels) are not
-    differentiated. Returns a ``Report``; call ``.assert_ok()`` to raise on mismatch.
+    differentiated. ``order=2`` also checks the backward differentiated once more
+    (module docstring). Returns a ``Report``; call ``.assert_ok()`` to raise on mismatch.
     """
+    if order not in (1, 2):
+        raise ValueError(f"check_backward: order must be 1 or 2, got {order!r}")
     key = jax.random.key(0) if key is None else key
     argnames = argnames or [f"arg{i}" for i in range(len(primals))]
     with jax.enable_x64(True):
         primals = _to64(primals)
+        reference_fn = primal_only(forward, *primals)
         y = forward(*primals)
-        y_leaves, y_def = jax.tree_util.tree_flatten(y)
-        kdy, kfd = jax.random.split(key)
-        dy = jax.tree_util.tree_unflatten(y_def, [
-            jax.random.normal(k, jnp.shape(l), jnp.float64)
-            for k, l in zip(jax.random.split(kdy, max(len(y_leaves), 1)), y_leaves)])
+        kdy, kfd, kv = jax.random.split(key, 3)
+        dy = _normal_like(kdy, jax.tree_util.tree_map(jnp.asarray, y))
         manual = backward(*primals, dy)
         if not isinstance(manual, (tuple, list)) or len(manual) != len(primals):
             got = f"{type(manual).__name__} of length {len(manual)}" if isinstance(manual, (tuple, list)) else type(manual).__name__
             row = Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
-                      f"backward must return a tuple of {len(primals)} gradients, got {got}")
+                      f"backward must return a tuple of {len(primals)} gradients, got {got}", point)
             return Report(name, (row,), TOL_AUTODIFF, TOL_FD)
 
-        diff_mask = [jax.tree_util.tree_map(_is_diff, p) for p in primals]
+        auto = jax.jit(lambda p, d: jax.vjp(reference_fn, *p)[1](d))(primals, dy)
+        scale = _max_abs(auto)
 
-        auto = jax.jit(lambda p, d: jax.vjp(forward, *p)[1](d))(primals, dy)
+        def fd_fn(i, j):
+            return _fd_leaf(forward, dy, primals, i, j, jax.random.fold_in(kfd, 1000 * i + j), max_fd)
 
-        def max_abs(tree):
-            return max([float(jnp.max(jnp.abs(l))) for l in jax.tree_util.tree_leaves(tree)
-                        if jnp.size(l) and _is_diff(l)] + [0.0])
-
-        scale = max_abs(auto)
-        rows = []
-        for i, (p, m, a, mask) in enumerate(zip(primals, manual, auto, diff_mask)):
-            p_paths = jax.tree_util.tree_flatten_with_path(p)[0]
-            a_leaves = jax.tree_util.tree_leaves(a)
-            m_paths = [] if m is None else jax.tree_util.tree_flatten_with_path(m)[0]
-            m_map = {jax.tree_util.keystr(kp): v for kp, v in m_paths}
-            expected = set()
-            for j, ((kp, leaf), al, is_diff) in enumerate(zip(p_paths, a_leaves, jax.tree_util.tree_leaves(mask))):
-                if not is_diff:
-                    continue
-                path = argnames[i] + jax.tree_util.keystr(kp)
-                expected.add(jax.tree_util.keystr(kp))
-                if jax.tree_util.keystr(kp) not in m_map:
-                    rows.append(Row(path, np.nan, np.nan, np.nan, np.nan, False, "missing from backward"))
-                    continue
-                ml = jnp.asarray(m_map[jax.tree_util.keystr(kp)])
-                if ml.shape != leaf.shape:
-                    rows.append(Row(path, np.nan, np.nan, np.nan, np.nan, False,
-                                    f"shape {ml.shape}, expected {leaf.shape}"))
-                    continue
-                abs_ad, rel_ad = _rel_error(ml, al, scale)
-                abs_fd = rel_fd = np.nan
-                if fd:
-                    idx, fd_vals = _fd_leaf(forward, dy, primals, i, j, jax.random.fold_in(kfd, 1000 * i + j), max_fd)
-                    abs_fd, rel_fd = _rel_error(np.asarray(ml).reshape(-1)[idx], fd_vals, scale)
-                ok = rel_ad <= TOL_AUTODIFF and (not fd or rel_fd <= TOL_FD)
-                rows.append(Row(path, abs_ad, rel_ad, abs_fd, rel_fd, bool(ok)))
-            for extra in sorted(set(m_map) - expected):
-                rows.append(Row(argnames[i] + extra, np.nan, np.nan, np.nan, np.nan, False,
-                                "not a differentiable leaf of the primal"))
+        rows = _compare(primals, manual, auto, argnames, scale, order=1, point=point,
+                        fd_fn=fd_fn if fd else None)
+        if order == 2 and all(r.ok for r in rows):
+            rows += _second_order(reference_fn, backward, primals, dy, kv, argnames, point)
     return Report(name, tuple(rows), TOL_AUTODIFF, TOL_FD)
 
+
+def _float_part(tree):
+    return jax.tree_util.tree_map(lambda l: l if _is_diff(l) else None, tree)
+
+
+def _second_order(forward, backward, primals, dy, key, argnames, point):
+    """Rows comparing d/dp <backward(p, dy), v> with autodiff's Hessian-vector product."""
+    v = _normal_like(key, primals)
+
+    def inner(grads):
+        total = 0.0
+        for g, vi, p in zip(grads, v, primals):
+            for gl, vl, pl in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(vi),
+                                  jax.tree_util.tree_leaves(p)):
+                if _is_diff(pl):
+                    total = total + jnp.vdot(gl, vl)
+        return total
+
+    def differentiate(s):
+        diff_args = [i for i in range(len(primals))]
+        return jax.jit(jax.grad(s, argnums=diff_args, allow_int=True))(*primals)
+
+    def manual_s(*p):
+        return inner(backward(*p, dy))
+
+    def auto_s(*p):
+        return inner(jax.vjp(forward, *p)[1](dy))
+
+    with_manual = differentiate(manual_s)
+    with_auto = differentiate(auto_s)
+    return _compare(primals, with_manual, with_auto, argnames, _max_abs(with_auto), order=2, point=point)
+
+
+# ---- layers and losses ---------------------------------------------------------------
 
 def _layer_fns(layer, state, key, train):
     def forward(params, x):
@@ -168,35 +359,96 @@ def _layer_fns(layer, state, key, train):
     return forward, backward
 
 
-def check_layer(layer, input_shape, *, key=None, batch=3, train=True, x=None, name=None,
-                **kwargs) -> Report:
-    """Check a layer's ``backward`` (params and input) at random params and inputs.
+def random_params(params, key):
+    """Every float leaf moved away from its value: p + N(0, s^2), s = std(p), or 0.5
+    for a leaf that is constant (gains of 1, biases of 0)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    out = []
+    for k, leaf in zip(keys, leaves):
+        if _is_diff(leaf) and jnp.size(leaf):
+            s = float(jnp.std(leaf))
+            s = s if s > 1e-8 * max(float(jnp.max(jnp.abs(leaf))), 1.0) else 0.5
+            leaf = leaf + s * jax.random.normal(k, jnp.shape(leaf), leaf.dtype)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
-    ``key`` fixes the params, the input and any randomness inside the layer (dropout's
-    mask). Inputs are standard normal, which puts ReLU's kink at 0 with probability 0.
+
+def _points(layer, input_shape, params, state, key, random):
+    """[(point, params, state)]: the given values, or random and initial parameters."""
+    k_init, k_rand = jax.random.split(key)
+    if params is not None:
+        if state is None:
+            state = layer.init(k_init, tuple(input_shape))[1]
+        return [("given", _to64(params), _to64(state))]
+    p0, s0 = layer.init(k_init, tuple(input_shape))
+    p0, s0 = _to64(p0), _to64(s0 if state is None else state)
+    has_float = any(_is_diff(l) and jnp.size(l) for l in jax.tree_util.tree_leaves(p0))
+    points = [("random", random_params(p0, k_rand), s0)] if random and has_float else []
+    return points + [("init", p0, s0)]
+
+
+def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
+                name=None, random=True, **kwargs) -> Report:
+    """Check a layer's ``backward`` (params and input), at random *and* initial params.
+
+    ``params=``/``state=`` check at given values instead (``state`` alone replaces the
+    initial state); ``random=False`` checks only at the initial params. ``key`` fixes
+    the params, the input and any randomness inside the layer (dropout's mask). Inputs
+    are standard normal, which puts ReLU's kink at 0 with probability 0. Other keyword
+    arguments (``order=2``, ``fd``, ``max_fd``) go to ``check_backward``.
     """
     key = jax.random.key(0) if key is None else key
     k_init, k_x, k_layer, k_check = jax.random.split(key, 4)
     with jax.enable_x64(True):
-        params, state = layer.init(k_init, tuple(input_shape))
-        params, state = _to64(params), _to64(state)
         if x is None:
             x = jax.random.normal(k_x, (batch, *input_shape), jnp.float64)
-        forward, backward = _layer_fns(layer, state, k_layer, train)
-        return check_backward(forward, backward, params, x, key=k_check,
-                              name=name or layer.name, argnames=["params", "x"], **kwargs)
+        report = None
+        for point, p, s in _points(layer, input_shape, params, state, k_init, random):
+            forward, backward = _layer_fns(layer, s, k_layer, train)
+            r = check_backward(forward, backward, p, x, key=k_check, name=name or layer.name,
+                               argnames=["params", "x"], point=point, **kwargs)
+            report = r if report is None else report.merged(r)
+        return report
 
 
-def check_loss(loss, pred, target, *, key=None, name=None, **kwargs) -> Report:
-    """Check a loss's ``grad`` at ``pred`` (the target is held fixed)."""
+def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None, weights=None,
+               **kwargs) -> Report:
+    """Check a loss's ``grad`` at ``pred`` (the target is held fixed).
+
+    ``pred`` and ``target`` default to random values away from special points: logits
+    N(0, 1) scaled by 2 (never exactly 0), labels uniform over the classes, BCE targets
+    in (0.1, 0.9); give ``shape`` (pred's shape) then. ``weights`` (softmax cross-entropy)
+    is passed to both ``value`` and ``grad``.
+    """
+    key = jax.random.key(0) if key is None else key
+    k_pred, k_target, k_check = jax.random.split(key, 3)
     with jax.enable_x64(True):
+        if pred is None:
+            if shape is None:
+                raise ValueError("check_loss: give pred (and target) or shape, got neither")
+            pred = 2.0 * jax.random.normal(k_pred, shape, jnp.float64)
+        if target is None:
+            target = default_target(loss, jnp.shape(pred), k_target)
         target = _to64(target)
+        extra = {} if weights is None else {"weights": _to64(weights)}
 
         def forward(p):
-            return loss.value(p, target)
+            return loss.value(p, target, **extra)
 
         def backward(p, dy):
-            return (dy * loss.grad(p, target),)
+            return (dy * loss.grad(p, target, **extra),)
 
-        return check_backward(forward, backward, pred, key=key, name=name or loss.name,
+        return check_backward(forward, backward, pred, key=k_check, name=name or loss.name,
                               argnames=["pred"], **kwargs)
+
+
+def default_target(loss, pred_shape, key):
+    """A random target that fits ``loss`` for predictions of ``pred_shape``."""
+    if loss.name in ("softmax_cross_entropy", "multiclass_hinge"):
+        return jax.random.randint(key, pred_shape[:-1], 0, pred_shape[-1])
+    if loss.name == "binary_cross_entropy":
+        return jax.random.uniform(key, pred_shape, jnp.float64, 0.1, 0.9)
+    if loss.name == "gaussian_nll":
+        return jax.random.normal(key, (pred_shape[0], pred_shape[1] // 2), jnp.float64)
+    return jax.random.normal(key, pred_shape, jnp.float64)

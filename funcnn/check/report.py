@@ -9,7 +9,11 @@ import math
 class Row:
     """Errors of one gradient leaf: hand-written against autodiff and against finite
     differences (``nan`` where finite differences were not run). ``problem`` names a
-    structural fault (missing leaf, wrong shape) that makes the row fail outright."""
+    structural fault (missing leaf, wrong shape) that makes the row fail outright.
+    ``point`` says where it was checked ("random" or "init" parameters, "given", or ""
+    for plain ``check_backward``), ``order`` is 1 (the backward) or 2 (the backward
+    differentiated once more), and ``diagnosis`` explains a wrong leaf
+    (``funcnn.check.diagnose``)."""
 
     path: str
     abs_autodiff: float
@@ -18,6 +22,9 @@ class Row:
     rel_fd: float
     ok: bool
     problem: str = ""
+    point: str = ""
+    order: int = 1
+    diagnosis: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,19 +42,29 @@ class Report:
         def fmt(v):
             return "-" if math.isnan(v) else f"{v:.1e}"
 
-        width = max([len(r.path) for r in self.rows] + [4])
+        def label(r):
+            tags = [t for t in (r.point, "2nd order" if r.order == 2 else "") if t]
+            return r.path + (f" @{' '.join(tags)}" if tags else "")
+
+        width = max([len(label(r)) for r in self.rows] + [4])
         head = (f"{self.name}: {'ok' if self.ok else 'MISMATCH'} "
                 f"(rel tol: autodiff {self.tol_autodiff:.0e}, finite differences {self.tol_fd:.0e})")
         lines = [head, f"  {'leaf':<{width}}  abs(ad)  rel(ad)  abs(fd)  rel(fd)"]
         for r in self.rows:
             mark = "" if r.ok else "  <-- " + (r.problem or "wrong")
             lines.append(
-                f"  {r.path:<{width}}  {fmt(r.abs_autodiff):>7}  {fmt(r.rel_autodiff):>7}"
+                f"  {label(r):<{width}}  {fmt(r.abs_autodiff):>7}  {fmt(r.rel_autodiff):>7}"
                 f"  {fmt(r.abs_fd):>7}  {fmt(r.rel_fd):>7}{mark}"
             )
+            if r.diagnosis and not r.ok:
+                lines.append(f"  {'':<{width}}    {r.diagnosis}")
         return "\n".join(lines)
 
     def assert_ok(self) -> "Report":
         if not self.ok:
             raise AssertionError("gradient check failed\n" + str(self))
         return self
+
+    def merged(self, other: "Report") -> "Report":
+        """The rows of both reports (e.g. random and initial parameters) in one."""
+        return dataclasses.replace(self, rows=self.rows + other.rows)
