@@ -36,6 +36,14 @@ class Layer:
 
     ``apply_fn`` is optional: when absent, ``apply`` runs ``forward`` and drops the
     cache (under ``jit`` the unused cache is removed by dead-code elimination).
+
+    ``children`` is optional too: a combinator (``serial``, ``residual``, ``parallel``,
+    ...) lists its sublayers as ``(key, child_layer)`` pairs in forward order, where
+    ``key`` is the child's key in the combinator's params and state dicts
+    (``params[key]``, ``state[key]``; e.g. ``"0_dense"``). ``check_model`` recurses
+    through it: children of ``serial`` are checked at the previous child's output,
+    children of any other combinator at the combinator's own input (what ``residual``
+    and ``parallel`` feed them); see ``funcnn.check.model``. Leaf layers leave it ``()``.
     """
 
     name: str
@@ -44,6 +52,7 @@ class Layer:
     backward: Callable[..., tuple[Params, Any]]
     output_shape: Callable[[Shape], Shape]
     apply_fn: Callable[..., tuple[Any, State]] | None = None
+    children: tuple = ()
 
     def apply(self, params, state, x, *, key=None, train=False):
         """Run the layer: ``(y, new_state)``. ``x`` has a leading batch axis."""
@@ -109,4 +118,4 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
         return x, new_state
 
-    return Layer(name, init, forward, backward, output_shape, apply)
+    return Layer(name, init, forward, backward, output_shape, apply, children=tuple(zip(names, layers)))

@@ -155,8 +155,8 @@ def _eval_primal(jaxpr, consts, args):
                 "autodiff would compare the rule with itself; check the rule with "
                 "funcnn.check.check_custom_vjp / check_custom_jvp")
         else:
-            subfuns, bind_params = eqn.primitive.get_bind_params(eqn.params)
-            outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
             if not eqn.primitive.multiple_results:
                 outs = [outs]
         for v, x in zip(eqn.outvars, outs):
@@ -261,9 +261,8 @@ def _compare(primals, manual, reference, argnames, scale, *, order, point, fd_fn
             ok = rel_ad <= tol and (fd_fn is None or rel_fd <= TOL_FD)
             diagnosis = ""
             if not ok:
-                own = {k: v for k, v in others.items() if k != path}
                 if rel_ad > tol:
-                    diagnosis = diagnose(ml, al, tol=tol, floor=floor, others=own)
+                    diagnosis = diagnose(ml, al, tol=tol, floor=floor, others=others)
                 else:
                     diagnosis = ("agrees with autodiff but not with finite differences: a kink near the "
                                  "point, or a custom rule inside forward that is wrong")

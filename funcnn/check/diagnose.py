@@ -12,6 +12,8 @@ order, are exact statements about m and r:
 * "transposed":                  m = r^T (a square matrix, or m of r's transposed shape);
 * "right up to a term k * NAME":  m - r = k v for one of the arrays v offered
                                  (the inputs, the other leaves), k fitted by least squares;
+* "multiplied elementwise by NAME" / "missing a factor NAME": m = r v or r = m v for
+                                 an offered v of m's shape or broadcast along m's leading axes;
 * "wrong only in rows/columns/at indices ...": the wrong elements (error above the
                                  check's tolerance) lie in a proper subset of the rows
                                  (first axis) or columns (last axis).
@@ -76,6 +78,14 @@ def explain(m, r, *, others=None) -> str:
         k = float(np.vdot(d, v)) / float(np.vdot(v, v))
         if _fits(d, k * v, scale):
             return f"right up to a term {_name_number(k)} * {name}"
+    for name, v in (others or {}).items():
+        v = np.asarray(v, np.float64)
+        if v.ndim > m.ndim or v.shape != m.shape[m.ndim - v.ndim:] or not np.any(v):
+            continue
+        if _fits(m, r * v, scale):
+            return f"multiplied elementwise by {name}"
+        if _fits(r, m * v, scale):
+            return f"missing a factor {name}"
     return "no simple explanation"
 
 

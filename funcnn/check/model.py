@@ -1,0 +1,154 @@
+"""Check a whole network and blame the layer whose own backward is wrong.
+
+Errors travel backwards: one wrong layer makes every gradient before it wrong too,
+so an end-to-end check shows the symptom (``0_dense`` and ``x`` flagged) but not the
+cause. ``check_model`` runs the network forward in float64 and checks every layer at
+the input it actually receives and at its own slice of the parameters, recursing
+through ``Layer.children``:
+
+* children of ``serial`` (recognised by its ``forward``) are run in order, each on the
+  previous child's output, with the key ``serial`` gives it (so dropout masks match);
+* children of any other combinator are checked at the combinator's own input and key,
+  which is what ``residual``/``parallel``-style combinators feed them; the combinator
+  is also checked as a whole, so a wrong combination rule is caught even if a child
+  in fact receives something else (that child is then checked at an input it may not
+  see in the network -- still a valid check of its backward, but not the network's
+  exact point). A child whose forward cannot take that input is reported as
+  "not checked".
+
+The rows come in forward order, each combinator after its children, the whole model
+last. ``first_wrong`` is the key path (``"1_layernorm"``, ``"2_serial/1_dense"``) of the
+first row whose own check fails: the first layer, in forward order, whose backward is
+wrong given correct gradients from above -- where the error starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn.check.core import _layer_fns, _points, check_backward
+from funcnn.check.report import Report
+
+
+def _is_serial(layer):
+    return getattr(layer.forward, "__qualname__", "").startswith("serial.<locals>.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRow:
+    """One layer of the network: its key path, its own check (``None`` if not checked)."""
+
+    path: str
+    layer: str
+    report: Report | None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.report is None or self.report.ok
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReport:
+    name: str
+    rows: tuple[ModelRow, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def first_wrong(self) -> str | None:
+        """Key path of the first layer (forward order) whose own backward is wrong."""
+        for r in self.rows:
+            if not r.ok:
+                return r.path
+        return None
+
+    def __getitem__(self, path) -> ModelRow:
+        for r in self.rows:
+            if r.path == path:
+                return r
+        raise KeyError(path)
+
+    def __str__(self) -> str:
+        def worst(r, attr):
+            vals = [getattr(x, attr) for x in r.report.rows if not math.isnan(getattr(x, attr))] if r.report else []
+            return f"{max(vals):.1e}" if vals else "-"
+
+        width = max([len(r.path) for r in self.rows] + [5])
+        lw = max([len(r.layer) for r in self.rows] + [5])
+        head = f"{self.name}: {'ok' if self.ok else 'MISMATCH'}" + (
+            f"; first wrong layer: {self.first_wrong}" if not self.ok else "")
+        lines = [head, f"  {'layer':<{width}}  {'kind':<{lw}}  rel(ad)  rel(fd)"]
+        for r in self.rows:
+            status = r.note if r.report is None else ("" if r.ok else "  <-- wrong")
+            lines.append(f"  {r.path:<{width}}  {r.layer:<{lw}}  {worst(r, 'rel_autodiff'):>7}  "
+                         f"{worst(r, 'rel_fd'):>7}{status}")
+            if r.report is not None and not r.ok:
+                for row in r.report.rows:
+                    if not row.ok:
+                        tags = " ".join(t for t in (row.point, "2nd order" if row.order == 2 else "") if t)
+                        lines.append(f"      {row.path}{' @' + tags if tags else ''}: "
+                                     f"{row.problem or row.diagnosis or 'wrong'}")
+        return "\n".join(lines)
+
+    def assert_ok(self) -> "ModelReport":
+        if not self.ok:
+            raise AssertionError("gradient check failed\n" + str(self))
+        return self
+
+
+def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
+    """[(path, layer, report or None, note)] in forward order, combinators after children."""
+    entries = []
+    if layer.children:
+        if _is_serial(layer):
+            keys = [None] * len(layer.children) if key is None else list(jax.random.split(key, len(layer.children)))
+            h = x
+            for (k, child), ck in zip(layer.children, keys):
+                entries += _walk(child, params[k], state[k], h, ck, train, f"{path}{k}/", point, check_kwargs)
+                h = child.forward(params[k], state[k], h, key=ck, train=train)[0]
+        else:
+            for k, child in layer.children:
+                try:
+                    jax.eval_shape(lambda p, s, h: child.forward(p, s, h, key=key, train=train)[0],
+                                   params[k], state[k], x)
+                except Exception:  # noqa: BLE001 -- any failure means the input is not this child's
+                    entries.append((f"{path}{k}", child.name, None, "  not checked (its input is not reproducible)"))
+                    continue
+                entries += _walk(child, params[k], state[k], x, key, train, f"{path}{k}/", point, check_kwargs)
+    forward, backward = _layer_fns(layer, state, key, train)
+    report = check_backward(forward, backward, params, x, key=jax.random.key(1), name=layer.name,
+                            argnames=["params", "x"], point=point, **check_kwargs)
+    entries.append((path.rstrip("/") or "(model)", layer.name, report, ""))
+    return entries
+
+
+def check_model(model, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
+                name=None, random=True, **kwargs) -> ModelReport:
+    """Check every layer of ``model`` at the input it receives, and the model end to end.
+
+    Points as in ``check_layer``: random and initial parameters by default, or the
+    given ``params``/``state``. Other keyword arguments (``order=2``, ``fd``, ``max_fd``)
+    go to ``check_backward``. Returns a ``ModelReport`` (``.ok``, ``.first_wrong``,
+    ``.assert_ok()``, ``str`` one row per layer).
+    """
+    key = jax.random.key(0) if key is None else key
+    k_init, k_x, k_layer = jax.random.split(key, 3)
+    with jax.enable_x64(True):
+        if x is None:
+            x = jax.random.normal(k_x, (batch, *input_shape), jnp.float64)
+        merged: dict[str, list] = {}
+        for point, p, s in _points(model, input_shape, params, state, k_init, random):
+            for path, lname, report, note in _walk(model, p, s, x, k_layer, train, "", point, kwargs):
+                if path in merged and report is not None and merged[path][2] is not None:
+                    merged[path][2] = merged[path][2].merged(report)
+                elif path not in merged:
+                    merged[path] = [path, lname, report, note]
+    rows = tuple(ModelRow(path, lname, report, note) for path, lname, report, note in merged.values())
+    return ModelReport(name or model.name, rows)
