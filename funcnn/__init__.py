@@ -1,8 +1,8 @@
 """funcnn: neural networks as pure functions over parameter pytrees, every layer with
 its own hand-written backward, checked against autodiff and finite differences."""
-from funcnn import bayes, check, data, initializers, losses, models, neurons, perceptron, regularization, train
+from funcnn import bayes, check, data, debug, initializers, losses, models, neurons, perceptron, regularization, train
 from funcnn.bayes import BayesDense
-from funcnn.check import check_backward, check_layer, check_loss
+from funcnn.check import check_backward, check_custom_jvp, check_custom_vjp, check_layer, check_loss, check_model
 from funcnn.gradients import per_example_grads, value_and_grad
 from funcnn.layer import Layer, serial
 from funcnn.layers import (
@@ -21,3 +21,4 @@ __all__ = [
     "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]
+__all__ += ["check_custom_jvp", "check_custom_vjp", "check_model", "debug"]  # the checker (issue 10)

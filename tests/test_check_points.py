@@ -1,0 +1,60 @@
+"""Derivations wrong only away from the initial parameters (gains 1, biases 0,
+log-scales 0, slopes 0): checked at the initial values alone they pass, so
+``check_layer`` must check at random parameters too -- and flag every one."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+import funcnn as fn
+from tests import check_examples as ex
+
+ONLY_WRONG_AWAY_FROM_INIT = {
+    "layernorm: gain left out of dx": lambda w: ex.LayerNorm(forget_gain_in_dx=w),
+    "scale: exp(log-scale) left out of dx": lambda w: ex.Scale(wrong=w),
+    "affine: dgain multiplied by the gain": lambda w: ex.Affine(wrong=w),
+    "prelu: slope left out of dx": lambda w: ex.PReLU(wrong=w),
+    "dense+tanh: bias left out of the recomputed pre-activation": lambda w: ex.DenseTanh(wrong=w),
+    "forget gate: sigmoid'(f) frozen at its value 1/4 at f = 0": lambda w: ex.ForgetGate(wrong=w),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONLY_WRONG_AWAY_FROM_INIT))
+def test_wrong_only_away_from_init_is_flagged(name):
+    make = ONLY_WRONG_AWAY_FROM_INIT[name]
+    assert fn.check_layer(make(True), (4,), random=False, fd=False).ok, "gallery entry must hide at init"
+    report = fn.check_layer(make(True), (4,), fd=False)
+    assert not report.ok, f"{name} passed the checker:\n{report}"
+    wrong = [r for r in report.rows if not r.ok]
+    assert all(r.point == "random" for r in wrong) and all(r.diagnosis for r in wrong)
+    fn.check_layer(make(False), (4,), fd=False).assert_ok()
+
+
+def test_given_params_and_state_are_used():
+    layer = ex.LayerNorm(forget_gain_in_dx=True)
+    params = {"g": jnp.full(4, 1.0), "b": jnp.zeros(4)}
+    assert fn.check_layer(layer, (4,), params=params, fd=False).ok
+    params = {"g": jnp.array([0.5, 2.0, -1.0, 3.0]), "b": jnp.zeros(4)}
+    report = fn.check_layer(layer, (4,), params=params, fd=False)
+    assert not report.ok and {r.point for r in report.rows} == {"given"}
+    bn = fn.BatchNorm()
+    p, s = bn.init(jax.random.key(0), (3,))
+    s = {"mean": jnp.array([0.1, -0.2, 0.3]), "var": jnp.array([0.5, 2.0, 1.5])}
+    fn.check_layer(bn, (3,), params=p, state=s, train=False, fd=False).assert_ok()
+
+
+def test_random_params_move_every_float_leaf():
+    p, _ = fn.LSTM(3).init(jax.random.key(0), (4, 2))
+    q = fn.check.random_params(p, jax.random.key(1))
+    for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q)):
+        assert float(jnp.min(jnp.abs(a - b))) > 0
+
+
+def test_check_loss_draws_its_own_points():
+    fn.check_loss(fn.losses.softmax_cross_entropy, shape=(2, 3, 4)).assert_ok()
+    fn.check_loss(fn.losses.softmax_cross_entropy, shape=(2, 3, 4), weights=jnp.array([[1.0, 0, 2], [0, 1, 1]])).assert_ok()
+    fn.check_loss(fn.losses.multiclass_hinge, shape=(5, 3)).assert_ok()
+    fn.check_loss(fn.losses.binary_cross_entropy, shape=(4, 1)).assert_ok()
+    # at logits exactly 0 (the issue's false MISMATCH)
+    fn.check_loss(fn.losses.binary_cross_entropy, jnp.zeros((4, 1)), jnp.array([[1.0], [1.0], [1.0], [0.0]])).assert_ok()
+    with pytest.raises(ValueError, match="check_loss: give pred"):
+        fn.check_loss(fn.losses.mse)
