@@ -58,6 +58,11 @@ def _merge_heads(a):
     return a.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
+def softmax_rows_backward(p, dp, delta):
+    """dS = P * (dP - Delta): the softmax Jacobian diag(p) - p p^T of each row, contracted."""
+    return p * (dp - delta)
+
+
 def MultiHeadAttention(heads: int, *, causal: bool = False, w_init="glorot_uniform", b_init="zeros",
                        param_dtype=jnp.float32, dtype=None) -> Layer:
     """Self-attention over x of shape (batch, T, D) with ``heads`` heads; output (batch, T, D).
@@ -136,7 +141,7 @@ def MultiHeadAttention(heads: int, *, causal: bool = False, w_init="glorot_unifo
         dv = jnp.einsum("bhij,bhid->bhjd", p, do)
         dp = jnp.einsum("bhid,bhjd->bhij", do, v)
         delta = jnp.sum(do * _split_heads(o, heads).astype(sd), axis=-1, keepdims=True)
-        ds = p * (dp - delta) / math.sqrt(q.shape[-1])
+        ds = softmax_rows_backward(p, dp, delta) / math.sqrt(q.shape[-1])
         dq = jnp.einsum("bhij,bhjd->bhid", ds, k)
         dk = jnp.einsum("bhij,bhid->bhjd", ds, q)
         dqkv = jnp.concatenate([_merge_heads(a) for a in (dq, dk, dv)], axis=-1).astype(dy.dtype)
