@@ -70,7 +70,8 @@ def MultiHeadAttention(heads: int, *, causal: bool = False, w_init="glorot_unifo
     Params ``{"w_in": (3D, D), "b_in": (3D,), "w_out": (D, D), "b_out": (D,)}`` as in
     ``torch.nn.MultiheadAttention`` (Glorot-uniform weights, zero biases by default) in
     ``param_dtype``; ``dtype`` is the compute dtype (None: the input's). ``causal=True``
-    lets position i attend to positions j <= i only. The module docstring gives the
+    lets position i attend to positions j <= i only. The scores and the softmax run in at
+    least float32 (half-precision inputs are upcast inside). The module docstring gives the
     backward and what the cache holds (linear in T).
 
     Raises ``ValueError`` for a non-positive ``heads``, D not divisible by ``heads`` or an
