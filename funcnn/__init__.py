@@ -3,11 +3,15 @@ its own hand-written backward, checked against autodiff and finite differences."
 from funcnn import bayes, check, data, debug, initializers, losses, models, neurons, perceptron, regularization, train
 from funcnn.bayes import BayesDense
 from funcnn.check import check_backward, check_custom_jvp, check_custom_vjp, check_layer, check_loss, check_model
+from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
 from funcnn.gradients import per_example_grads, value_and_grad
 from funcnn.layer import Layer, serial
 from funcnn.layers import (
     GRU, LSTM, AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool,
     Identity, MaxPool1D, MaxPool2D, ReLU, Sigmoid, SimpleRNN, Softmax, Step, Tanh,
+)
+from funcnn.layers import (
+    GELU, Embedding, GroupNorm, LayerNorm, MultiHeadAttention, PositionalEmbedding, RMSNorm,
 )
 from funcnn.manual_vjp import with_manual_vjp
 from funcnn.regularization import Penalty
@@ -22,3 +26,5 @@ __all__ = [
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]
 __all__ += ["check_custom_jvp", "check_custom_vjp", "check_model", "debug"]  # the checker (issue 10)
+__all__ += ["Embedding", "GELU", "GroupNorm", "LayerNorm", "MultiHeadAttention", "PositionalEmbedding", "RMSNorm",
+            "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual"]  # transformers (issue 12)
