@@ -108,17 +108,18 @@ def evaluator(model, x, y, *, chunk=64):
     return loss
 
 
-def train_lm(model, corpus, *, context, steps, batch_size=32, lr=1e-3, grad="manual", eval_every=100,
+def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, grad="manual", eval_every=100,
              eval_windows=None, seed=0, params=None, progress=False) -> LMResult:
-    """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with Adam(``lr``);
-    validation loss on ``corpus.validation`` (module docstring)."""
+    """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with ``optimizer``
+    (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
+    ``corpus.validation`` over at most ``eval_windows`` windows (module docstring)."""
     for value, arg in ((context, "context"), (steps, "steps"), (batch_size, "batch_size"),
                        (eval_every, "eval_every")):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"train_lm: {arg} must be a positive integer, got {value!r}")
     if params is None:
         params, _ = model.init(jax.random.key(seed), (context,))
-    optimizer = optax.adam(lr)
+    optimizer = optimizer or optax.adam(1e-3)
     opt_state = optimizer.init(params)
     step = make_step(model, optimizer, grad)
     validation = evaluator(model, *text.eval_windows(corpus.validation, context, eval_windows))
