@@ -3,6 +3,7 @@ its own hand-written backward, checked against autodiff and finite differences."
 from funcnn import bayes, check, data, initializers, losses, models, neurons, perceptron, regularization, train
 from funcnn.bayes import BayesDense
 from funcnn.check import check_backward, check_layer, check_loss
+from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
 from funcnn.gradients import per_example_grads, value_and_grad
 from funcnn.layer import Layer, serial
 from funcnn.layers import (
@@ -21,3 +22,4 @@ __all__ = [
     "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]
+__all__ += ["fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual"]  # combinators (issue 12)

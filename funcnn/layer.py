@@ -36,6 +36,8 @@ class Layer:
 
     ``apply_fn`` is optional: when absent, ``apply`` runs ``forward`` and drops the
     cache (under ``jit`` the unused cache is removed by dead-code elimination).
+    ``children`` is optional: ``(key, child_layer)`` pairs of a combinator's sublayers,
+    keyed as in its params, so that checkers can recurse into a model.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Layer:
     backward: Callable[..., tuple[Params, Any]]
     output_shape: Callable[[Shape], Shape]
     apply_fn: Callable[..., tuple[Any, State]] | None = None
+    children: tuple = ()
 
     def apply(self, params, state, x, *, key=None, train=False):
         """Run the layer: ``(y, new_state)``. ``x`` has a leading batch axis."""
