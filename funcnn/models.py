@@ -99,6 +99,28 @@ def gpt(vocab: int, *, context: int, layers: int, heads: int, width: int) -> Lay
     return serial(*stack, fn.LayerNorm(), token_dense(vocab), name="gpt")
 
 
+def _ordered(params):
+    """A ``serial``-keyed dict's children in order (keys ``f"{i}_{name}"``)."""
+    return [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0]))]
+
+
+def gpt_weights(params) -> dict:
+    """``gpt``'s params as plain named weights (for exporting, e.g. to PyTorch):
+    ``tok`` (V, D), ``pos`` (context, D), ``blocks`` (a list of dicts ``ln1_g, ln1_b, w_in,
+    b_in, w_out, b_out, ln2_g, ln2_b, w1, b1, w2, b2``), ``lnf_g``, ``lnf_b``, ``w_head``, ``b_head``.
+    Attention's weights are in ``torch.nn.MultiheadAttention``'s layout."""
+    c = _ordered(params)
+    blocks = []
+    for att, mlp in zip(c[2:-2:2], c[3:-2:2]):
+        (ln1, mha), (ln2, fc1, _, fc2) = _ordered(_ordered(att)[0]), _ordered(_ordered(mlp)[0])
+        blocks.append({"ln1_g": ln1["gamma"], "ln1_b": ln1["beta"], **{k: mha[k] for k in ("w_in", "b_in", "w_out",
+                                                                                          "b_out")},
+                       "ln2_g": ln2["gamma"], "ln2_b": ln2["beta"], "w1": fc1["w"], "b1": fc1["b"], "w2": fc2["w"],
+                       "b2": fc2["b"]})
+    return {"tok": c[0]["w"], "pos": c[1]["w"], "blocks": blocks, "lnf_g": c[-2]["gamma"], "lnf_b": c[-2]["beta"],
+            "w_head": c[-1]["w"], "b_head": c[-1]["b"]}
+
+
 def _gpt_builder(input_shape, outputs, *, layers=4, heads=4, width=128):
     """``build``'s signature: input_shape = (context,), outputs = vocab."""
     return gpt(outputs, context=input_shape[0], layers=layers, heads=heads, width=width)
