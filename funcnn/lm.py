@@ -85,7 +85,7 @@ def make_step(model, optimizer, grad="manual"):
 
 def _state(model, context):
     """The model's (array-free) state: a GPT has no running statistics."""
-    state = jax.eval_shape(model.init, jax.random.key(0), (context,))[1]
+    state = jax.eval_shape(lambda k: model.init(k, (context,)), jax.random.key(0))[1]
     if jax.tree_util.tree_leaves(state):
         raise ValueError("lm: expected a model without state (e.g. no BatchNorm)")
     return state
