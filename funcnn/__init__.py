@@ -10,6 +10,9 @@ from funcnn.layers import (
     GRU, LSTM, AvgPool1D, AvgPool2D, BatchNorm, Conv1D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool,
     Identity, MaxPool1D, MaxPool2D, ReLU, Sigmoid, SimpleRNN, Softmax, Step, Tanh,
 )
+from funcnn.layers import (
+    GELU, Embedding, GroupNorm, LayerNorm, MultiHeadAttention, PositionalEmbedding, RMSNorm,
+)
 from funcnn.manual_vjp import with_manual_vjp
 from funcnn.regularization import Penalty
 
@@ -22,4 +25,5 @@ __all__ = [
     "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]
-__all__ += ["fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual"]  # combinators (issue 12)
+__all__ += ["Embedding", "GELU", "GroupNorm", "LayerNorm", "MultiHeadAttention", "PositionalEmbedding", "RMSNorm",
+            "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual"]  # transformers (issue 12)

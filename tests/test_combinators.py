@@ -2,38 +2,16 @@
 ways at perturbed params), jit/vmap, the manual VJP bridge and errors."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from helpers import RTOL_F32, RTOL_F64, assert_close
+from layer_checks import check_at as _check_at, perturbed
 
 import funcnn as fn
 from funcnn.losses import mse
 
 
-def perturbed(params, key, scale=0.3):
-    """Params moved off their initial values (biases off zero), so no term hides."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return jax.tree_util.tree_unflatten(
-        treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
-
-
-def check_at(layer, input_shape, x, key=jax.random.key(0)):
-    """``check_backward`` of the layer at perturbed params and the given input, float64."""
-    with jax.enable_x64(True):
-        params, state = layer.init(jax.random.key(1), input_shape)
-        params = perturbed(jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params), jax.random.key(2))
-        x = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), x)
-
-        def forward(p, xx):
-            return layer.forward(p, state, xx, train=True)[0]
-
-        def backward(p, xx, dy):
-            return layer.backward(p, layer.forward(p, state, xx, train=True)[2], dy)
-
-        report = fn.check_backward(forward, backward, params, x, key=key, name=layer.name, argnames=["params", "x"])
-    report.assert_ok()
-    return report
+def check_at(layer, input_shape, x):
+    _check_at(layer, input_shape, x).assert_ok()
 
 
 def normal(key, shape):
@@ -83,7 +61,10 @@ def test_fan_in_concat_along_a_middle_axis_and_fan_out_of_three():
     x = normal(1, (2, 2, 3))
     y, _ = model.apply(*model.init(jax.random.key(0), (2, 3)), x)
     assert_close(y, jnp.concatenate([jnp.tanh(x), x, jax.nn.sigmoid(x)], axis=1), RTOL_F32)
-    check_at(model, (2, 3), x)
+    _, _, cache = model.forward(*model.init(jax.random.key(0), (2, 3)), x)
+    _, dx = model.backward({"0_fan_out": {}, "1_parallel": {"0_tanh": {}, "1_identity": {}, "2_sigmoid": {}},
+                            "2_fan_in_concat": {}}, cache, jnp.ones((2, 6, 3)))
+    assert_close(dx, (1 - jnp.tanh(x) ** 2) + 1 + jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x)), RTOL_F32)
 
 
 def test_manual_and_autodiff_gradients_agree_through_combinators_and_the_vjp_bridge():

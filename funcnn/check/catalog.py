@@ -15,6 +15,7 @@ from funcnn import layers as L
 from funcnn import losses
 from funcnn.bayes.dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
+from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
 from funcnn.layer import serial
 
 
@@ -69,6 +70,23 @@ LAYER_CASES: list[LayerCase] = [
     # bayes (issue 7)
     LayerCase("bayes_dense", lambda: BayesDense(5, sigma_init=0.3), (4,)),
     LayerCase("bayes_dense(eval)", lambda: BayesDense(5), (4,), {"train": False}),
+    # transformers (issue 12): random gains/biases so that no term hides behind gamma = 1, beta = 0
+    LayerCase("layernorm(B,T,D)", lambda: L.LayerNorm(gamma_init="he_normal", beta_init="glorot_normal"), (3, 4)),
+    LayerCase("rmsnorm", lambda: L.RMSNorm(gamma_init="he_normal"), (5,)),
+    LayerCase("groupnorm(2,NHWC)", lambda: L.GroupNorm(2, gamma_init="he_normal", beta_init="glorot_normal"), (2, 3, 4)),
+    LayerCase("embedding", lambda: L.Embedding(7, 3), (4,), {"x": jax.random.randint(jax.random.key(1), (3, 4), 0, 7)}),
+    LayerCase("gelu", L.GELU, (6,)),
+    LayerCase("gelu(tanh)", lambda: L.GELU(approximate=True), (6,)),
+    LayerCase("positional_embedding(T<max_len)", lambda: L.PositionalEmbedding(6, 4, w_init="glorot_normal"), (4, 4)),
+    LayerCase("attention(2 heads)", lambda: L.MultiHeadAttention(2, b_init="glorot_normal"), (4, 6), {"batch": 2}),
+    LayerCase("attention(2 heads,causal)", lambda: L.MultiHeadAttention(2, causal=True, b_init="glorot_normal"),
+              (4, 6), {"batch": 2}),
+    LayerCase("residual(layernorm,dense)", lambda: residual(serial(L.LayerNorm(beta_init="glorot_normal"),
+                                                                    L.Dense(4, b_init="glorot_normal"))), (4,)),
+    LayerCase("fan_out,parallel,fan_in_sum", lambda: serial(fan_out(2), parallel(L.Dense(3), serial(L.Dense(3), L.GELU())),
+                                                           fan_in_sum()), (4,)),
+    LayerCase("fan_out,parallel,fan_in_concat", lambda: serial(fan_out(2), parallel(L.Dense(2), L.Tanh()),
+                                                              fan_in_concat()), (4,)),
 ]
 
 

@@ -1,0 +1,91 @@
+"""Group normalization (Wu & He, 2018): per example, channels split into G groups.
+
+For NHWC input (or any (N, ..., C), channels last) with C = G * c, each example's
+values of one group -- every spatial position and the group's c channels, m values
+in all -- are normalised together, then scaled and shifted per channel:
+
+    xhat = (x - mu_g) s_g,   s_g = (var_g + eps)^{-1/2},   y = gamma_ch xhat + beta_ch.
+
+Backward (LayerNorm's, with the group's m values in place of the D features):
+
+    dbeta = sum over batch and space of dy,  dgamma = the same sum of dy * xhat,
+    dx = s_g (g - mean_g(g) - xhat mean_g(g xhat)),   g = gamma * dy.
+
+G = 1 is LayerNorm over (H, W, C); G = C is instance normalization. The statistics
+and the backward run in at least float32 (half-precision inputs are upcast inside).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import initializers
+from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._validate import positive_int
+from funcnn.layer import Layer
+from funcnn.layers.layernorm import (
+    affine_grads, float_input, normalize, normalize_backward, positive_eps, stats_dtype,
+)
+
+
+def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init="ones", beta_init="zeros",
+              param_dtype=jnp.float32, dtype=None) -> Layer:
+    """Normalise each example over groups of channels (channels last), then per-channel affine.
+
+    Input (batch, ..., C) with C divisible by ``groups`` -> the same shape; params
+    ``{"gamma": (C,), "beta": (C,)}`` in ``param_dtype``; ``dtype`` is the compute dtype.
+    Equal to ``torch.nn.GroupNorm(groups, C)`` on the NCHW transpose.
+
+    Raises ``ValueError`` for a non-positive ``groups`` or eps, or channels not divisible
+    by ``groups``; ``TypeError`` for a non-float input or dtype.
+    """
+    positive_int(groups, "groups", "GroupNorm")
+    eps = positive_eps(eps, "GroupNorm")
+    param_dtype = float_dtype(param_dtype, "param_dtype", "GroupNorm")
+    dtype = float_dtype(dtype, "dtype", "GroupNorm", allow_none=True)
+    gamma_init = initializers.get(gamma_init, "gamma_init")
+    beta_init = initializers.get(beta_init, "beta_init")
+
+    def channels(shape):
+        shape = tuple(shape)
+        if len(shape) < 1 or shape[-1] % groups:
+            raise ValueError(f"GroupNorm: the last (channel) axis must be divisible by groups={groups}, "
+                             f"got input_shape {shape}")
+        return shape[-1]
+
+    def init(key, input_shape):
+        c = channels(input_shape)
+        kg, kb = jax.random.split(key)
+        return {"gamma": gamma_init(kg, (c,), c, c, dtype=param_dtype),
+                "beta": beta_init(kb, (c,), c, c, dtype=param_dtype)}, {}
+
+    def output_shape(input_shape):
+        channels(input_shape)
+        return tuple(input_shape)
+
+    def grouped(a):
+        """(N, ..., C) -> (N, S, G, C/G): the statistics are over axes 1 and 3."""
+        return a.reshape(a.shape[0], math.prod(a.shape[1:-1]), groups, a.shape[-1] // groups)
+
+    def forward(params, state, x, *, key=None, train=False):
+        float_input(x, "GroupNorm")
+        c = params["gamma"].shape[0]
+        if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != c:
+            raise ValueError(f"GroupNorm: x must have shape (batch, ..., {c}), got {jnp.shape(x)}")
+        sd = stats_dtype(x)
+        xhat, inv_std = normalize(grouped(x.astype(sd)), (1, 3), eps)
+        xhat = xhat.reshape(x.shape)
+        y = params["gamma"].astype(sd) * xhat + params["beta"].astype(sd)
+        return y.astype(x.dtype), state, (xhat, inv_std)
+
+    def backward(params, cache, dy):
+        xhat, inv_std = cache
+        g = dy.astype(xhat.dtype)
+        dgamma, dbeta = affine_grads(g, xhat)
+        dx = normalize_backward(grouped(params["gamma"].astype(g.dtype) * g), grouped(xhat), inv_std, (1, 3))
+        return ({"gamma": dgamma.astype(params["gamma"].dtype), "beta": dbeta.astype(params["beta"].dtype)},
+                dx.reshape(dy.shape).astype(dy.dtype))
+
+    return with_compute_dtype(Layer("groupnorm", init, forward, backward, output_shape), dtype)
