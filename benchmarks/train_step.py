@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py mlp [--rounds 30] [--out benchmarks/results/train_step.md]
 
-Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``; each defined in
+Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``; each defined in
 ``benchmarks/contenders_<model>.py`` with a ``contenders()`` dict and a ``TITLE``.
 All contenders use Adam and softmax cross-entropy on the same random data.
 """
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import table, time_interleaved, write_section  # noqa: E402
 
-MODELS = ("mlp", "cnn", "lstm")
+MODELS = ("mlp", "cnn", "lstm", "gpt")
 
 
 def main(argv=None):

@@ -7,6 +7,8 @@
 * ``xor``, ``blobs``, ``moons``: seeded 2-D synthetic sets, standardised, 2 classes.
   ``xor`` is four Gaussian clouds at the corners of a square labelled by XOR of the
   signs (not linearly separable); ``blobs`` two well separated clouds (separable).
+* ``pydoc``: a character-level text corpus, returned as a ``funcnn.text.Corpus``
+  (train/validation character ids and the vocabulary), see ``funcnn.text``.
 
 Inputs are float32, labels int32.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from funcnn.text import load_pydoc
 
 
 class Dataset(NamedTuple):
@@ -76,6 +80,7 @@ def _moons(seed, n=600):
 
 
 LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "xor": _xor, "blobs": _blobs, "moons": _moons}
+LOADERS["pydoc"] = load_pydoc  # a funcnn.text.Corpus (character ids), not a Dataset
 
 
 def load(name: str, *, seed: int = 0) -> Dataset:

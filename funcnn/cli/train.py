@@ -11,9 +11,10 @@ import datetime
 import json
 from pathlib import Path
 
+from funcnn.cli import gpt
 from funcnn.cli.args import UsageError, int_list, nonnegative_float, positive_float, positive_int
 
-DATASETS = ("digits", "mnist5k", "xor", "blobs", "moons")
+DATASETS = ("digits", "mnist5k", "xor", "blobs", "moons", "pydoc")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = ("softmax_cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -23,7 +24,7 @@ SCHEDULES = ("constant", "exponential", "step", "cosine")
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a network on an embedded dataset", description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=DATASETS, default="digits")
-    p.add_argument("--model", default="mlp", help="mlp or cnn")
+    p.add_argument("--model", default="mlp", help="mlp, cnn or gpt (with --data pydoc)")
     p.add_argument("--hidden", type=int_list, default=(128, 64), help="hidden sizes, e.g. 128,64")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("--loss", choices=LOSSES, default="softmax_cross_entropy")
@@ -37,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gpt.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -83,6 +85,8 @@ def _validate(args):
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
+    if args.model == "gpt" or args.data == "pydoc":
+        return gpt.run(args)
     import jax
     import jax.numpy as jnp
     import numpy as np

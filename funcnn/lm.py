@@ -1,0 +1,199 @@
+"""Language modelling with a funcnn model over character ids: training, validation, sampling.
+
+Loss. For logits z of shape (B, T, V) and next-character ids y (B, T), the loss is the
+mean negative log-likelihood per character (nats/char),
+
+    L = 1/(B T) sum_{b,t} [logsumexp_v z_btv - z_bt,y_bt],   dL/dz_bt = (softmax(z_bt) - e_y_bt) / (B T),
+
+i.e. ``losses.softmax_cross_entropy`` over the B*T positions as one batch.
+
+Training (``train_lm``): Adam on random windows (``funcnn.text.random_windows``, a
+NumPy generator seeded by ``seed``, so another framework can replay the same batches
+with ``batches``), one jit-compiled step per batch, the validation loss over fixed
+non-overlapping windows every ``eval_every`` steps and after the last.
+
+Sampling (``sample``): autoregressive. The model sees a window of ``context`` ids;
+while the text is shorter than the window it sits at positions 0..n-1 and the rest of
+the window is padding that causal attention keeps out of positions < n; afterwards the
+window is the last ``context`` ids. The next id is drawn from softmax(z / temperature).
+
+Runs (``save_run``/``load_run``): ``run.json`` (model, its sizes, the vocabulary, the
+training arguments and history) and the final params as an orbax checkpoint in
+``params/``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcnn import losses, models, text
+from funcnn.gradients import MODES, value_and_grad
+from funcnn.losses import Loss
+
+
+def _flatten(logits, ids):
+    if logits.ndim != 3 or jnp.shape(ids) != logits.shape[:2]:
+        raise ValueError(f"next_char_cross_entropy: expected logits (B, T, V) and ids (B, T), "
+                         f"got {logits.shape} and {jnp.shape(ids)}")
+    return logits.reshape(-1, logits.shape[-1]), jnp.reshape(ids, -1)
+
+
+def _value(logits, ids):
+    return losses.softmax_cross_entropy.value(*_flatten(logits, ids))
+
+
+def _grad(logits, ids):
+    return losses.softmax_cross_entropy.grad(*_flatten(logits, ids)).reshape(logits.shape)
+
+
+next_char_cross_entropy = Loss("next_char_cross_entropy", _value, _grad)
+
+
+class LMResult(NamedTuple):
+    params: dict
+    history: dict   # step, train_loss (mean since the last evaluation), val_loss, seconds
+
+
+def batches(corpus_ids, *, context, batch_size, steps, seed):
+    """The ``steps`` training batches ``(x, y)`` that ``train_lm`` uses with this ``seed``."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        yield text.random_windows(corpus_ids, context, batch_size, rng)
+
+
+def make_step(model, optimizer, grad="manual"):
+    """A jit-compiled ``step(params, opt_state, x, y) -> (params, opt_state, loss)``."""
+    if grad not in MODES:
+        raise ValueError(f"make_step: grad must be one of {MODES}, got {grad!r}")
+    vg = value_and_grad(model, next_char_cross_entropy, mode=grad)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        value, g, _ = vg(params, _state(model, x.shape[1]), x, y, train=True)
+        updates, opt_state = optimizer.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
+def _state(model, context):
+    """The model's (array-free) state: a GPT has no running statistics."""
+    state = jax.eval_shape(lambda k: model.init(k, (context,)), jax.random.key(0))[1]
+    if jax.tree_util.tree_leaves(state):
+        raise ValueError("lm: expected a model without state (e.g. no BatchNorm)")
+    return state
+
+
+def evaluator(model, x, y, *, chunk=64):
+    """``loss(params) -> float``: mean nats/char over the windows ``(x, y)``, in chunks."""
+    state = _state(model, x.shape[1])
+
+    @jax.jit
+    def total(params, xb, yb):
+        logits, _ = model.apply(params, state, xb, train=False)
+        return next_char_cross_entropy.value(logits, yb) * yb.size
+
+    def loss(params):
+        s = sum(float(total(params, jnp.asarray(x[i:i + chunk]), jnp.asarray(y[i:i + chunk])))
+                for i in range(0, len(x), chunk))
+        return s / y.size
+
+    return loss
+
+
+def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, grad="manual", eval_every=100,
+             eval_windows=None, seed=0, params=None, progress=False) -> LMResult:
+    """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with ``optimizer``
+    (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
+    ``corpus.validation`` over at most ``eval_windows`` windows (module docstring)."""
+    for value, arg in ((context, "context"), (steps, "steps"), (batch_size, "batch_size"),
+                       (eval_every, "eval_every")):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"train_lm: {arg} must be a positive integer, got {value!r}")
+    if params is None:
+        params, _ = model.init(jax.random.key(seed), (context,))
+    optimizer = optimizer or optax.adam(1e-3)
+    opt_state = optimizer.init(params)
+    step = make_step(model, optimizer, grad)
+    validation = evaluator(model, *text.eval_windows(corpus.validation, context, eval_windows))
+    history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="train", unit="step")
+    t0, since = time.perf_counter(), []
+    for i, (x, y) in enumerate(batches(corpus.train, context=context, batch_size=batch_size, steps=steps,
+                                       seed=seed), start=1):
+        params, opt_state, value = step(params, opt_state, x, y)
+        since.append(value)
+        if i % eval_every == 0 or i == steps:
+            history["step"].append(i)
+            history["train_loss"].append(float(jnp.mean(jnp.stack(since))))
+            history["val_loss"].append(validation(params))
+            history["seconds"].append(time.perf_counter() - t0)
+            since = []
+            if bar is not None:
+                bar.set_postfix(val_loss=f"{history['val_loss'][-1]:.3f}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return LMResult(params, history)
+
+
+def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):
+    """``length`` new ids after ``prompt_ids`` (module docstring); returns them as a NumPy array."""
+    if not temperature > 0:
+        raise ValueError(f"sample: temperature must be positive, got {temperature!r}")
+    prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
+    if prompt_ids.size == 0:
+        raise ValueError("sample: prompt must hold at least one character, got an empty prompt")
+
+    state = _state(model, context)
+
+    @jax.jit
+    def next_id(params, window, last, key):
+        logits, _ = model.apply(params, state, window[None], train=False)
+        return jax.random.categorical(key, logits[0, last] / temperature)
+
+    ids = list(prompt_ids)
+    for k in jax.random.split(key, length):
+        n = min(len(ids), context)
+        window = np.zeros(context, np.int32)
+        window[:n] = ids[-n:]
+        ids.append(int(next_id(params, window, n - 1, k)))
+    return np.array(ids[len(prompt_ids):], np.int32)
+
+
+def save_run(out, *, config: dict, vocab: str, params, extra: dict | None = None) -> None:
+    """Write ``out/run.json`` (``config`` = gpt's keyword sizes, ``vocab``, ``extra``) and
+    ``out/params`` (orbax)."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({"model": "gpt", "config": config, "vocab": vocab,
+                                              **(extra or {})}, indent=2))
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / "params", params)
+
+
+def load_run(run_dir):
+    """``(model, params, run)`` of a run written by ``save_run``; ``run`` is ``run.json``."""
+    import orbax.checkpoint as ocp
+
+    run_dir = Path(run_dir).resolve()
+    run = json.loads((run_dir / "run.json").read_text())
+    model = models.gpt(len(run["vocab"]), **run["config"])
+    abstract = model.init(jax.random.key(0), (run["config"]["context"],))[0]
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(run_dir / "params", jax.tree_util.tree_map(np.zeros_like, abstract))
+    return model, params, run

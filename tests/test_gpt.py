@@ -1,0 +1,191 @@
+"""The GPT model: gradients (hand-written vs autodiff vs finite differences), forward against
+PyTorch, causality, sampling, and the CLI round trip train -> sample on a tiny budget."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnn as fn
+from funcnn import lm, models
+from funcnn.cli import main
+from helpers import RTOL_F64, assert_close
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+
+VOCAB, CONTEXT = 11, 8
+
+
+def tiny(layers=1):
+    return models.gpt(VOCAB, context=CONTEXT, layers=layers, heads=2, width=16)
+
+
+def random_params(model, key, dtype=jnp.float32):
+    """Initial params moved off their special values (LayerNorm's gamma = 1, zero biases)."""
+    params, state = model.init(key, (CONTEXT,))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    leaves = [(p + 0.3 * jax.random.normal(k, p.shape)).astype(dtype) for p, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(tree, leaves), state
+
+
+def ids(key, batch=3, t=CONTEXT):
+    return jax.random.randint(key, (batch, t), 0, VOCAB)
+
+
+def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64():
+    model = tiny(layers=2)
+    loss = lm.next_char_cross_entropy
+    with jax.enable_x64(True):
+        params, state = random_params(model, jax.random.key(0), jnp.float64)
+        x, y = ids(jax.random.key(1)), ids(jax.random.key(2))
+        v_m, g_m, _ = jax.jit(fn.value_and_grad(model, loss, mode="manual"))(params, state, x, y)
+        v_a, g_a, _ = jax.jit(fn.value_and_grad(model, loss, mode="autodiff"))(params, state, x, y)
+        assert_close(v_m, v_a, RTOL_F64, what="loss")
+        assert_close(g_m, g_a, RTOL_F64, what="gradients")
+        assert jax.tree_util.tree_structure(g_m) == jax.tree_util.tree_structure(params)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(g_m):
+            assert float(jnp.max(jnp.abs(leaf))) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+        # central differences along one random direction u: (L(p + eps u) - L(p - eps u)) / 2 eps = <g, u>
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        u = jax.tree_util.tree_unflatten(tree, [jax.random.normal(k, p.shape, jnp.float64) for p, k in
+                                                zip(leaves, jax.random.split(jax.random.key(3), len(leaves)))])
+        eps = 1e-5
+
+        @jax.jit
+        def shifted_loss(s):
+            p = jax.tree_util.tree_map(lambda a, d: a + s * eps * d, params, u)
+            return loss.value(model.apply(p, state, x)[0], y)
+
+        fd = (shifted_loss(1.0) - shifted_loss(-1.0)) / (2 * eps)
+        dot = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(g_m), jax.tree_util.tree_leaves(u)))
+        # truncation eps^2 |L'''| ~ 1e-10 and rounding 1e-16 / eps ~ 1e-11, against <g, u> of order 1
+        assert_close(dot, fd, 1e-6, what="directional derivative vs central differences (eps 1e-5)")
+
+
+def test_token_dense_backward_passes_the_checker():
+    report = fn.check_layer(models.token_dense(5), (4, 3))
+    assert report.ok, str(report)
+
+
+def test_gpt_is_causal():
+    model = tiny()
+    params, state = random_params(model, jax.random.key(0))
+    x = ids(jax.random.key(1), batch=1)
+    changed = x.at[0, 5:].set((x[0, 5:] + 1) % VOCAB)
+    apply = jax.jit(lambda w: model.apply(params, state, w)[0])
+    y0, y1 = apply(x), apply(changed)
+    np.testing.assert_array_equal(np.asarray(y0[0, :5]), np.asarray(y1[0, :5]))
+    assert float(jnp.max(jnp.abs(y0[0, 5:] - y1[0, 5:]))) > 0
+
+
+def test_gpt_forward_equals_the_plain_jax_reference():
+    from contenders_gpt import jax_gpt_logits
+
+    model = tiny(layers=2)
+    with jax.enable_x64(True):
+        params, state = random_params(model, jax.random.key(0), jnp.float64)
+        x = ids(jax.random.key(1))
+        assert_close(model.apply(params, state, x)[0], jax_gpt_logits(models.gpt_weights(params), x, heads=2),
+                     RTOL_F64)
+
+
+def test_gpt_forward_equals_pytorch_in_float64():
+    torch = pytest.importorskip("torch")
+    from contenders_gpt import torch_gpt, torch_state_dict
+
+    model = tiny(layers=2)
+    with jax.enable_x64(True):
+        params, state = random_params(model, jax.random.key(0), jnp.float64)
+        x = ids(jax.random.key(1), t=CONTEXT - 2)  # shorter than the context: positions 0..T-1
+        ours = model.apply(params, state, x)[0]
+    ref = torch_gpt(VOCAB, CONTEXT, 2, 2, 16).double()
+    ref.load_state_dict(torch_state_dict(models.gpt_weights(params)))
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(np.array(x)).long()).numpy()
+    assert_close(ours, theirs, RTOL_F64)
+
+
+def test_sample_at_low_temperature_is_greedy_decoding_on_the_last_context_characters():
+    model = tiny()
+    params, state = random_params(model, jax.random.key(0))
+    prompt = np.asarray(ids(jax.random.key(1), batch=1, t=6))[0]
+    got = lm.sample(model, params, prompt, context=CONTEXT, length=4, temperature=1e-6, key=jax.random.key(2))
+    apply = jax.jit(lambda p, w: model.apply(p, state, w)[0])
+    seq = list(prompt)
+    for _ in range(4):  # greedy, running the model on exactly the last <= CONTEXT ids (no padding)
+        seq.append(int(jnp.argmax(apply(params, jnp.asarray([seq[-CONTEXT:]], jnp.int32))[0, -1])))
+    np.testing.assert_array_equal(got, seq[6:])
+
+
+def test_sample_refuses_bad_arguments():
+    model = tiny()
+    params, _ = model.init(jax.random.key(0), (CONTEXT,))
+    with pytest.raises(ValueError, match="sample: temperature must be positive"):
+        lm.sample(model, params, [1], context=CONTEXT, length=2, temperature=0.0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="sample: prompt must hold at least one character"):
+        lm.sample(model, params, [], context=CONTEXT, length=2, key=jax.random.key(0))
+
+
+def test_gpt_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="gpt: width must be a multiple of heads"):
+        models.gpt(VOCAB, context=CONTEXT, layers=1, heads=3, width=16)
+    with pytest.raises(ValueError, match="gpt: layers must be a positive integer"):
+        models.gpt(VOCAB, context=CONTEXT, layers=0, heads=2, width=16)
+
+
+def test_train_lm_lowers_the_validation_loss():
+    import optax
+
+    from funcnn import text
+
+    corpus = text.load_pydoc(0)
+    model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
+    h = lm.train_lm(model, corpus, context=CONTEXT, steps=30, batch_size=8, optimizer=optax.adam(1e-2),
+                    eval_every=15, eval_windows=16, seed=0).history
+    assert h["step"] == [15, 30] and len(h["train_loss"]) == len(h["val_loss"]) == 2
+    assert h["val_loss"][-1] < np.log(corpus.vocab_size) - 1.0  # well below the uniform guess, log 103 = 4.6
+
+
+GPT_FLAGS = ["--model", "gpt", "--data", "pydoc", "--steps", "4", "--context", "8", "--layers", "1", "--heads", "2",
+             "--width", "16", "--batch-size", "4", "--eval-every", "2", "--eval-windows", "4", "--no-progress"]
+
+
+def test_cli_train_then_sample_round_trip(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *GPT_FLAGS, "--out", str(out)]) == 0
+    text_out = capsys.readouterr().out
+    assert "validation loss" in text_out and "manual vs autodiff" in text_out
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"] == {"context": 8, "layers": 1, "heads": 2, "width": 16}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["history"]["step"] == [2, 4] and metrics["first_step_grad_rel_diff"] < 1e-4
+    assert (out / "curves.png").stat().st_size > 1000
+
+    model, params, _ = lm.load_run(out)  # the saved params are the trained ones
+    fresh, _ = model.init(jax.random.key(0), (8,))
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(fresh)
+    assert not np.array_equal(np.asarray(params["0_embedding"]["w"]), np.asarray(fresh["0_embedding"]["w"]))
+    assert main(["sample", str(out), "--prompt", "def ", "--length", "30", "--temperature", "0.5"]) == 0
+    sampled = capsys.readouterr().out
+    assert sampled.startswith("def ") and len(sampled.rstrip("\n")) >= 4 + 30 - sampled.count("\n")
+    assert main(["sample", str(out), "--prompt", "def ", "--length", "30", "--temperature", "0.5"]) == 0
+    assert capsys.readouterr().out == sampled  # same seed, same text
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train", "--model", "gpt", "--data", "digits"], "--data: gpt trains on text, use --data pydoc"),
+    (["train", "--model", "mlp", "--data", "pydoc"], "--model: the pydoc corpus is text, use --model gpt"),
+    (["train", *GPT_FLAGS, "--width", "15"], "--width: expected a multiple of --heads"),
+    (["sample", "/nonexistent/run"], "RUN_DIR: expected a folder written by funcnn train --model gpt"),
+])
+def test_cli_refuses_in_one_line(tmp_path, capsys, argv, expected):
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "never")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
