@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import jax
 
+from funcnn._validate import example_shape
+
 Params = dict[str, Any]
 State = dict[str, Any]
 Shape = tuple[int, ...]
@@ -44,6 +46,7 @@ class Layer:
     backward: Callable[..., tuple[Params, Any]]
     output_shape: Callable[[Shape], Shape]
     apply_fn: Callable[..., tuple[Any, State]] | None = None
+    layers: tuple = ()  # a serial's children, in order (for diagnostics such as first_nonfinite)
 
     def apply(self, params, state, x, *, key=None, train=False):
         """Run the layer: ``(y, new_state)``. ``x`` has a leading batch axis."""
@@ -78,14 +81,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
     def init(key, input_shape):
         params, state = {}, {}
-        shape = tuple(input_shape)
+        shape = example_shape(input_shape, f"{name}.init")
         for k, n, layer in zip(jax.random.split(key, len(layers)), names, layers):
             params[n], state[n] = layer.init(k, shape)
             shape = layer.output_shape(shape)
         return params, state
 
     def output_shape(input_shape):
-        shape = tuple(input_shape)
+        shape = example_shape(input_shape, f"{name}.output_shape")
         for layer in layers:
             shape = layer.output_shape(shape)
         return shape
@@ -109,4 +112,4 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
         return x, new_state
 
-    return Layer(name, init, forward, backward, output_shape, apply)
+    return Layer(name, init, forward, backward, output_shape, apply, layers=tuple(layers))
