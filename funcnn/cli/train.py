@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
     p.add_argument("--l2", type=nonnegative_float, default=0.0)
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder, new or empty (default runs/<timestamp>)")
+    p.add_argument("--out", default=None, help="output folder, new or empty (default runs/<timestamp>)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue the interrupted run in DIR with its recorded arguments")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
