@@ -259,7 +259,11 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
         from funcnn.checkpoint import Checkpoints
 
         checkpoints = Checkpoints(checkpoint_dir, keep=keep)
-        latest = checkpoints.latest() if resume else None
+        latest = checkpoints.latest()
+        if latest is not None and not resume:
+            checkpoints.close()
+            raise ValueError(f"fit: checkpoint_dir {str(checkpoint_dir)!r} already holds checkpoints (newest: epoch "
+                             f"{latest}); pass resume=True to continue that run, or a new folder")
         if latest is not None:
             (params, state, opt_state, saved_key), done, history = checkpoints.restore(
                 latest, (params, state, opt_state, key))

@@ -49,7 +49,7 @@ def _same_run(a, b):
 
 
 def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
-    epochs = ["--epochs", "25"]
+    epochs = ["--epochs", "12"]
     proc = _start([*RUN, *epochs, "--out", str(tmp_path / "killed")], tmp_path)
     _wait_for(lambda: len(_steps(tmp_path / "killed")) >= 1 and _steps(tmp_path / "killed")[-1] >= 2, proc)
     proc.send_signal(signal.SIGKILL)
@@ -103,6 +103,9 @@ def test_resume_in_process_matches_and_keeps_newest_checkpoints(tmp_path):
         for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(r.params)):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
         assert json_safe(r.history) == json_safe(whole.history)  # nan (no test set) as None
+    with pytest.raises(ValueError, match="already holds checkpoints .newest: epoch 5.; pass resume=True"):
+        fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(0.01), (x, y), epochs=5, **kw,
+                     checkpoint_dir=tmp_path / "ck")
     with pytest.raises(ValueError, match="written by a run with a different key"):
         fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(0.01), (x, y), epochs=5,
                      **{**kw, "key": jax.random.key(2)}, checkpoint_dir=tmp_path / "ck3", resume=True)
