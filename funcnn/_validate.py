@@ -35,6 +35,13 @@ def input_rank(input_shape, rank: int, where: str, what: str):
     return shape
 
 
+def cotangent(dy, shape, where: str):
+    """Check a backward's ``dy`` has the shape of the forward's output."""
+    if tuple(jnp.shape(dy)) != tuple(shape):
+        raise ValueError(f"{where}.backward: dy must have the shape of the layer's output {tuple(shape)}, "
+                         f"got {tuple(jnp.shape(dy))}")
+
+
 def batch_input(x, trailing, where: str, what: str):
     """Check ``x`` is a batch of examples of shape ``trailing`` (``None`` matches any size)."""
     shape = jnp.shape(x)

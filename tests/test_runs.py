@@ -77,6 +77,8 @@ def test_signal_checkpoints_prints_one_line_and_exits(tmp_path, sig, code):
     epoch = int(lines[0].split()[3].rstrip(";"))
     assert _steps(out)[-1] == epoch and epoch < 200
     assert "Traceback" not in stderr and not (out / "model").exists()
+    run = fn.load_run(out)  # an interrupted run loads from its newest checkpoint
+    assert not run.complete and len(run.history["loss"]) == epoch
 
 
 def _xy(n=40, seed=0):

@@ -166,7 +166,6 @@ def _train(args, resuming):
     import jax.numpy as jnp
     import numpy as np
 
-    from funcnn import _interrupt
     from funcnn import data as datasets
     from funcnn import losses, models
     from funcnn.checkpoint import json_safe, save_tree
@@ -198,7 +197,6 @@ def _train(args, resuming):
     if not resuming:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(json_safe(run_record), indent=2, allow_nan=False))
-    _interrupt.check(0)
 
     xb, yb = jnp.asarray(d.x_train[: args.batch_size]), jnp.asarray(d.y_train[: args.batch_size])
     gap = first_step_gradient_gap(model, loss, params, state, xb, yb, key, args.l2)
