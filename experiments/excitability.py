@@ -21,9 +21,10 @@ from funcnn.neurons import (  # noqa: E402
     saddle_node_currents,
 )
 
+from funcnn.cli.neuron import FI_RUN  # noqa: E402
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-ML_RUN = dict(t_max=2000.0, dt=0.5)
-HH_RUN = dict(t_max=1000.0, dt=0.025)
+ML_RUN, HH_RUN = FI_RUN["ml"], FI_RUN["hh"]  # the runs `funcnn neuron fi` uses by default
 
 CASES = [  # label, params, current grid, run, bracket from rest, bracket on cycle
     ("Morris–Lecar class I (snlc)", PRESETS["snlc"], np.linspace(30, 120, 61), ML_RUN,

@@ -15,6 +15,7 @@ from funcnn.layers import (
 )
 from funcnn.manual_vjp import with_manual_vjp
 from funcnn.regularization import Penalty
+from funcnn.runs import load_run
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,7 @@ __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "BayesDense", "Conv1D", "Conv2D", "Dense", "Dropout", "Flatten",
     "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "ReLU",
     "Sigmoid", "SimpleRNN", "Softmax", "Step", "Tanh", "bayes", "check", "check_backward", "check_layer",
-    "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
+    "check_loss", "data", "initializers", "load_run", "losses", "models", "neurons", "per_example_grads", "perceptron",
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]
 __all__ += ["check_custom_jvp", "check_custom_vjp", "check_model", "debug"]  # the checker (issue 10)

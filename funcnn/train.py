@@ -18,6 +18,23 @@ training step contains a ``conv_general_dilated``, ``fit`` runs the same compile
 step from a Python loop over the batches instead (``scan=None``, the default; force
 either with ``scan=True``/``False``). Both orders of work use the same permutation and
 keys, so they train to the same parameters.
+
+Runs you can trust (``checkpoint_dir``, ``resume``, the guard, interrupts):
+
+* every ``checkpoint_every`` epochs the params, state, optimizer state, run key, epoch and
+  history go into an orbax checkpoint (``funcnn.checkpoint``); ``resume=True`` continues
+  from the newest complete one with the same epoch keys, so a killed and resumed run ends
+  bitwise equal to the run left alone;
+* the non-finite guard: every step reports one flag per watched value (the input batch,
+  the loss, each gradient leaf, each parameter after the update); the flags of a whole
+  epoch come back with it, and are looked at once per epoch (no host round-trip per
+  step). The first flagged step raises ``NonFiniteError`` naming the epoch, the step and
+  the value; the params of that epoch are dropped and the last checkpoint kept.
+  Hook for loss scaling: a step that skips its update sets ``applied = False`` in
+  ``make_epoch``'s ``step``; the guard ignores such steps' flags;
+* SIGINT/SIGTERM are recorded (``funcnn._interrupt``) and acted on between epochs (between
+  steps when stepping): a checkpoint of the last full epoch is written, then
+  ``Interrupted`` (a ``KeyboardInterrupt``) is raised.
 """
 from __future__ import annotations
 
@@ -28,7 +45,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcnn import _interrupt
+from funcnn._interrupt import Interrupted
 from funcnn.gradients import MODES, value_and_grad
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step produced a non-finite value: ``epoch``, ``step`` (1-based), ``where``."""
+
+    def __init__(self, epoch: int, step: int, where: str):
+        self.epoch, self.step, self.where = epoch, step, where
+        super().__init__(f"fit: non-finite value at epoch {epoch}, step {step}: {where} "
+                         f"(training stopped; the last good checkpoint is kept)")
 
 
 class FitResult(NamedTuple):
@@ -41,6 +69,9 @@ def accuracy(pred, y):
     """Fraction correct: argmax for (N, C) logits with integer labels, sign for (N, 1)
     logits with 0/1 labels; ``nan`` when the task is not a classification."""
     if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        if pred.ndim == 2 and pred.shape[1] > 1 and jnp.shape(y) == pred.shape:  # one-hot targets
+            one_hot = jnp.all((y == 0) | (y == 1)) & jnp.all(y.sum(axis=1) == 1)
+            return jnp.where(one_hot, jnp.mean(jnp.argmax(pred, -1) == jnp.argmax(y, -1)), jnp.nan)
         return jnp.nan
     if pred.ndim == 2 and pred.shape[1] > 1:
         return jnp.mean(jnp.argmax(pred, axis=-1) == y)
@@ -72,10 +103,24 @@ def _as_arrays(data):
     raise ValueError("fit: data must be a Dataset, (x, y) or (x_train, y_train, x_test, y_test)")
 
 
+def guard_names(params) -> list[str]:
+    """What each flag of the non-finite guard watches, in order (see ``make_epoch``)."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return (["the input batch", "loss"] + [f"grads{p}" for p in paths]
+            + [f"params{p} after the update" for p in paths])
+
+
+def _nonfinite_flags(xb, value, grads, new_params):
+    watched = [xb, value, *jax.tree_util.tree_leaves(grads), *jax.tree_util.tree_leaves(new_params)]
+    return jnp.stack([~jnp.all(jnp.isfinite(v)) for v in watched])
+
+
 def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, penalty=None, scan=True):
     """An ``epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state,
-    mean_loss)`` running every full batch of a shuffled pass: one jit-compiled ``lax.scan``
-    (``scan=True``), or one jit-compiled step called per batch (``scan=False``)."""
+    mean_loss, nonfinite)`` running every full batch of a shuffled pass: one jit-compiled
+    ``lax.scan`` (``scan=True``), or one jit-compiled step called per batch (``scan=False``).
+    ``nonfinite``: bool (n_batches, len(guard_names(params))), which watched values of which
+    step were non-finite (the guard: see the module docstring)."""
     vg = value_and_grad(model, loss, mode=grad, l2=l2, penalty=penalty)
 
     def step(carry, batch):
@@ -83,7 +128,9 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         xb, yb, kb = batch
         value, grads, state = vg(params, state, xb, yb, key=kb, train=True)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), state, opt_state), value
+        params = optax.apply_updates(params, updates)
+        applied = jnp.bool_(True)  # loss scaling sets this False on a skipped step: the guard ignores it
+        return (params, state, opt_state), (value, _nonfinite_flags(xb, value, grads, params) & applied)
 
     def schedule(n, key):
         n_batches = n // batch_size
@@ -95,8 +142,8 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         @jax.jit
         def epoch(params, state, opt_state, x, y, key):
             idx, keys = schedule(x.shape[0], key)
-            carry, losses = jax.lax.scan(step, (params, state, opt_state), (x[idx], y[idx], keys))
-            return (*carry, losses.mean())
+            carry, (losses, flags) = jax.lax.scan(step, (params, state, opt_state), (x[idx], y[idx], keys))
+            return (*carry, losses.mean(), flags)
 
         return epoch
 
@@ -108,11 +155,13 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
 
     def epoch(params, state, opt_state, x, y, key):
         idx, keys = schedule_jit(x.shape[0], key)
-        carry, losses = (params, state, opt_state), []
+        carry, losses, flags = (params, state, opt_state), [], []
         for i in range(idx.shape[0]):
-            carry, value = indexed_step(carry, x, y, idx, keys, i)
+            _interrupt.check()  # a signal stops between steps; the epoch is dropped
+            carry, (value, bad) = indexed_step(carry, x, y, idx, keys, i)
             losses.append(value)
-        return (*carry, jnp.mean(jnp.stack(losses)))
+            flags.append(bad)
+        return (*carry, jnp.mean(jnp.stack(losses)), jnp.stack(flags))
 
     return epoch
 
@@ -129,8 +178,48 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual")
     return "conv_general_dilated" in str(jaxpr)
 
 
+def _check_args(model, loss, optimizer, key, epochs, checkpoint_every, keep):
+    from funcnn.layer import Layer
+
+    if not isinstance(model, Layer):
+        raise TypeError(f"fit: model must be a funcnn Layer (e.g. funcnn.serial(...)), got {type(model).__name__}")
+    if isinstance(loss, str):
+        raise TypeError(f"fit: loss must be a Loss such as funcnn.losses.{loss}, not the string {loss!r} "
+                        f"(funcnn.losses.get({loss!r}) looks one up by name)")
+    if not (callable(getattr(loss, "value", None)) and callable(getattr(loss, "grad", None))):
+        raise TypeError(f"fit: loss must be a Loss with value and grad (funcnn.losses), got {type(loss).__name__}")
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"fit: optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or (key.dtype == jnp.uint32 and key.shape == (2,)))):
+        raise TypeError(f"fit: key must be a PRNG key such as jax.random.key(0), got {key!r}")
+    for name, v in (("epochs", epochs), ("checkpoint_every", checkpoint_every), ("keep", keep)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"fit: {name} must be a positive integer, got {v!r}")
+
+
+def _check_data(model, loss, x, y, split):
+    """Lengths match, values finite, class labels in range (softmax cross-entropy)."""
+    n_x, n_y = np.shape(x)[0] if np.ndim(x) else None, np.shape(y)[0] if np.ndim(y) else None
+    if n_x is None or n_y is None or n_x != n_y:
+        raise ValueError(f"fit: x_{split} and y_{split} must have the same number of examples, "
+                         f"got {np.shape(x)} and {np.shape(y)}")
+    for name, a in ((f"x_{split}", x), (f"y_{split}", y)):
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"fit: {name} must be finite, got {a[tuple(bad)]} at index {tuple(int(i) for i in bad)}")
+    if getattr(loss, "name", None) == "softmax_cross_entropy" and np.issubdtype(np.asarray(y).dtype, np.integer):
+        classes = model.output_shape(tuple(np.shape(x)[1:]))[-1]
+        lo, hi = int(np.min(y)), int(np.max(y))
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"fit: y_{split} must hold class labels in [0, {classes}) (the model has {classes} "
+                             f"outputs), got labels from {lo} to {hi}")
+
+
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
-        penalty=None, progress=True, params=None, state=None, scan=None) -> FitResult:
+        penalty=None, progress=True, params=None, state=None, scan=None,
+        checkpoint_dir=None, checkpoint_every=1, keep=2, resume=False) -> FitResult:
     """Train ``model`` on ``data``; returns trained params, state and a history.
 
     ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
@@ -141,41 +230,99 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     ``train_loss``/``train_acc``/``test_loss``/``test_acc`` in eval mode.
     ``scan``: run each epoch as one compiled ``lax.scan`` (True) or its compiled step per
     batch (False); ``None`` scans unless XLA:CPU would put a convolution in the loop.
+    ``checkpoint_dir``: write an orbax checkpoint every ``checkpoint_every`` epochs (and at
+    the end), keeping the newest ``keep``; ``resume=True`` continues from the newest one
+    (same ``key`` and ``epochs`` as the first call: bitwise the same result).
+
+    Raises ``ValueError``/``TypeError`` for bad arguments or data (x and y of different
+    lengths, non-finite values, labels outside [0, classes)), ``NonFiniteError`` when a step
+    produces a non-finite value, ``Interrupted`` on SIGINT/SIGTERM (after checkpointing).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+    _check_args(model, loss, optimizer, key, epochs, checkpoint_every, keep)
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs checkpoint_dir (the folder of the run to continue)")
     x_tr, y_tr, x_te, y_te = _as_arrays(data)
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(x_tr):
+    _check_data(model, loss, x_tr, y_tr, "train")
+    if x_te is not None:
+        _check_data(model, loss, x_te, y_te, "test")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x_tr):
         raise ValueError(f"fit: batch_size must be an integer in [1, {len(x_tr)}], got {batch_size!r}")
     key, k_init = jax.random.split(key)
     if params is None:
         params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))
     opt_state = optimizer.init(params)
+    history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
+    done, checkpoints = 0, None
+    if checkpoint_dir is not None:
+        from funcnn.checkpoint import Checkpoints
+
+        checkpoints = Checkpoints(checkpoint_dir, keep=keep)
+        latest = checkpoints.latest()
+        if latest is not None and not resume:
+            checkpoints.close()
+            raise ValueError(f"fit: checkpoint_dir {str(checkpoint_dir)!r} already holds checkpoints (newest: epoch "
+                             f"{latest}); pass resume=True to continue that run, or a new folder")
+        if latest is not None:
+            (params, state, opt_state, saved_key), done, history = checkpoints.restore(
+                latest, (params, state, opt_state, key))
+            if not np.array_equal(jax.random.key_data(saved_key), jax.random.key_data(key)):
+                raise ValueError(f"fit: resume: the checkpoints in {checkpoint_dir} were written by a run with a "
+                                 f"different key; pass the key of that run")
+            if done > epochs:
+                raise ValueError(f"fit: resume: {checkpoint_dir} is at epoch {done}, past epochs={epochs}")
     if scan is None:
         scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
                        scan=scan)
     predict = predictor(model)
     x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
+    names = guard_names(params)
+    saved = checkpoints.latest() if checkpoints else None
 
-    history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
+    def save(e):
+        nonlocal saved
+        if checkpoints is not None and saved != e:
+            checkpoints.save(e, (params, state, opt_state, key), history)
+            saved = e
+
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="train", unit="epoch")
-    for k_epoch in jax.random.split(key, epochs):
-        params, state, opt_state, mean_loss = epoch(params, state, opt_state, x_dev, y_dev, k_epoch)
-        history["loss"].append(float(mean_loss))
-        tr = evaluate(model, loss, params, state, x_tr, y_tr, predict=predict)
-        te = (evaluate(model, loss, params, state, x_te, y_te, predict=predict)
-              if x_te is not None else (np.nan, np.nan))
-        for name, v in zip(("train_loss", "train_acc", "test_loss", "test_acc"), (*tr, *te)):
-            history[name].append(v)
+        bar = tqdm(total=epochs, initial=done, desc="train", unit="epoch")
+    try:
+        with _interrupt.catching_signals():
+            for e, k_epoch in enumerate(jax.random.split(key, epochs)[done:], start=done):
+                try:
+                    _interrupt.check(e)
+                    out = epoch(params, state, opt_state, x_dev, y_dev, k_epoch)
+                except Interrupted as stop:
+                    save(e)
+                    raise Interrupted(stop.signum, e) from None
+                bad = np.asarray(out[4])  # the guard: one transfer per epoch
+                if bad.any():
+                    step, which = np.argwhere(bad)[0]
+                    save(e)
+                    raise NonFiniteError(e + 1, int(step) + 1, names[which])
+                params, state, opt_state, mean_loss = out[:4]
+                history["loss"].append(float(mean_loss))
+                tr = evaluate(model, loss, params, state, x_tr, y_tr, predict=predict)
+                te = (evaluate(model, loss, params, state, x_te, y_te, predict=predict)
+                      if x_te is not None else (np.nan, np.nan))
+                for name, v in zip(("train_loss", "train_acc", "test_loss", "test_acc"), (*tr, *te)):
+                    history[name].append(v)
+                if (e + 1) % checkpoint_every == 0 or e + 1 == epochs:
+                    save(e + 1)
+                if progress:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", train_acc=f"{tr[1]:.3f}", test_acc=f"{te[1]:.3f}")
+                if _interrupt.pending() is not None:
+                    save(e + 1)
+                    _interrupt.check(e + 1)
+    finally:
         if progress:
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", train_acc=f"{tr[1]:.3f}", test_acc=f"{te[1]:.3f}")
-    if progress:
-        bar.close()
+            bar.close()
+        if checkpoints is not None:
+            checkpoints.close()
     return FitResult(params, state, history)

@@ -1,4 +1,4 @@
-"""The ``funcnn`` command line: ``train``, ``check``, ``perceptron``, ``neuron``, ``sample``.
+"""The ``funcnn`` command line: ``train``, ``evaluate``, ``check``, ``perceptron``, ``neuron``, ``sample``.
 
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its
 parser and sets ``func`` to the function that runs it. Bad input exits with code 2
@@ -12,7 +12,7 @@ import sys
 
 from funcnn.cli.args import Parser, UsageError
 
-COMMANDS = ("train", "check", "perceptron", "neuron", "sample")
+COMMANDS = ("train", "evaluate", "check", "perceptron", "neuron", "sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,13 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except UsageError as e:
-        print(f"funcnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except UsageError as e:
+            print(f"funcnn {args.command}: error: {e}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:  # commands without checkpoints: one line, no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

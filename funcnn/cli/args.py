@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -58,9 +61,7 @@ def nonnegative_int(text: str) -> int:
 
 
 def int_list(text: str) -> tuple[int, ...]:
-    """``"128,64"`` -> (128, 64); every entry a positive integer. ``""`` -> ()."""
-    if text.strip() == "":
-        return ()
+    """``"128,64"`` -> (128, 64); at least one entry, every entry a positive integer."""
     try:
         values = tuple(int(t) for t in text.split(","))
     except ValueError:
@@ -70,3 +71,50 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers like 128,64, got {text!r}")
     return values
+
+
+SEED_MAX = 2**32 - 1  # numpy/scikit-learn seeds are unsigned 32-bit
+
+
+def seed(text: str) -> int:
+    """An integer seed in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, {SEED_MAX}], got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, {SEED_MAX}], got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """The output folder must be new or empty, and creatable: checked before any work, so a
+    bad ``--out`` costs nothing and nothing is written. Returns it as a ``Path``."""
+    if path is None or str(path).strip() == "":
+        raise UsageError(f"{flag}: expected a folder path, got {'' if path is None else str(path)!r}")
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{flag}: expected a new or empty folder, {str(path)!r} is an existing file")
+        if any(path.iterdir()):
+            raise UsageError(f"{flag}: expected a new or empty folder, {str(path)!r} is not empty "
+                             f"(it may hold an earlier run)")
+    parent = path.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create {str(path)!r}: folder {str(parent)!r} is not writable")
+    return path

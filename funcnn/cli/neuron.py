@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import time
 
-from funcnn.cli.args import UsageError, positive_float
+from funcnn.cli.args import UsageError, check_out_dir, finite_float, positive_float
 
 MODELS = ("ml", "hh")
 PRESETS = ("hopf", "snlc", "homoclinic")
 # shortest --t-max (ms) that can hold a spike (simulate) / a steady-state rate (fi)
 MIN_T_SIM = {"ml": 200.0, "hh": 20.0}
 MIN_T_FI = {"ml": 1000.0, "hh": 200.0}
+# the f-I run when --t-max/--dt are not given: the one experiments/excitability.py uses, so the
+# onset the command prints is the one the README quotes from that script's table
+FI_RUN = {"ml": dict(t_max=2000.0, dt=0.5), "hh": dict(t_max=1000.0, dt=0.025)}
+# one simulation: at most this many RK4 steps (t-max/dt); simulate keeps ~t-max/0.1 ms samples
+MAX_STEPS = 10_000_000
+MAX_CURRENTS = 10_000
 
 
 def current_range(text: str):
@@ -20,11 +27,12 @@ def current_range(text: str):
     parts = text.split(":")
     try:
         a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
-        if len(parts) != 3 or not a < b or n < 2:
+        if len(parts) != 3 or not (math.isfinite(a) and math.isfinite(b)) or not a < b or not 2 <= n <= MAX_CURRENTS:
             raise ValueError
     except (ValueError, IndexError):
         raise argparse.ArgumentTypeError(
-            f"expected start:stop:count with start < stop and count >= 2, got {text!r}") from None
+            f"expected start:stop:count with finite start < stop and 2 <= count <= {MAX_CURRENTS}, "
+            f"got {text!r}") from None
     return a, b, n
 
 
@@ -32,11 +40,11 @@ def param_assignment(text: str):
     """``"gK=8"`` -> ("gK", 8.0)."""
     name, sep, value = text.partition("=")
     try:
-        if not sep or not name:
+        if not sep or not name.strip() or not math.isfinite(float(value)):
             raise ValueError
         return name.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER like gK=8, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (finite) like gK=8, got {text!r}") from None
 
 
 def _common(p, t_max_default, phase=False):
@@ -56,11 +64,11 @@ def register(subparsers) -> None:
                                 parser_class=type(parser))
     p = sub.add_parser("simulate", help="voltage trace (plot and CSV)")
     _common(p, None)
-    p.add_argument("--current", type=float, required=True, help="applied current, µA/cm²")
+    p.add_argument("--current", type=finite_float, required=True, help="applied current, µA/cm²")
     p.set_defaults(func=run_simulate)
     p = sub.add_parser("phase", help="Morris–Lecar phase plane")
     _common(p, 1000.0, phase=True)
-    p.add_argument("--current", type=float, required=True, help="applied current, µA/cm²")
+    p.add_argument("--current", type=finite_float, required=True, help="applied current, µA/cm²")
     p.set_defaults(func=run_phase)
     p = sub.add_parser("fi", help="f–I curve (plot and CSV) and onset current(s)")
     _common(p, None)
@@ -82,6 +90,9 @@ def _model(args):
 
 def _check_t(args, dt, minimum, default):
     t_max = default if args.t_max is None else args.t_max
+    if t_max / dt > MAX_STEPS:
+        raise UsageError(f"--t-max/--dt: at most {MAX_STEPS:,} RK4 steps per simulation (memory and time), "
+                         f"got {t_max:g} ms / {dt:g} ms = {t_max / dt:.3g} steps")
     if t_max < minimum:
         raise UsageError(f"--t-max: must be >= {minimum:g} ms for model {args.model} "
                          f"(too short to see a spike), got {t_max:g}")
@@ -94,11 +105,11 @@ def _check_t(args, dt, minimum, default):
 
 
 def _outdir(args):
-    out = args.out or os.path.join("runs", "neuron-" + time.strftime("%Y%m%d-%H%M%S"))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out: expected a folder, got existing file {out!r}")
-    os.makedirs(out, exist_ok=True)
-    return out
+    """Checked after every other argument, created before any work (a new or empty folder)."""
+    out = check_out_dir(os.path.join("runs", "neuron-" + time.strftime("%Y%m%d-%H%M%S"))
+                        if args.out is None else args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return str(out)
 
 
 def _write_csv(path, header, rows):
@@ -193,7 +204,9 @@ def run_fi(args) -> int:
 
     from funcnn.neurons import cycle_state, fi_curve
     params, dt = _model(args)
-    t_max = _check_t(args, dt, MIN_T_FI[args.model], 2000.0 if args.model == "ml" else 500.0)
+    if args.dt is None:
+        dt = FI_RUN[args.model]["dt"]
+    t_max = _check_t(args, dt, MIN_T_FI[args.model], FI_RUN[args.model]["t_max"])
     a, b, n = args.currents
     out = _outdir(args)
     currents = np.linspace(a, b, n)

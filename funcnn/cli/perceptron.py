@@ -5,7 +5,7 @@ Prints the number of updates, whether it converged and the accuracy; on ``blobs`
 """
 from __future__ import annotations
 
-from funcnn.cli.args import positive_int
+from funcnn.cli.args import positive_int, seed
 
 
 def register(sub) -> None:
@@ -13,7 +13,7 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("blobs", "xor", "moons"), default="blobs")
     p.add_argument("--epochs", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
 

@@ -1,20 +1,28 @@
 """``funcnn train``: train a network with the hand-written backward (or autodiff).
 
 Prints a progress bar, the final train/test accuracy and the largest relative
-difference between the manual and autodiff gradients at the first step; writes
-``metrics.json`` and ``curves.png`` into ``--out`` (default ``runs/<timestamp>``).
+difference between the manual and autodiff gradients at the first step. The run folder
+``--out`` (default ``runs/<timestamp>``), checked before any work and created after every
+argument is checked, holds ``run.json`` (arguments, model, versions: enough to rebuild the
+run), ``checkpoints/`` (orbax, every epoch), ``model/`` (the trained params and state,
+orbax), ``metrics.json`` (strict JSON, non-finite values as null) and ``curves.png``.
+``--resume DIR`` continues an interrupted run with its recorded arguments. Ctrl-C or
+SIGTERM checkpoints, prints one line and exits 130 / 143; a non-finite step exits 1.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import sys
 from pathlib import Path
 
 from funcnn.cli import gpt
-from funcnn.cli.args import UsageError, int_list, nonnegative_float, positive_float, positive_int
+from funcnn.cli.args import (
+    UsageError, check_out_dir, int_list, nonnegative_float, positive_float, positive_int, seed,
+)
 
-DATASETS = ("digits", "mnist5k", "xor", "blobs", "moons", "pydoc")
+DATASETS = ("digits", "mnist5k", "mnist1d", "xor", "blobs", "moons", "pydoc")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = ("softmax_cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -35,8 +43,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
     p.add_argument("--l2", type=nonnegative_float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--out", default=None, help="output folder, new or empty (default runs/<timestamp>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the interrupted run in DIR with its recorded arguments")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gpt.add_arguments(p)
     p.set_defaults(func=run)
@@ -74,33 +84,101 @@ def first_step_gradient_gap(model, loss, params, state, x, y, key, l2):
     return max(jax.tree_util.tree_leaves(gaps))
 
 
+RUN_ARGS = ("data", "model", "hidden", "activation", "loss", "optimizer", "lr", "schedule", "epochs",
+            "batch_size", "grad", "l2", "seed")
+
+
 def _validate(args):
+    """Every check that needs no data, before anything is loaded or written."""
     from funcnn import models
 
+    if args.resume is not None:
+        return _resumed_args(args)
     if args.model not in models.MODELS:
         raise UsageError(f"--model: expected one of {', '.join(sorted(models.MODELS))}, got {args.model!r}")
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
-        raise UsageError(f"--out: expected a new or empty folder, {str(args.out)!r} is not empty")
+    if args.model == "cnn" and args.data not in ("digits", "mnist5k"):
+        raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
+    if args.out is None:
+        args.out = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    args.out = check_out_dir(args.out)
+    return args
+
+
+def _resumed_args(args):
+    """The recorded arguments of the run in ``--resume DIR``; no other training flag allowed."""
+    run_dir = args.resume
+    defaults = build_defaults()
+    given = [k for k in (*RUN_ARGS, "out") if getattr(args, k) != defaults[k]]
+    if given:
+        raise UsageError(f"--resume: continues with the run's recorded arguments; drop --{given[0].replace('_', '-')}")
+    if not (run_dir / "run.json").is_file():
+        raise UsageError(f"--resume: expected a run folder written by funcnn train (with run.json), got {str(run_dir)!r}")
+    if (run_dir / "model").exists():
+        raise UsageError(f"--resume: the run in {str(run_dir)!r} is complete; see: funcnn evaluate {run_dir}")
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text())["args"]
+        for k in RUN_ARGS:
+            setattr(args, k, tuple(recorded[k]) if k == "hidden" else recorded[k])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--resume: {str(run_dir / 'run.json')!r} is not a funcnn run record ({e})") from None
+    args.out = run_dir
+    return args
+
+
+def build_defaults():
+    import argparse as _argparse
+
+    sub = _argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    return vars(sub.choices["train"].parse_args([]))
+
+
+def _versions():
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("funcnn", "jax", "jaxlib", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    _validate(args)
-    if args.model == "gpt" or args.data == "pydoc":
-        return gpt.run(args)
+    from funcnn._interrupt import Interrupted, catching_signals
+    from funcnn.train import NonFiniteError
+
+    args = _validate(args)
+    resuming = args.resume is not None
+    try:
+        with catching_signals():
+            if args.model == "gpt" or args.data == "pydoc":
+                return gpt.run(args)
+            return _train(args, resuming)
+    except Interrupted as e:
+        print(f"interrupted at epoch {e.epoch}; resume with: funcnn train --resume {args.out}", file=sys.stderr)
+        return e.exit_code
+    except NonFiniteError as e:
+        print(f"funcnn train: {e}", file=sys.stderr)
+        return 1
+
+
+def _train(args, resuming):
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from funcnn import data as datasets
     from funcnn import losses, models
+    from funcnn.checkpoint import json_safe, save_tree
     from funcnn.plot import training_curves
     from funcnn.train import fit
 
     d = datasets.load(args.data, seed=args.seed)
     if args.batch_size > len(d.x_train):
         raise UsageError(f"--batch-size: expected at most {len(d.x_train)} (the training set), got {args.batch_size}")
-    if args.model == "cnn" and len(d.x_train.shape) != 4:
-        raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
     loss = losses.get(args.loss)
     if args.loss == "mse":
         eye = np.eye(d.num_classes, dtype=np.float32)
@@ -112,23 +190,34 @@ def run(args: argparse.Namespace) -> int:
 
     k_init = jax.random.split(key)[1]
     params, state = model.init(k_init, d.x_train.shape[1:])
+    layers = [" ".join([name] + [f"{p}{list(np.shape(v))}" for p, v in params[name].items()]) for name in params]
+    out = args.out
+    run_record = {"command": "train", "args": {k: getattr(args, k) for k in RUN_ARGS},
+                  "model": {"builder": args.model, "input_shape": list(d.x_train.shape[1:]),
+                            "outputs": d.num_classes, "hidden": list(args.hidden), "activation": args.activation,
+                            "layers": layers},
+                  "data": {"name": args.data, "seed": args.seed, "train": len(d.x_train), "test": len(d.x_test)},
+                  "versions": _versions()}
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(json_safe(run_record), indent=2, allow_nan=False))
+
     xb, yb = jnp.asarray(d.x_train[: args.batch_size]), jnp.asarray(d.y_train[: args.batch_size])
     gap = first_step_gradient_gap(model, loss, params, state, xb, yb, key, args.l2)
 
-    out = args.out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
-                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state)
+                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state,
+                 checkpoint_dir=out / "checkpoints", resume=resuming)
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
           f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients")
     print(f"train accuracy {h['train_acc'][-1]:.4f}  test accuracy {h['test_acc'][-1]:.4f}  "
           f"test loss {h['test_loss'][-1]:.4f}")
     print(f"first-step gradients, manual vs autodiff (float32): max relative difference {gap:.2e}")
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
-               "first_step_grad_rel_diff": gap, "history": h,
+    save_tree(out / "model", {"params": result.params, "state": result.state})
+    metrics = {"args": run_record["args"], "first_step_grad_rel_diff": gap, "history": h,
                "final": {k: v[-1] for k, v in h.items()}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=list))
+    (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     training_curves(h, out / "curves.png", f"{args.model} on {args.data} ({args.grad} backward)")
-    print(f"wrote {out / 'metrics.json'} and {out / 'curves.png'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'curves.png'} and the trained model in {out / 'model'}")
     return 0

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
+from funcnn._validate import example_shape
 from funcnn.layer import Layer
 
 
@@ -101,7 +102,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         return int(axis) % ndim
 
     def init(key, input_shape):
-        shape = tuple(input_shape)
+        shape = example_shape(input_shape, "BatchNorm")
         features = shape[feature_axis(len(shape) + 1) - 1]
         kg, kb = jax.random.split(key)
         params = {"gamma": gamma_init(kg, (features,), features, features),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from funcnn._validate import example_shape
 from funcnn.layer import Layer
 
 
@@ -11,7 +12,7 @@ def Flatten() -> Layer:
         return {}, {}
 
     def output_shape(input_shape):
-        return (math.prod(input_shape),)
+        return (math.prod(example_shape(input_shape, "Flatten")),)
 
     def forward(params, state, x, *, key=None, train=False):
         if x.ndim < 1:

@@ -30,7 +30,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn._validate import input_rank
+from funcnn._validate import example_shape, input_rank
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
                                          scatter_windows, window_slices)
@@ -138,7 +138,7 @@ def GlobalAvgPool() -> Layer:
     """Mean over every spatial axis: (N, *S, C) -> (N, C) (e.g. NHWC or (N, L, C))."""
 
     def init(key, input_shape):
-        if len(tuple(input_shape)) < 2:
+        if len(example_shape(input_shape, "GlobalAvgPool")) < 2:
             raise ValueError(f"GlobalAvgPool: input_shape must be (*spatial, channels) with at least one "
                              f"spatial axis, got {tuple(input_shape)}")
         return {}, {}

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._validate import positive_int
+from funcnn._validate import example_shape, positive_int
 from funcnn.layer import Layer
 
 
@@ -67,7 +67,7 @@ class Cell(NamedTuple):
 def sequence_shape(input_shape, where: str):
     """(time, features) of one example; ``input_shape`` may also be the pair of shapes
     ``((time, features), state_shape)`` when an initial state is passed."""
-    shape = tuple(input_shape)
+    shape = example_shape(input_shape, where)
     if shape and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     if len(shape) != 2:
