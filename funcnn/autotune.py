@@ -120,19 +120,29 @@ def measure(candidates: dict, args: tuple, *, rounds: int = ROUNDS, budget_s: fl
         compiled[name] = jax.jit(f).lower(*args).compile() if jit else f
         jax.block_until_ready(compiled[name](*args))  # first call: allocations, thread pools
         compile_s[name] = time.perf_counter() - t0
-    times = {name: [] for name in candidates}
-    order = list(candidates)
-    rng = random.Random(0)
+    times = time_rounds(compiled, args, rounds=rounds, budget_s=budget_s)
+    return {name: float(np.median(t)) for name, t in times.items()}, compile_s
+
+
+def time_rounds(calls: dict, args: tuple = (), *, rounds: int, budget_s: float = float("inf"),
+                min_rounds: int = MIN_ROUNDS, seed: int = 0) -> dict:
+    """Seconds per call of every ``f(*args)`` in ``calls``, in interleaved rounds: each round
+    calls every entry once, in a fresh random order (so drifts in load hit all alike), and
+    blocks on the result before reading the clock. Stops after ``rounds`` rounds, or once
+    ``budget_s`` has passed after ``min_rounds``. Returns ``{name: [seconds, ...]}``."""
+    times = {name: [] for name in calls}
+    order = list(calls)
+    rng = random.Random(seed)
     start = time.perf_counter()
     for r in range(rounds):
         rng.shuffle(order)
         for name in order:
             t0 = time.perf_counter()
-            jax.block_until_ready(compiled[name](*args))
+            jax.block_until_ready(calls[name](*args))
             times[name].append(time.perf_counter() - t0)
-        if r + 1 >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
-    return {name: float(np.median(t)) for name, t in times.items()}, compile_s
+    return times
 
 
 def dummy(shape, dtype, seed: int = 0):

@@ -1,4 +1,4 @@
-"""The ``funcnn`` command line: ``train``, ``check``, ``perceptron``, ``neuron``.
+"""The ``funcnn`` command line: ``train``, ``check``, ``perceptron``, ``neuron``, ``bench``.
 
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its
 parser and sets ``func`` to the function that runs it. Bad input exits with code 2
@@ -12,7 +12,7 @@ import sys
 
 from funcnn.cli.args import Parser, UsageError
 
-COMMANDS = ("train", "check", "perceptron", "neuron")
+COMMANDS = ("train", "check", "perceptron", "neuron", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
