@@ -197,3 +197,37 @@ def test_fit_choice_forced_or_fallback(monkeypatch):
     monkeypatch.delenv("FUNCNN_IMPL")
     assert not slow()  # this step is far below MIN_WORK: scanned, unmeasured
     assert timer.calls == 0 and autotune.decisions()[-1]["source"] == "fallback"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_unrolls_agree_and_the_choice_is_measured(monkeypatch, cell):
+    """Every scan unroll runs the same steps in the same order (float64: equal to rounding);
+    the measured choice (a fake timer picks unroll4) is used by forward and backward alike."""
+    from funcnn.layers.recurrent import GRU, LSTM
+
+    make = {"lstm": LSTM, "gru": GRU}[cell]
+    monkeypatch.setattr(autotune, "MIN_WORK", 0.0)
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (3, 5, 2), jnp.float64)
+        results = []
+        for impl in ("unroll1", "unroll2", "unroll4"):
+            monkeypatch.setenv("FUNCNN_IMPL", f"recurrent:{impl}")
+            layer = make(4)
+            params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), layer.init(jax.random.key(0), (5, 2))[0])
+
+            @jax.jit
+            def run(params, x):
+                y, _, cache = layer.forward(params, {}, x)
+                return y, layer.backward(params, cache, jnp.cos(y))
+
+            results.append(run(params, x))
+        for other in results[1:]:
+            assert_close(other, results[0], RTOL_F64)
+        monkeypatch.delenv("FUNCNN_IMPL")
+        timer = FakeTimer({"unroll4": 1.0}, default=2.0)
+        monkeypatch.setattr(autotune, "measure", timer)
+        y, grads = jax.jit(lambda p, x: run.__wrapped__(p, x))(params, x)  # a fresh trace
+        assert timer.calls == 1 and timer.seen == [["unroll1", "unroll2", "unroll4"]]
+        (decision,) = [d for d in autotune.decisions() if d["source"] == "measured"]
+        assert decision["op"] == "recurrent" and decision["choice"] == "unroll4"
+        assert_close((y, grads), results[0], RTOL_F64)
