@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
@@ -69,14 +68,9 @@ def fingerprint() -> str:
 
     import funcnn
 
-    dev = jax.devices()[0]
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{dev.platform}/{dev.device_kind}/{len(jax.devices())} devices; {cpu}, {os.cpu_count()} cores; "
+    from funcnn.bench.report import machine
+
+    return (f"{machine()}, {len(jax.devices())} devices; "
             f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, funcnn {getattr(funcnn, '__version__', '?')}")
 
 
