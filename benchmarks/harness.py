@@ -33,6 +33,16 @@ def time_interleaved(contenders: dict, *, rounds: int = 30, warmup: int = 3, see
     return time_rounds(contenders, rounds=rounds, min_rounds=rounds, seed=seed)
 
 
+def load() -> str:
+    """The 1-minute load average against the core count: how busy the machine was."""
+    import os
+
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"
+    except OSError:
+        return "load average unknown"
+
+
 def table(times: dict, reference: str, title: str, command: str, notes: str = "") -> str:
     """A markdown section: median ms/step, IQR and ratio to ``reference``."""
     ref = np.median(times[reference])
@@ -40,7 +50,7 @@ def table(times: dict, reference: str, title: str, command: str, notes: str = ""
     lines = [
         f"### {title}",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
         f"Reproduce: `{command}`. {len(next(iter(times.values())))} interleaved rounds; "
         f"ratio = median / median of {reference} (lower is faster).",
         "",
@@ -66,7 +76,7 @@ def table_runs(runs: list, reference: str, title: str, command: str, notes: str 
     lines = [
         f"### {title}",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
         f"Reproduce: `{command}`. {k} separate runs (processes), each {len(runs[0][reference])} interleaved rounds; "
         f"per run: median ms/step and ratio = median / median of {reference} in that run (lower is faster).",
         "",

@@ -18,7 +18,7 @@ def test_bench_quick_writes_json_and_roofline(tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
     assert main(["bench", "--quick", "--no-peers", "--out", str(out)]) == 0
     result = json.loads((out / "bench.json").read_text())
-    assert (out / "roofline.png").stat().st_size > 1000
+    assert (out / "roofline.png").stat().st_size > 1000 and "| case |" in (out / "bench.md").read_text()
     assert {"setting", "date", "machine", "versions", "backend", "device_kind", "peak", "kernels", "steps",
             "autotune"} <= set(result)
     assert result["setting"]["name"] == "quick" and result["setting"]["models"] == [["mlp", 8, 4], ["lstm", 4, 3]]
@@ -48,7 +48,7 @@ def test_bench_refuses_a_non_empty_out(tmp_path, capsys):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out: expected a new or empty folder" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # nothing written
 
 
 def test_published_peaks():

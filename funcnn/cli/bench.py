@@ -1,7 +1,7 @@
 """``funcnn bench``: time the core kernels and the model training steps on this backend.
 
 Prints a table (median and IQR ms, compile ms apart, achieved GFLOP/s, % of the measured
-GEMM peak) and writes ``bench.json`` and ``roofline.png`` into ``--out`` (default
+GEMM peak) and writes it as ``bench.md``, with ``bench.json`` and ``roofline.png``, into ``--out`` (default
 ``bench/<timestamp>``). ``--quick``: smaller models and fewer rounds (under 30 s on a
 quiet 2-core CPU); the full run takes under two minutes there.
 """
@@ -30,10 +30,12 @@ def run(args) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out: expected a new or empty folder, {str(out)!r} is not")
     result = bench.run(bench.QUICK if args.quick else bench.FULL, peers=not args.no_peers)
+    text = report.table(result)
     print()
-    print(report.table(result))
+    print(text)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     report.roofline(result, out / "roofline.png")
-    print(f"wrote {out / 'bench.json'} and {out / 'roofline.png'}")
+    print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'roofline.png'}")
     return 0
