@@ -28,10 +28,10 @@ from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, 
 TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
 REFERENCE = "pytorch"
 BATCH, SIDE = 64, 28
-NOTES = ("funcnn manual/autodiff pick the convolution per backend and layer (CPU: im2col + GEMM for "
-         "the 1-channel first layer, `lax.conv_general_dilated` over batch chunks of 8 for the second; "
-         "GPU/TPU: XLA everywhere, whole batch); "
-         "the `(all gemm)` / `(all xla conv)` rows force one formulation. funcnn's max-pool backward is a "
+NOTES = ("funcnn manual/autodiff measure the convolution per layer shape when first traced "
+         "(`funcnn.autotune`: im2col + GEMM or `lax.conv_general_dilated`, whole batch or chunks of 8 on CPU); "
+         "the `(all gemm)` / `(all xla conv)` rows restrict every layer to one formulation. "
+         "funcnn's max-pool backward is a "
          "fused first-arg-max mask, not XLA's `select_and_scatter` (which the JAX peers get from autodiff).")
 
 
@@ -142,7 +142,8 @@ def op_contenders():
         x, w, dy = normal(BATCH, side, side, cin), normal(3, 3, cin, cout), normal(BATCH, side, side, cout)
         g = geometry((side, side), (3, 3), (1, 1), (1, 1), "SAME", "conv")
         layer = f"conv {side}x{side}x{cin}->{cout}"
-        for impl, (fwd, bwd) in C._FORMULATIONS.items():
+        for impl in ("gemm/8", "gemm/all", "xla/8", "xla/all"):
+            fwd, bwd = C.formulation(impl)
             f = jax.jit(lambda x, w, fwd=fwd, g=g: fwd(x, w, g))
             dw = jax.jit(lambda x, w, dy, bwd=bwd, g=g: bwd(x, w, g, dy)[0])
             dx = jax.jit(lambda x, w, dy, bwd=bwd, g=g: bwd(x, w, g, dy)[1])

@@ -9,16 +9,16 @@ round, so drifts in machine load hit all of them alike; each call is timed with
 from __future__ import annotations
 
 import datetime
-import platform
-import random
 import re
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from funcnn.autotune import time_rounds
+from funcnn.bench.report import machine, versions
 
 
 def _block(out):
@@ -30,41 +30,17 @@ def time_interleaved(contenders: dict, *, rounds: int = 30, warmup: int = 3, see
     for f in contenders.values():
         for _ in range(warmup):
             _block(f())
-    times = {name: [] for name in contenders}
-    order = list(contenders)
-    rng = random.Random(seed)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for name in order:
-            t0 = time.perf_counter()
-            _block(contenders[name]())
-            times[name].append(time.perf_counter() - t0)
-    return times
+    return time_rounds(contenders, rounds=rounds, min_rounds=rounds, seed=seed)
 
 
-def versions() -> str:
-    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
-    for mod in ("optax", "flax", "equinox", "torch"):
-        try:
-            parts.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    return ", ".join(parts)
-
-
-def machine() -> str:
+def load() -> str:
+    """The 1-minute load average against the core count: how busy the machine was."""
     import os
 
-    dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end"
     except OSError:
-        pass
-    return f"{dev.platform} ({dev.device_kind}); host {cpu}, {os.cpu_count()} cores"
+        return "load average unknown"
 
 
 def table(times: dict, reference: str, title: str, command: str, notes: str = "") -> str:
@@ -74,7 +50,7 @@ def table(times: dict, reference: str, title: str, command: str, notes: str = ""
     lines = [
         f"### {title}",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; {versions()}.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
         f"Reproduce: `{command}`. {len(next(iter(times.values())))} interleaved rounds; "
         f"ratio = median / median of {reference} (lower is faster).",
         "",
@@ -84,6 +60,44 @@ def table(times: dict, reference: str, title: str, command: str, notes: str = ""
     for name, t in rows:
         q1, q3 = np.percentile(t, [25, 75])
         lines.append(f"| {name} | {1e3 * np.median(t):.3f} | {1e3 * (q3 - q1):.3f} | {np.median(t) / ref:.2f} |")
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def table_runs(runs: list, reference: str, title: str, command: str, notes: str = "") -> str:
+    """A markdown section over several separate runs: each run's median ms/step and ratio to
+    ``reference``, side by side, and the two targets per run (funcnn manual / autodiff, and
+    funcnn manual / the fastest other contender)."""
+    names = sorted(runs[0], key=lambda n: np.mean([np.median(r[n]) for r in runs]))
+    meds = {n: [np.median(r[n]) for r in runs] for n in names}
+    ratios = {n: [m / ref for m, ref in zip(meds[n], meds[reference])] for n in names}
+    k = len(runs)
+    lines = [
+        f"### {title}",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
+        f"Reproduce: `{command}`. {k} separate runs (processes), each {len(runs[0][reference])} interleaved rounds; "
+        f"per run: median ms/step and ratio = median / median of {reference} in that run (lower is faster).",
+        "",
+        "| contender | " + " | ".join(f"run {i + 1} ms" for i in range(k)) + " | "
+        + " | ".join(f"run {i + 1} ratio" for i in range(k)) + " |",
+        "|---|" + "---:|" * (2 * k),
+    ]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{1e3 * m:.2f}" for m in meds[n]) + " | "
+                     + " | ".join(f"{r:.2f}" for r in ratios[n]) + " |")
+    if "funcnn manual" in meds:
+        others = [n for n in names if not n.startswith("funcnn")]
+        targets = []
+        if "funcnn autodiff" in meds:
+            targets.append("funcnn manual / funcnn autodiff per run: " + ", ".join(
+                f"{a / b:.2f}" for a, b in zip(meds["funcnn manual"], meds["funcnn autodiff"])))
+        if others:
+            targets.append("funcnn manual / fastest other contender per run: " + ", ".join(
+                f"{meds['funcnn manual'][i] / min(meds[n][i] for n in others):.2f} "
+                f"({min(others, key=lambda n: meds[n][i])})" for i in range(k)))
+        lines += ["", "; ".join(targets) + "."]
     if notes:
         lines += ["", notes]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,9 @@
 """Time one training step of the same model in funcnn and its peers, in one run.
 
-    python benchmarks/train_step.py mlp [--rounds 30] [--out benchmarks/results/train_step.md]
+    python benchmarks/train_step.py mlp [--rounds 30] [--runs 3] [--out benchmarks/results/train_step.md]
+
+``--runs N`` repeats the whole measurement in N separate processes (each compiling and
+autotuning afresh) and tabulates every run's medians and ratios side by side.
 
 Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``; each defined in
 ``benchmarks/contenders_<model>.py`` with a ``contenders()`` dict and a ``TITLE``.
@@ -10,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import table, time_interleaved, write_section  # noqa: E402
+from harness import table, table_runs, time_interleaved, write_section  # noqa: E402
 
 MODELS = ("mlp", "cnn", "lstm", "gpt")
 
@@ -25,13 +31,20 @@ def main(argv=None):
     p.add_argument("model", choices=MODELS)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--only", default="", help="comma-separated contender names (default: all)")
+    p.add_argument("--runs", type=int, default=1, help="separate processes to repeat the measurement in")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child run writes its times here
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.md"))
     args = p.parse_args(argv)
+    if args.runs > 1:
+        return repeat(args)
     mod = importlib.import_module(f"contenders_{args.model}")
     contenders = mod.contenders()
     if args.only:
         contenders = {k: v for k, v in contenders.items() if k in args.only.split(",")}
     times = time_interleaved(contenders, rounds=args.rounds)
+    if args.json:
+        Path(args.json).write_text(json.dumps(times))
+        return
     command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds}"
     import jax
 
@@ -40,6 +53,26 @@ def main(argv=None):
                  f"{mod.TITLE} ({jax.devices()[0].platform})", command, getattr(mod, "NOTES", ""))
     print(text)
     write_section(args.out, key, text)
+
+
+def repeat(args):
+    """Run the measurement ``args.runs`` times, each in its own process; one table of all runs."""
+    import jax
+
+    mod = importlib.import_module(f"contenders_{args.model}")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            out = Path(tmp) / f"run{i}.json"
+            cmd = [sys.executable, __file__, args.model, "--rounds", str(args.rounds), "--json", str(out)]
+            subprocess.run(cmd + (["--only", args.only] if args.only else []), check=True)
+            runs.append(json.loads(out.read_text()))
+    command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds} --runs {args.runs}"
+    platform = jax.devices()[0].platform
+    reference = mod.REFERENCE if mod.REFERENCE in runs[0] else next(iter(runs[0]))
+    text = table_runs(runs, reference, f"{mod.TITLE} ({platform})", command, getattr(mod, "NOTES", ""))
+    print(text)
+    write_section(args.out, f"{args.model}-{platform}", text)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ Gradient descent, momentum, Adam and learning-rate schedules are optax's
 
 The exception: XLA:CPU compiles a convolution inside a loop body to a generic path
 that is ~7x slower than the same convolution at the top level of a program (an
-mnist5k CNN epoch: 11.3 s scanned vs 1.6 s stepped, measured). So on CPU, when the
-training step contains a ``conv_general_dilated``, ``fit`` runs the same compiled
-step from a Python loop over the batches instead (``scan=None``, the default; force
-either with ``scan=True``/``False``). Both orders of work use the same permutation and
-keys, so they train to the same parameters.
+mnist5k CNN epoch: 11.3 s scanned vs 1.6 s stepped, measured on one machine). Which
+is faster is measured, not guessed (``scan_is_slow``, through ``funcnn.autotune``):
+when it is the step, ``fit`` runs the same compiled step from a Python loop over the
+batches (``scan=None``, the default; force either with ``scan=True``/``False``). Both
+orders of work use the same permutation and keys, so they train to the same parameters.
 
 Runs you can trust (``checkpoint_dir``, ``resume``, the guard, interrupts):
 
@@ -166,16 +166,50 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
     return epoch
 
 
-def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual") -> bool:
-    """True on CPU when the training step contains an XLA convolution (module docstring):
-    the step is traced once, on abstract batches of ``batch_size`` rows of ``x`` and ``y``."""
-    if jax.default_backend() != "cpu":
-        return False
+def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual", optimizer=None,
+                 steps: int = 4) -> bool:
+    """Whether an epoch should run as the compiled step per batch rather than one ``lax.scan``.
+
+    Measured, not guessed (``funcnn.autotune``, op ``"fit"``: force with
+    ``FUNCNN_IMPL=fit:scan`` or ``fit:step``): ``steps`` training steps on rows of ``x`` and
+    ``y`` are compiled and timed both ways, once per step program (keyed by its jaxpr) and
+    process. A step of fewer than ``autotune.MIN_WORK`` FLOPs, or ``FUNCNN_AUTOTUNE=0``, scans.
+    """
+    import hashlib
+
+    from funcnn import autotune
+
     vg = value_and_grad(model, loss, mode=grad)
-    xb, yb = (jax.ShapeDtypeStruct((batch_size, *np.shape(a)[1:]), np.asarray(a[:1]).dtype) for a in (x, y))
-    jaxpr = jax.make_jaxpr(lambda p, s, xb, yb: vg(p, s, xb, yb, key=jax.random.key(0), train=True))(
-        params, state, xb, yb)
-    return "conv_general_dilated" in str(jaxpr)
+    optimizer = optimizer or optax.sgd(1e-3)
+
+    def step(carry, batch):
+        (p, s, o), (xb, yb, kb) = carry, batch
+        value, grads, s = vg(p, s, xb, yb, key=kb, train=True)
+        updates, o = optimizer.update(grads, o, p)
+        return (optax.apply_updates(p, updates), s, o), value
+
+    idx = np.arange(steps * batch_size) % len(x)
+    xs, ys = (jnp.asarray(np.asarray(a)[idx]).reshape(steps, batch_size, *np.shape(a)[1:]) for a in (x, y))
+    keys = jax.random.split(jax.random.key(0), steps)
+    carry = (params, state, optimizer.init(params))
+    batch0 = (xs[0], ys[0], keys[0])
+    jaxpr = str(jax.make_jaxpr(step)(carry, batch0))
+    key = (jax.default_backend(), hashlib.sha256(jaxpr.encode()).hexdigest()[:16])
+    cost = jax.jit(step).lower(carry, batch0).cost_analysis() or {}
+    work = steps * float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    scanned = jax.jit(lambda c, b: jax.lax.scan(step, c, b)[1])
+    stepped = jax.jit(step)
+
+    def run_stepped(c, b):
+        values = []
+        for i in range(steps):
+            c, v = stepped(c, jax.tree_util.tree_map(lambda a: a[i], b))
+            values.append(v)
+        return values
+
+    choice = autotune.choose("fit", key, {"scan": scanned, "step": run_stepped}, lambda: (carry, (xs, ys, keys)),
+                             fallback="scan", work=work, jit=False)
+    return choice == "step"
 
 
 def _check_args(model, loss, optimizer, key, epochs, checkpoint_every, keep):
@@ -229,7 +263,7 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     The history holds, per epoch, ``loss`` (mean training minibatch loss), and
     ``train_loss``/``train_acc``/``test_loss``/``test_acc`` in eval mode.
     ``scan``: run each epoch as one compiled ``lax.scan`` (True) or its compiled step per
-    batch (False); ``None`` scans unless XLA:CPU would put a convolution in the loop.
+    batch (False); ``None``: whichever measured faster (``scan_is_slow``).
     ``checkpoint_dir``: write an orbax checkpoint every ``checkpoint_every`` epochs (and at
     the end), keeping the newest ``keep``; ``resume=True`` continues from the newest one
     (same ``key`` and ``epochs`` as the first call: bitwise the same result).
@@ -273,7 +307,8 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
             if done > epochs:
                 raise ValueError(f"fit: resume: {checkpoint_dir} is at epoch {done}, past epochs={epochs}")
     if scan is None:
-        scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad)
+        scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad,
+                                optimizer=optimizer)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
                        scan=scan)
     predict = predictor(model)

@@ -97,13 +97,4 @@ def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
     for a, b in zip(jax.tree_util.tree_leaves(runs[0].params), jax.tree_util.tree_leaves(runs[1].params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=1e-5)
-    # the automatic choice: on CPU, a step with an XLA convolution is not scanned; one whose
-    # convolutions are matrix products (im2col), or an MLP's, is
-    on_cpu = jax.default_backend() == "cpu"
-    def slow(net):
-        params, state = net.init(jax.random.key(0), (6, 6, 1))
-        return fn.train.scan_is_slow(net, losses.softmax_cross_entropy, params, state, x, y, batch_size=8)
-
-    assert slow(model) == on_cpu
-    assert not slow(conv_net("gemm"))
-    assert not slow(models.mlp((6, 6, 1), 4, hidden=(5,)))
+    # the automatic choice between the two (scan=None) is measured: tests/test_autotune.py

@@ -1,4 +1,4 @@
-"""The ``funcnn`` command line: ``train``, ``evaluate``, ``check``, ``perceptron``, ``neuron``, ``sample``.
+"""The ``funcnn`` command line: ``train``, ``evaluate``, ``check``, ``perceptron``, ``neuron``, ``sample``, ``bench``.
 
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its
 parser and sets ``func`` to the function that runs it. Bad input exits with code 2
@@ -12,7 +12,7 @@ import sys
 
 from funcnn.cli.args import Parser, UsageError
 
-COMMANDS = ("train", "evaluate", "check", "perceptron", "neuron", "sample")
+COMMANDS = ("train", "evaluate", "check", "perceptron", "neuron", "sample", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

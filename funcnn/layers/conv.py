@@ -14,8 +14,9 @@ Backward, given dY = dL/dY of shape (N, *M, O):
 and dX is dX_pad with the padding cropped: the transposed convolution, i.e. dY dilated by
 the stride, correlated with the spatially flipped kernel, in and out channels swapped.
 
-Two formulations of the same formulas, picked when the layer is traced (``impl=None``),
-or forced with ``impl="gemm"`` / ``impl="xla"``:
+Two formulations of the same formulas, each over the whole batch or over chunks of
+examples (the forward and dX chunk by chunk, dW summed over the chunks: the formulas are
+sums over n):
 
 * ``"gemm"``: im2col. P = the stacked tap slices of X_pad, shape (N, *M, T C). Then
   Y = P W2 + b with W2 = W reshaped (T C, O); dW2 = P^T dY; dP = dY W2^T, and
@@ -24,18 +25,18 @@ or forced with ``impl="gemm"`` / ``impl="xla"``:
   forward, the input gradient (lhs_dilation = stride, flipped kernel, I and O exchanged)
   and the kernel gradient (batch and channel axes exchanged, rhs_dilation = stride).
 
-The default is measured, not guessed (README, "Convolutional networks"): on CPU, XLA's
-convolution is slow for a few input channels (the first layer of an image model) and
-im2col + GEMM is 1.5-2x faster there, while from ~8 channels up XLA's convolution wins
-(P grows T-fold and building it costs as much as the product). On GPU/TPU it is always
-XLA's convolution.
-
-On CPU both formulations run over chunks of ``CPU_BATCH_CHUNK`` examples (the forward
-and dX chunk by chunk, dW summed over the chunks: the formulas are sums over n). XLA:CPU
-runs each convolution on one thread with a working set that outgrows the cache at batch
-64 (the patch matrix, for GEMM, even more); chunks of 8 made the CNN step ~25% faster on
-one core and let independent chunks share two (benchmarks/results/train_step.md).
-Elsewhere the whole batch is one call.
+Which is fastest depends on the machine, not only on the shapes: on one 2-core EPYC,
+im2col won for 1 input channel and XLA from ~8 up, and chunks of 8 examples made XLA:CPU's
+single-threaded convolutions ~25% faster (cache); on another machine of the same kind the
+same constants made the manual step slower than autodiff. So ``impl=None`` *measures*:
+the first time a layer is traced at a shape, ``funcnn.autotune.choose`` compiles
+forward + backward of every candidate ("gemm/all", "xla/all" and, on CPU, chunks of 8:
+"gemm/8", "xla/8") on dummy inputs of that shape, times them and keeps the fastest for the
+process (cached on disk with ``FUNCNN_AUTOTUNE_CACHE``). ``impl="gemm"``/``"xla"`` or
+``FUNCNN_IMPL=conv:xla`` restricts the candidates. Without measuring (a layer under
+~2e7 FLOPs, or ``FUNCNN_AUTOTUNE=0``) the rule of that first machine applies
+(``default_impl``, ``batch_chunks``). All candidates compute the same sums, in different
+orders: the results agree to float rounding.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn import initializers
+from funcnn import autotune, initializers
 from funcnn._validate import input_rank, positive_int
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
@@ -55,13 +56,15 @@ IMPLS = ("gemm", "xla")
 _SPATIAL_CHARS = {1: "W", 2: "HW", 3: "DHW"}
 
 
+# The unmeasured fallback (autotuning off, or a layer too small to be worth timing)
 GEMM_MAX_CHANNELS = 4  # on CPU, im2col + GEMM up to this many input channels
-CPU_BATCH_CHUNK = 8  # on CPU, XLA's convolutions run over chunks of this many examples
+CPU_BATCH_CHUNK = 8  # on CPU, convolutions run over chunks of this many examples
 MAX_CHUNKS = 16  # larger batches (evaluation) use larger chunks, to bound the program size
+CPU_CHUNK_CANDIDATES = (8,)  # chunk sizes measured on CPU besides the whole batch
 
 
 def default_impl(in_channels: int) -> str:
-    """The formulation ``impl=None`` picks for this backend and number of input channels."""
+    """The fallback formulation for this backend and number of input channels."""
     return "gemm" if jax.default_backend() == "cpu" and in_channels <= GEMM_MAX_CHANNELS else "xla"
 
 
@@ -88,11 +91,14 @@ def _gemm_backward(x, w, g, dy):
     return dw.reshape(w.shape), scatter_windows(parts, g)
 
 
-def batch_chunks(n: int) -> list:
-    """Static (start, stop) pairs covering a batch of n: one chunk off CPU."""
-    if jax.default_backend() != "cpu":
-        return [(0, n)]
-    size = max(CPU_BATCH_CHUNK, -(-n // MAX_CHUNKS))
+def batch_chunks(n: int, size: int | None = None) -> list:
+    """Static (start, stop) pairs covering a batch of n in chunks of ``size`` examples (at most
+    ``MAX_CHUNKS`` chunks); ``size=None``: the fallback, one chunk off CPU, else ``CPU_BATCH_CHUNK``."""
+    if size is None:
+        if jax.default_backend() != "cpu":
+            return [(0, n)]
+        size = CPU_BATCH_CHUNK
+    size = max(size, -(-n // MAX_CHUNKS))
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
@@ -116,16 +122,16 @@ def _xla_backward(x, w, g, dy):
     return dw, dx
 
 
-def _chunked_forward(forward):
+def _chunked_forward(forward, size):
     def run(x, w, g):
-        parts = [forward(x[a:b], w, g) for a, b in batch_chunks(x.shape[0])]
+        parts = [forward(x[a:b], w, g) for a, b in batch_chunks(x.shape[0], size)]
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
     return run
 
 
-def _chunked_backward(backward):
+def _chunked_backward(backward, size):
     def run(x, w, g, dy):
-        parts = [backward(x[a:b], w, g, dy[a:b]) for a, b in batch_chunks(x.shape[0])]
+        parts = [backward(x[a:b], w, g, dy[a:b]) for a, b in batch_chunks(x.shape[0], size)]
         if len(parts) == 1:
             return parts[0]
         dws, dxs = zip(*parts)
@@ -133,10 +139,53 @@ def _chunked_backward(backward):
     return run
 
 
-_FORMULATIONS = {
-    "gemm": (_chunked_forward(lambda x, w, g: _gemm_forward(x, w, g)[1]), _chunked_backward(_gemm_backward)),
-    "xla": (_chunked_forward(_xla_forward), _chunked_backward(_xla_backward)),
-}
+_KERNELS = {"gemm": (lambda x, w, g: _gemm_forward(x, w, g)[1], _gemm_backward), "xla": (_xla_forward, _xla_backward)}
+
+
+def formulation(name: str):
+    """``(forward(x, w, g), backward(x, w, g, dy))`` of a candidate name "impl/chunk" (chunk:
+    examples per chunk, or "all" for the whole batch)."""
+    impl, _, chunk = name.partition("/")
+    size = None if chunk == "" else (1 << 62 if chunk == "all" else int(chunk))
+    forward, backward = _KERNELS[impl]
+    return _chunked_forward(forward, size), _chunked_backward(backward, size)
+
+
+def _valid_impl(impl) -> bool:
+    name, _, chunk = impl.partition("/") if isinstance(impl, str) else ("", "", "")
+    return name in IMPLS and (chunk in ("", "all") or (chunk.isdigit() and int(chunk) > 0))
+
+
+def candidates(n: int) -> list:
+    """Candidate names for a batch of n: each formulation over the whole batch and, on CPU,
+    over each chunk size in ``CPU_CHUNK_CANDIDATES`` that splits the batch differently."""
+    sizes = {"all": 1}
+    if jax.default_backend() == "cpu":
+        for size in CPU_CHUNK_CANDIDATES:
+            chunks = batch_chunks(n, size)
+            if len(chunks) > 1 and len(chunks) not in sizes.values():
+                sizes[str(size)] = len(chunks)
+    return [f"{impl}/{size}" for impl in IMPLS for size in sizes]
+
+
+def choose(x_shape, w_shape, dtype, g, impl=None) -> str:
+    """The candidate name used at these shapes (measured once per process, see the module doc)."""
+    n, out = x_shape[0], math.prod(g.out_spatial)
+    fallback_size = batch_chunks(n)[0][1]
+    fallback = f"{default_impl(w_shape[-2])}/{'all' if fallback_size >= n else fallback_size}"
+    names = candidates(n)
+    for extra in (fallback, impl):
+        if extra and "/" in extra and extra not in names:
+            names.append(extra)
+    fns = {name: (lambda x, w, dy, f=formulation(name): (f[0](x, w, g), f[1](x, w, g, dy))) for name in names}
+
+    def args():
+        return (autotune.dummy(x_shape, dtype, 1), autotune.dummy(w_shape, dtype, 2),
+                autotune.dummy((n, *g.out_spatial, w_shape[-1]), dtype, 3))
+
+    work = 3 * 2 * n * out * math.prod(w_shape)  # forward, dW and dX: 2 N M T C O FLOPs each
+    key = (jax.default_backend(), tuple(x_shape), tuple(w_shape), str(jnp.dtype(dtype)), g)
+    return autotune.choose("conv", key, fns, args, fallback=fallback, impl=impl, work=work)
 
 
 def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
@@ -147,8 +196,9 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
     stride = as_tuple(stride, ndim, "stride", where)
     dilation = as_tuple(dilation, ndim, "dilation", where)
     padding = check_padding(padding, ndim, where)
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"{where}: impl must be None (pick per backend) or one of {IMPLS}, got {impl!r}")
+    if impl is not None and not _valid_impl(impl):
+        raise ValueError(f"{where}: impl must be None (measured), one of {IMPLS}, or 'impl/chunk' with chunk "
+                         f"'all' or a positive int (e.g. 'xla/8'), got {impl!r}")
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
     what = SPATIAL_NAMES[ndim][len("(batch, "):-1]
@@ -173,14 +223,16 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
     def forward(params, state, x, *, key=None, train=False):
         w = params["w"]
         _check_x(x, ndim, w.shape[-2], where)
-        y = _FORMULATIONS[impl or default_impl(w.shape[-2])][0](x, w, geom(x.shape[1:-1]))
+        g = geom(x.shape[1:-1])
+        y = formulation(choose(x.shape, w.shape, x.dtype, g, impl))[0](x, w, g)
         if use_bias:
             y = y + params["b"]
         return y, state, x
 
     def backward(params, x, dy):
         w = params["w"]
-        dw, dx = _FORMULATIONS[impl or default_impl(w.shape[-2])][1](x, w, geom(x.shape[1:-1]), dy)
+        g = geom(x.shape[1:-1])
+        dw, dx = formulation(choose(x.shape, w.shape, x.dtype, g, impl))[1](x, w, g, dy)
         grads = {"w": dw}
         if use_bias:
             grads["b"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
@@ -195,8 +247,9 @@ def Conv2D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, 
 
     ``kernel_size``, ``stride`` and ``dilation`` are an int or an (h, w) pair; ``padding`` is
     "SAME" (output ceil(n / stride), as ``lax``), "VALID", an int, or ((top, bottom), (left,
-    right)). ``impl`` forces the "gemm" or "xla" formulation (default: per backend and
-    input channels, see the module docstring).
+    right)). ``impl`` forces the "gemm" or "xla" formulation, or one chunking of it ("xla/8":
+    chunks of 8 examples, "gemm/all": the whole batch); default: measured per shape and
+    backend (``funcnn.autotune``, see the module docstring).
     Raises ``ValueError`` for a non-4-D input, a channel count other than the kernel's, or a
     window larger than the padded input.
     """

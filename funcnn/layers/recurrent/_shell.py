@@ -22,6 +22,12 @@ scan (autodiff would accumulate T small products inside it):
     dW_hh = sum_t dA_h,t^T h_{t-1} = dA_h^T H_prev     (G, H)
     dX    = dA_x W_ih                                  (T, B, F)
 
+The scans' ``unroll`` (steps per loop iteration: fewer loop overheads against a larger
+body) is measured, not guessed: the first time a layer is traced at a shape,
+``funcnn.autotune`` times forward + backward with each of ``UNROLLS`` and keeps the
+fastest (op ``"recurrent"``; force with ``FUNCNN_IMPL=recurrent:unroll1``). Every unroll
+computes the same steps in the same order: the results are identical.
+
 Initial state: ``x`` is either the sequence batch alone (the state starts at zero)
 or a pair ``(x, state0)`` with ``state0 = h0`` (SimpleRNN, GRU) or ``(h0, c0)``
 (LSTM), each (batch, hidden). The backward's input gradient has the same
@@ -34,7 +40,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
+from funcnn import autotune, initializers
 from funcnn._validate import example_shape, positive_int
 from funcnn.layer import Layer
 
@@ -46,8 +52,8 @@ class Cell(NamedTuple):
     * ``n_states``: 1 when the carry is ``h``, 2 when it is ``(h, c)``.
     * ``input_bias``: the params key of the bias added to the input projection.
     * ``bias_init(key, G)``: the bias leaves as a dict.
-    * ``scan(params, xp, carry0) -> (hs (T, B, H), cache)``: the forward recursion.
-    * ``reverse_scan(params, cache, h_prev, dys, dcarry) -> (dA_x, dA_h, dcarry0)``:
+    * ``scan(params, xp, carry0, unroll) -> (hs (T, B, H), cache)``: the forward recursion.
+    * ``reverse_scan(params, cache, h_prev, dys, dcarry, unroll) -> (dA_x, dA_h, dcarry0)``:
       BPTT; ``dys`` is (T, B, H) or ``None`` (only the last state is an output, its
       gradient already in ``dcarry``).
     * ``bias_grads(dA_x, dA_h) -> dict``: the gradients of the bias leaves.
@@ -126,6 +132,9 @@ def time_sum_product(da, v):
     return jax.lax.dot_general(da, v, (((0, 1), (0, 1)), ((), ())))
 
 
+UNROLLS = (1, 2, 4)  # candidate scan unrolls (those <= T)
+
+
 def stacked_orthogonal(key, gates: int, hidden: int, dtype=jnp.float32):
     """``gates`` independent orthogonal (H, H) blocks stacked into (gates*H, H)."""
     ortho = jax.nn.initializers.orthogonal()
@@ -161,26 +170,26 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
         time, _ = sequence_shape(input_shape, cell.title)
         return (time, hidden) if return_sequences else (hidden,)
 
-    def forward(params, state, x, *, key=None, train=False):
-        seq, state0 = split_input(x, cell, params["w_ih"].shape[1], hidden)
+    def run_forward(params, seq, state0, unroll):
         x_tm = jnp.swapaxes(seq, 0, 1)
         xp = x_tm @ params["w_ih"].T + params[cell.input_bias]
         if state0 is None:
             carry0 = _like_carry(jnp.zeros((seq.shape[0], hidden), xp.dtype), cell.n_states)
         else:
             carry0 = state0
-        hs, cell_cache = cell.scan(params, xp, carry0)
+        hs, cell_cache = cell.scan(params, xp, carry0, unroll)
         y = jnp.swapaxes(hs, 0, 1) if return_sequences else hs[-1]
-        return y, state, (x_tm, state0, _first(carry0, cell.n_states), hs, cell_cache)
+        return y, (x_tm, state0, _first(carry0, cell.n_states), hs, cell_cache)
 
-    def backward(params, cache, dy):
+    def run_backward(params, cache, dy, unroll):
         x_tm, state0, h0, hs, cell_cache = cache
         h_prev = jnp.concatenate([h0[None], hs[:-1]])
         if return_sequences:
             dys, dh = jnp.swapaxes(dy, 0, 1), jnp.zeros_like(h0)
         else:
             dys, dh = None, dy
-        da_x, da_h, dcarry0 = cell.reverse_scan(params, cell_cache, h_prev, dys, _like_carry(dh, cell.n_states))
+        da_x, da_h, dcarry0 = cell.reverse_scan(params, cell_cache, h_prev, dys, _like_carry(dh, cell.n_states),
+                                                unroll)
         dparams = {
             "w_ih": time_sum_product(da_x, x_tm),
             "w_hh": time_sum_product(da_h, h_prev),
@@ -188,5 +197,37 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
         }
         dx = jnp.swapaxes(da_x @ params["w_ih"], 0, 1)
         return dparams, (dx if state0 is None else (dx, dcarry0))
+
+    def choose_unroll(params, batch, time, features, dtype):
+        """The measured unroll for this shape (module docstring)."""
+        names = [f"unroll{u}" for u in UNROLLS if u <= time]
+        shapes = {k: (jnp.shape(v), jnp.result_type(v)) for k, v in params.items()}
+
+        def candidate(u):
+            def run(params, seq, dy):
+                y, cache = run_forward(params, seq, None, u)
+                return y, run_backward(params, cache, dy, u)
+            return run
+
+        def args():
+            dummy = {k: autotune.dummy(s, d, i) for i, (k, (s, d)) in enumerate(sorted(shapes.items()))}
+            out = (batch, time, hidden) if return_sequences else (batch, hidden)
+            return dummy, autotune.dummy((batch, time, features), dtype, 7), autotune.dummy(out, dtype, 8)
+
+        work = 3 * 2 * batch * time * (features + hidden) * g  # forward and both backward products
+        key = (jax.default_backend(), cell.name, (batch, time, features), hidden, str(jnp.dtype(dtype)),
+               return_sequences)
+        name = autotune.choose("recurrent", key, {n: candidate(int(n[6:])) for n in names}, args,
+                               fallback="unroll1", work=work)
+        return int(name[len("unroll"):])
+
+    def forward(params, state, x, *, key=None, train=False):
+        seq, state0 = split_input(x, cell, params["w_ih"].shape[1], hidden)
+        y, cache = run_forward(params, seq, state0, choose_unroll(params, *seq.shape, jnp.result_type(seq)))
+        return y, state, cache
+
+    def backward(params, cache, dy):
+        time, batch, features = cache[0].shape
+        return run_backward(params, cache, dy, choose_unroll(params, batch, time, features, cache[0].dtype))
 
     return Layer(cell.name, init, forward, backward, output_shape)

@@ -33,7 +33,7 @@ def _bias_init(key, g):
     return {"b_ih": jnp.zeros(g), "b_hh": jnp.zeros(g)}
 
 
-def _scan(params, xp, h0):
+def _scan(params, xp, h0, unroll=1):
     w_hh_t, b_hh = params["w_hh"].T, params["b_hh"]
     h_size = w_hh_t.shape[0]
 
@@ -46,11 +46,11 @@ def _scan(params, xp, h0):
         h_new = n + z * (h - n)
         return h_new, (h_new, (r, z, n, hp_n))
 
-    _, (hs, cache) = jax.lax.scan(step, h0, xp)
+    _, (hs, cache) = jax.lax.scan(step, h0, xp, unroll=unroll)
     return hs, cache
 
 
-def _reverse_scan(params, cache, h_prev, dys, dh):
+def _reverse_scan(params, cache, h_prev, dys, dh, unroll=1):
     w_hh = params["w_hh"]
 
     def step(dh, xs):
@@ -63,7 +63,7 @@ def _reverse_scan(params, cache, h_prev, dys, dh):
         da_h = jnp.concatenate([da_r, da_z, da_n * r], axis=-1)
         return dh * z + da_h @ w_hh, (jnp.concatenate([da_r, da_z, da_n], axis=-1), da_h)
 
-    dh0, (da_x, da_h) = jax.lax.scan(step, dh, (cache, h_prev, dys), reverse=True)
+    dh0, (da_x, da_h) = jax.lax.scan(step, dh, (cache, h_prev, dys), reverse=True, unroll=unroll)
     return da_x, da_h, dh0
 
 

@@ -35,7 +35,7 @@ def _bias_init(key, g):
     return {"b": jnp.zeros(g).at[h:2 * h].set(1.0)}
 
 
-def _scan(params, xp, carry0):
+def _scan(params, xp, carry0, unroll=1):
     w_hh_t = params["w_hh"].T
     h_size = w_hh_t.shape[0]
 
@@ -50,11 +50,11 @@ def _scan(params, xp, carry0):
         h = o * tc
         return (h, c), (h, (i, f, g, o, c_prev, tc))
 
-    _, (hs, cache) = jax.lax.scan(step, carry0, xp)
+    _, (hs, cache) = jax.lax.scan(step, carry0, xp, unroll=unroll)
     return hs, cache
 
 
-def _reverse_scan(params, cache, h_prev, dys, dcarry):
+def _reverse_scan(params, cache, h_prev, dys, dcarry, unroll=1):
     w_hh = params["w_hh"]
 
     def step(carry, xs):
@@ -68,7 +68,7 @@ def _reverse_scan(params, cache, h_prev, dys, dcarry):
             [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), do * o * (1 - o)], axis=-1)
         return (da @ w_hh, dc * f), da
 
-    dcarry0, da = jax.lax.scan(step, dcarry, (cache, dys), reverse=True)
+    dcarry0, da = jax.lax.scan(step, dcarry, (cache, dys), reverse=True, unroll=unroll)
     return da, da, dcarry0
 
 

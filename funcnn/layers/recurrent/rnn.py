@@ -36,17 +36,17 @@ def _bias_grads(da_x, da_h):
 def _cell(activation: str) -> Cell:
     phi = activations.get(activation)
 
-    def scan(params, xp, h0):
+    def scan(params, xp, h0, unroll=1):
         w_hh_t = params["w_hh"].T
 
         def step(h, xp_t):
             h, _, phi_cache = phi.forward({}, {}, xp_t + h @ w_hh_t)
             return h, (h, phi_cache)
 
-        _, (hs, cache) = jax.lax.scan(step, h0, xp)
+        _, (hs, cache) = jax.lax.scan(step, h0, xp, unroll=unroll)
         return hs, cache
 
-    def reverse_scan(params, cache, h_prev, dys, dh):
+    def reverse_scan(params, cache, h_prev, dys, dh, unroll=1):
         w_hh = params["w_hh"]
 
         def step(dh, xs):
@@ -56,7 +56,7 @@ def _cell(activation: str) -> Cell:
             _, da = phi.backward({}, phi_cache, dh)
             return da @ w_hh, da
 
-        dh0, da = jax.lax.scan(step, dh, (cache, dys), reverse=True)
+        dh0, da = jax.lax.scan(step, dh, (cache, dys), reverse=True, unroll=unroll)
         return da, da, dh0
 
     return Cell("simple_rnn", "SimpleRNN", 1, 1, "b", _bias_init, scan, reverse_scan, _bias_grads)

@@ -1,0 +1,66 @@
+"""``funcnn bench``: how fast funcnn runs on this machine, against this machine's own peak.
+
+Every case (a core kernel, or one training step of a model) is timed in interleaved
+rounds (``autotune.time_rounds``) after being compiled apart (compile time, including
+any autotuning at trace time, is reported separately). For a case doing F FLOPs and
+moving B bytes in t seconds (F and B from XLA's cost analysis of the compiled program,
+or counted by hand for the kernels),
+
+    achieved = F / t,   intensity I = F / B,   roofline(I) = min(P, W I),
+
+where P, the compute peak, is the best GFLOP/s of large matrix products on the same
+device (the GEMM roofline; the fastest round of the best size), and W, the memory
+bandwidth, that of a large streaming ``a x + z``. Each case reports its median rate
+``achieved / P`` ("% of peak"); for known GPUs the
+published dense peak is reported beside the measured one (``report.PUBLISHED``).
+
+``run(setting)`` returns the JSON-ready dict; ``report`` turns it into the table and the
+roofline figure. ``QUICK`` and ``FULL`` are the two settings of the command.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import NamedTuple
+
+
+class Setting(NamedTuple):
+    name: str
+    gemm_sizes: tuple  # n for the (n, n) @ (n, n) peak search
+    stream_elems: int  # elements of the bandwidth kernel's vectors
+    models: tuple  # (model, batch, size) with size the image side / sequence length
+    rounds: int
+    budget_s: float  # per group of interleaved cases
+
+
+QUICK = Setting("quick", (256, 1024), 1 << 22, (("mlp", 128, 28), ("cnn", 8, 28), ("lstm", 64, 10)), 5, 1.5)
+FULL = Setting("full", (512, 1024, 2048), 1 << 24, (("mlp", 128, 28), ("cnn", 64, 28), ("lstm", 64, 40)), 15, 8.0)
+
+
+def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
+    """Time the kernels and the model steps; returns the results as a JSON-ready dict."""
+    import jax
+
+    from funcnn import autotune
+    from funcnn.bench import kernels, report, steps
+
+    log(f"funcnn bench ({setting.name}) on {report.machine()}")
+    kernel_rows = kernels.run(setting, log=log)
+    peak = max(r["flops"] / r["best_ms"] * 1e-6 for r in kernel_rows if r["kind"] == "gemm")
+    bandwidth = max(r["bytes"] / r["best_ms"] * 1e-6 for r in kernel_rows if r["kind"] == "stream")
+    step_rows = steps.run(setting, peers=peers, log=log)
+    for row in kernel_rows + step_rows:
+        row["pct_of_peak"] = 100 * row["gflops"] / peak if row["gflops"] is not None else None
+    dev = jax.devices()[0]
+    return {
+        "setting": setting._asdict(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "versions": report.versions(),
+        "backend": dev.platform,
+        "device_kind": dev.device_kind,
+        "peak": {"measured_gemm_gflops": peak, "measured_bandwidth_gbytes_per_s": bandwidth,
+                 "published": report.published_peak(dev.device_kind)},
+        "kernels": kernel_rows,
+        "steps": step_rows,
+        "autotune": autotune.decisions(),
+    }

@@ -1,0 +1,114 @@
+"""One Adam training step (softmax cross-entropy) of funcnn's benchmark models, with the
+hand-written backward ("funcnn manual") and with ``jax.grad`` ("funcnn autodiff"), and
+PyTorch's step of the same model when torch is installed and the backend is the CPU.
+
+* mlp: 784-512-512-10 ReLU; cnn: conv32-ReLU-maxpool-conv64-ReLU-maxpool-dense10 on
+  28x28x1; lstm: LSTM(128) over length-T sequences of 1 feature, last h -> Dense(10).
+
+FLOPs and bytes of a JAX step come from XLA's cost analysis of the lowered program;
+PyTorch's row reuses the funcnn manual step's count (same model, same arithmetic).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcnn.bench.kernels import time_cases
+
+
+def model(name: str, size: int):
+    """(funcnn model, input shape of one example) of a benchmark model."""
+    import funcnn as fn
+    from funcnn.layers.recurrent import LSTM
+
+    if name == "mlp":
+        return fn.models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
+    if name == "cnn":
+        return fn.models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
+    if name == "lstm":
+        return fn.serial(LSTM(128, return_sequences=False), fn.Dense(10)), (size, 1)
+    raise ValueError(f"funcnn.bench.steps.model: unknown model {name!r}, expected mlp, cnn or lstm")
+
+
+def data(shape, batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
+
+
+def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
+    import funcnn as fn
+
+    net, shape = model(name, size)
+    params, state = net.init(jax.random.key(0), shape)
+    tx = optax.adam(1e-3)
+    vg = fn.value_and_grad(net, fn.losses.softmax_cross_entropy, mode=mode)
+
+    def step(params, state, opt, x, y):
+        _, g, state = vg(params, state, x, y)
+        u, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, u), state, opt
+
+    x, y = data(shape, batch)
+    return dict(name=f"{name} step, funcnn {mode}", kind=f"{name} step", model=name, contender=f"funcnn {mode}",
+                fn=step, args=(params, state, tx.init(params), jnp.asarray(x), jnp.asarray(y)), flops=None, bytes=None)
+
+
+def torch_case(name: str, batch: int, size: int) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    nn = torch.nn
+    if name == "mlp":
+        net = nn.Sequential(nn.Linear(size * size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        shape = (size * size,)
+    elif name == "cnn":
+        side = size // 4
+        net = nn.Sequential(nn.Conv2d(1, 32, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(side * side * 64, 10))
+        shape = (size, size, 1)
+    else:
+        class Last(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm, self.out = nn.LSTM(1, 128, batch_first=True), nn.Linear(128, 10)
+
+            def forward(self, x):
+                return self.out(self.lstm(x)[0][:, -1])
+
+        net, shape = Last(), (size, 1)
+    x, y = data(shape, batch)
+    x = torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy() if name == "cnn" else x)
+    y = torch.from_numpy(y).long()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return dict(name=f"{name} step, pytorch", kind=f"{name} step", model=name, contender="pytorch", fn=step, args=(),
+                jit=False, flops=None, bytes=None)
+
+
+def run(setting, *, peers: bool = True, log=print) -> list:
+    rows = []
+    for name, batch, size in setting.models:
+        log(f"{name} step (batch {batch}):")
+        cases = [funcnn_case(name, batch, size, mode) for mode in ("manual", "autodiff")]
+        if peers and jax.default_backend() == "cpu":
+            cases.append(torch_case(name, batch, size))
+        found = time_cases([c for c in cases if c is not None], setting, log=log)
+        manual = found[0]
+        for row in found[1:]:
+            if row["contender"] == "pytorch":  # same model, same arithmetic as funcnn manual
+                row.update(flops=manual["flops"], bytes=manual["bytes"], compile_ms=None, intensity=manual["intensity"],
+                           gflops=manual["flops"] / row["median_ms"] * 1e-6 if manual["flops"] else None)
+            row["ratio_to_manual"] = row["median_ms"] / manual["median_ms"]
+        manual["ratio_to_manual"] = 1.0
+        rows += found
+    return rows
