@@ -130,7 +130,7 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual")
 
 
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
-        penalty=None, progress=True, params=None, state=None, scan=None) -> FitResult:
+        penalty=None, progress=True, params=None, state=None, scan=None, mesh=None) -> FitResult:
     """Train ``model`` on ``data``; returns trained params, state and a history.
 
     ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
@@ -141,6 +141,9 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     ``train_loss``/``train_acc``/``test_loss``/``test_acc`` in eval mode.
     ``scan``: run each epoch as one compiled ``lax.scan`` (True) or its compiled step per
     batch (False); ``None`` scans unless XLA:CPU would put a convolution in the loop.
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training, each
+    batch sharded over it, params/state/optimizer state replicated (``funcnn.parallel``;
+    ``batch_size`` must divide by the number of data shards).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
@@ -157,6 +160,11 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
         scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
                        scan=scan)
+    if mesh is not None:  # data parallelism: the same schedule, batches sharded over "data"
+        from funcnn.parallel import make_sharded_epoch
+
+        epoch = make_sharded_epoch(model, loss, optimizer, mesh, batch_size=batch_size, grad=grad, l2=l2,
+                                   penalty=penalty)
     predict = predictor(model)
     x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
 
