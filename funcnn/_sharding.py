@@ -2,20 +2,61 @@
 
 A parameter gradient is a sum over the examples of the batch, e.g. Dense's
 dW = dY^T X = sum_n dy_n x_n^T. When the batch axis is sharded over a device mesh
-(data parallelism), that sum is a contraction over a sharded axis: each device
-contracts its own shard and the partial sums are all-reduced. ``batch_dot_general``
-is the one place every backward writes such a contraction, so that the output's
-sharding (replicated: the all-reduce of data parallelism) is stated once.
+(data parallelism over D devices, shard d holding the examples n in B_d),
 
-Without a mesh it is ``lax.dot_general``.
+    dW = sum_d sum_{n in B_d} dy_n x_n^T,
+
+each device contracts its own shard and the D partial sums are all-reduced: the
+result is replicated. ``batch_dot_general`` is the one place every backward writes
+such a contraction, so that this is stated once:
+
+* no mesh, or a mesh whose axes are all ``Auto`` (GSPMD chooses): plain
+  ``lax.dot_general``;
+* a mesh with ``Explicit`` axes (the default of ``jax.make_mesh`` in JAX 0.10), where
+  contracting a sharded axis has no implied output sharding: the output keeps the
+  operands' shardings on the axes that survive (none, for a parameter gradient:
+  replicated, ``P()``) and JAX inserts the all-reduce;
+* a kernel gradient written as a convolution whose contracted feature axis is the
+  batch (``batch_conv_general_dilated``): replicated under explicit axes, likewise;
+* inside ``shard_map`` (manual axes) each device contracts its local shard; the caller
+  all-reduces (``funcnn.parallel.shard_map_value_and_grad`` does, with ``lax.pmean``).
 """
 from __future__ import annotations
 
+import jax
 from jax import lax
+from jax.sharding import AxisType, PartitionSpec
+
+
+def _explicit_mesh() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and AxisType.Explicit in mesh.axis_types
+
+
+def _explicit_out_spec(lhs, rhs, dimension_numbers):
+    """The output ``PartitionSpec`` of the contraction under explicit axes, or ``None``
+    when no explicit mesh is in context (then XLA/GSPMD decides, as without a mesh)."""
+    if not _explicit_mesh():
+        return None
+    (lc, rc), (lb, rb) = dimension_numbers
+    lspec, rspec = (tuple(jax.typeof(a).sharding.spec) for a in (lhs, rhs))
+    lspec += (None,) * (lhs.ndim - len(lspec))
+    rspec += (None,) * (rhs.ndim - len(rspec))
+    if not any(lspec[i] is not None for i in lc) and not any(rspec[i] is not None for i in rc):
+        return None  # no sharded contracting axis: the default rule is unambiguous
+    batch = [lspec[i] for i in lb]
+    free_l = [lspec[i] for i in range(lhs.ndim) if i not in lc and i not in lb]
+    free_r = [rspec[i] for i in range(rhs.ndim) if i not in rc and i not in rb]
+    return PartitionSpec(*batch, *free_l, *free_r)
 
 
 def batch_dot_general(lhs, rhs, dimension_numbers, **kwargs):
-    """``lax.dot_general`` whose contracting dimensions include the batch axis."""
+    """``lax.dot_general`` whose contracting dimensions include the batch axis; under an
+    explicit mesh its output sharding is stated (module docstring)."""
+    if "out_sharding" not in kwargs:
+        spec = _explicit_out_spec(lhs, rhs, dimension_numbers)
+        if spec is not None:
+            kwargs["out_sharding"] = spec
     return lax.dot_general(lhs, rhs, dimension_numbers, **kwargs)
 
 
@@ -23,3 +64,11 @@ def batch_outer(dy, x):
     """``dy^T x`` summed over every leading axis: (..., S), (..., R) -> (S, R)."""
     axes = tuple(range(dy.ndim - 1))
     return batch_dot_general(dy, x, ((axes, axes), ((), ())))
+
+
+def batch_conv_general_dilated(lhs, rhs, *args, **kwargs):
+    """``lax.conv_general_dilated`` contracting the batch axis (a kernel gradient): its
+    output, the kernel gradient, is replicated under explicit axes."""
+    if "out_sharding" not in kwargs and _explicit_mesh():
+        kwargs["out_sharding"] = PartitionSpec()
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)

@@ -253,7 +253,7 @@ def _check_data(model, loss, x, y, split):
 
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
         penalty=None, progress=True, params=None, state=None, scan=None,
-        checkpoint_dir=None, checkpoint_every=1, keep=2, resume=False) -> FitResult:
+        checkpoint_dir=None, checkpoint_every=1, keep=2, resume=False, mesh=None) -> FitResult:
     """Train ``model`` on ``data``; returns trained params, state and a history.
 
     ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
@@ -271,6 +271,9 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     Raises ``ValueError``/``TypeError`` for bad arguments or data (x and y of different
     lengths, non-finite values, labels outside [0, classes)), ``NonFiniteError`` when a step
     produces a non-finite value, ``Interrupted`` on SIGINT/SIGTERM (after checkpointing).
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training, each
+    batch sharded over it, params/state/optimizer state replicated (``funcnn.parallel``;
+    ``batch_size`` must divide by the number of data shards).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
@@ -311,6 +314,11 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
                                 optimizer=optimizer)
     epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
                        scan=scan)
+    if mesh is not None:  # data parallelism: the same schedule, batches sharded over "data"
+        from funcnn.parallel import make_sharded_epoch
+
+        epoch = make_sharded_epoch(model, loss, optimizer, mesh, batch_size=batch_size, grad=grad, l2=l2,
+                                   penalty=penalty)
     predict = predictor(model)
     x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
     names = guard_names(params)

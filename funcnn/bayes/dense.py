@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
+from funcnn._sharding import batch_outer
 from funcnn._validate import batch_input, input_rank, positive_int
 from funcnn.layer import Layer
 
@@ -107,7 +108,7 @@ def BayesDense(features: int, prior_sigma: float = 1.0, *, sigma_init: float = 0
 
     def backward(params, cache, dy):
         x, eps_w, eps_b = cache
-        dw, db = dy.T @ x, dy.sum(axis=0)
+        dw, db = batch_outer(dy, x), dy.sum(axis=0)
         if eps_w is None:
             grads = {"w_mu": dw, "w_rho": jnp.zeros_like(dw), "b_mu": db, "b_rho": jnp.zeros_like(db)}
             return grads, dy @ params["w_mu"]

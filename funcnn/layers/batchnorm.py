@@ -59,7 +59,7 @@ def _broadcast_shape(ndim, ax, features):
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
-              gamma_init="ones", beta_init="zeros") -> Layer:
+              gamma_init="ones", beta_init="zeros", axis_name=None) -> Layer:
     """Normalise each feature over the batch, then scale by ``gamma`` and shift by ``beta``.
 
     Args:
@@ -70,6 +70,11 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         NCHW. It may not be the batch axis.
       gamma_init, beta_init: initialisers (a name from ``funcnn.initializers`` or a
         callable ``init(key, shape, fan_in, fan_out)``) of the scale and the shift.
+      axis_name: inside ``shard_map`` over a batch split along this mesh axis, use the
+        statistics of the global batch: the means and the backward's sums are averaged
+        over the axis (``lax.pmean``; the shards must be of equal size). ``None`` (the
+        default) uses the batch the layer sees; under a sharded ``jit`` that is already
+        the global batch.
 
     Params ``{"gamma": (F,), "beta": (F,)}`` (ones, zeros by default); state
     ``{"mean": (F,), "var": (F,)}`` (zeros, ones).
@@ -87,6 +92,10 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
     gamma_init = initializers.get(gamma_init, "gamma_init")
     beta_init = initializers.get(beta_init, "beta_init")
+
+    def _global_mean(local):
+        """The mean over the shards of ``axis_name`` (identity without one)."""
+        return local if axis_name is None else jax.lax.pmean(local, axis_name)
 
     def feature_axis(ndim):
         """``axis`` as a non-negative axis of an ``ndim``-axis batched x."""
@@ -135,9 +144,10 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
                     f"BatchNorm: training mode needs more than one value per feature to estimate the "
                     f"variance, got x of shape {x.shape}; use a larger batch or train=False"
                 )
-            mu = jnp.mean(x, axis=reduce, keepdims=True)
+            mu = _global_mean(jnp.mean(x, axis=reduce, keepdims=True))
             centred = x - mu
-            var = jnp.mean(jnp.square(centred), axis=reduce, keepdims=True)  # two-pass: no cancellation
+            var = _global_mean(jnp.mean(jnp.square(centred), axis=reduce, keepdims=True))  # two-pass
+            m = m if axis_name is None else m * jax.lax.axis_size(axis_name)
             inv_std = jax.lax.rsqrt(var + eps)
             xhat = centred * inv_std
             batch = {"mean": mu.reshape(features), "var": var.reshape(features) * (m / (m - 1))}
@@ -160,7 +170,8 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         dgamma = jnp.sum(dy * cache.xhat, axis=reduce)
         if isinstance(cache, _BatchStats):  # the mean and variance depend on x too
             m = dy.size // dy.shape[ax]
-            dy = dy - (dbeta.reshape(bshape) + cache.xhat * dgamma.reshape(bshape)) / m
+            sum_dy, sum_dy_xhat = _global_mean((dbeta, dgamma))  # m: values per feature per shard
+            dy = dy - (sum_dy.reshape(bshape) + cache.xhat * sum_dy_xhat.reshape(bshape)) / m
         return {"gamma": dgamma, "beta": dbeta}, params["gamma"].reshape(bshape) * cache.inv_std * dy
 
     return Layer("batchnorm", init, forward, backward, output_shape)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnn import autotune, initializers
+from funcnn._sharding import batch_conv_general_dilated, batch_dot_general
 from funcnn._validate import input_rank, positive_int
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
@@ -84,7 +85,7 @@ def _gemm_forward(x, w, g):
 def _gemm_backward(x, w, g, dy):
     patches, _ = _gemm_forward(x, w, g)  # same ops as the forward: XLA shares them under jit
     axes = tuple(range(dy.ndim - 1))
-    dw = lax.dot_general(patches, dy, ((axes, axes), ((), ())))  # P^T dY: (T C, O)
+    dw = batch_dot_general(patches, dy, ((axes, axes), ((), ())))  # P^T dY: (T C, O)
     dpatches = dy @ w.reshape(-1, w.shape[-1]).T  # (N, *M, T C)
     c = x.shape[-1]
     parts = [dpatches[..., i * c:(i + 1) * c] for i in range(len(g.taps))]
@@ -112,7 +113,7 @@ def _xla_backward(x, w, g, dy):
     sp = _SPATIAL_CHARS[len(g.kernel)]
     spatial = tuple(range(len(g.kernel)))
     # kernel gradient: batch axis N becomes the contracted feature axis, C the "batch"
-    dw = lax.conv_general_dilated(pad_to_used(x, g), dy, g.dilation, "VALID", rhs_dilation=g.stride,
+    dw = batch_conv_general_dilated(pad_to_used(x, g), dy, g.dilation, "VALID", rhs_dilation=g.stride,
                                   dimension_numbers=(f"C{sp}N", f"I{sp}O", f"{sp}NC"))
     # input gradient: dy dilated by the stride, correlated with the flipped kernel (O -> C)
     pads = [(e - 1 - lo, n + lo - (m - 1) * s - 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 
 from funcnn import initializers
+from funcnn._sharding import batch_outer
 from funcnn._validate import batch_input, cotangent, input_rank, positive_int
 from funcnn.layer import Layer
 
@@ -46,6 +47,6 @@ def Dense(features: int, w_init="glorot_uniform", b_init="zeros") -> Layer:
 
     def backward(params, x, dy):
         cotangent(dy, (*x.shape[:-1], features), "Dense")
-        return {"w": dy.T @ x, "b": dy.sum(axis=0)}, dy @ params["w"]
+        return {"w": batch_outer(dy, x), "b": dy.sum(axis=0)}, dy @ params["w"]
 
     return Layer("dense", init, forward, backward, output_shape)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import autotune, initializers
+from funcnn._sharding import batch_dot_general
 from funcnn._validate import example_shape, positive_int
 from funcnn.layer import Layer
 
@@ -129,7 +130,7 @@ def time_sum_product(da, v):
     Written as one ``dot_general`` contracting time and batch together: on CPU XLA
     then transposes ``da`` once (shared by dW_ih and dW_hh) and runs a fast GEMM,
     about twice as fast as ``da.reshape(-1, G).T @ v.reshape(-1, K)``."""
-    return jax.lax.dot_general(da, v, (((0, 1), (0, 1)), ((), ())))
+    return batch_dot_general(da, v, (((0, 1), (0, 1)), ((), ())))
 
 
 UNROLLS = (1, 2, 4)  # candidate scan unrolls (those <= T)
@@ -174,7 +175,8 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
         x_tm = jnp.swapaxes(seq, 0, 1)
         xp = x_tm @ params["w_ih"].T + params[cell.input_bias]
         if state0 is None:
-            carry0 = _like_carry(jnp.zeros((seq.shape[0], hidden), xp.dtype), cell.n_states)
+            h0 = jnp.zeros_like(xp[0, :, :hidden])  # (B, H), sharded like the batch under a mesh
+            carry0 = _like_carry(h0, cell.n_states)
         else:
             carry0 = state0
         hs, cell_cache = cell.scan(params, xp, carry0, unroll)

@@ -1,0 +1,159 @@
+"""Multi-device checks, run in a fresh process by ``tests/test_parallel.py``.
+
+JAX fixes the number of CPU devices when its backend starts, and the pytest workers
+have started it already with one device; so each check runs here, in its own
+process, after ``jax_num_cpu_devices`` is set, and prints one JSON object
+``{"check name": relative error, ...}`` (``tests/helpers.rel_error``) that the test
+asserts on. Usage: ``python tests/parallel_worker.py SECTION...`` with sections
+``layers``, ``fit``, ``shard_map``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import AxisType, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import rel_error  # noqa: E402
+
+import funcnn  # noqa: E402
+from funcnn import layers as L  # noqa: E402
+from funcnn import losses, parallel  # noqa: E402
+from funcnn.check.catalog import LAYER_CASES  # noqa: E402
+from funcnn.layer import serial  # noqa: E402
+
+BATCH = 8
+# one case of every layer with a batch contraction or batch statistics (the cost of a check is
+# its compilation; the elementwise layers have nothing to shard-specific to get wrong)
+CASES = ("mlp", "conv2d(3x3,SAME)", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "conv1d(3,s2,SAME)",
+         "maxpool2d(3,s2,SAME)", "avgpool2d(3,s2,SAME)", "batchnorm(NHWC)", "dropout(0.3)", "simple_rnn(T=5)",
+         "gru(T=4,h0,last)", "lstm(T=3,h0,c0)", "bayes_dense")
+AUTO_TOO = ("mlp", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "batchnorm(NHWC)", "lstm(T=3,h0,c0)")
+
+
+def _mesh(n, kind):
+    return jax.make_mesh((n,), ("data",), axis_types=(getattr(AxisType, kind),), devices=jax.devices()[:n])
+
+
+def _layer_grads(layer, params, state, x, r, key, train):
+    """(manual (dparams, dx), autodiff (dparams, dx)) of <layer(x), r>."""
+    y, _, cache = layer.forward(params, state, x, key=key, train=train)
+    manual = layer.backward(params, cache, r)
+    _, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, key=key, train=train)[0], params, x)
+    return manual, vjp(r)
+
+
+def check_layers():
+    """The catalog layers of CASES, float64, batch sharded 4 ways, Explicit axes (and Auto
+    for AUTO_TOO):
+    manual vs autodiff under the mesh, and manual under the mesh vs one device."""
+    out = {}
+    with jax.enable_x64(True):
+        for case in (c for c in LAYER_CASES if c.name in CASES):
+            layer = case.make()
+            train = case.options.get("train", True)
+            k_init, k_x, k_r, k_fwd = jax.random.split(jax.random.key(0), 4)
+            params, state = layer.init(k_init, case.input_shape)
+            params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
+            if "x" in case.options:
+                x = jax.tree_util.tree_map(
+                    lambda a: jax.random.normal(k_x, (BATCH, *a.shape[1:]), jnp.float64), case.options["x"])
+            else:
+                x = jax.random.normal(k_x, (BATCH, *case.input_shape), jnp.float64)
+            y, _ = layer.apply(params, state, x, key=k_fwd, train=train)
+            r = jax.random.normal(k_r, y.shape, jnp.float64)
+            grads = jax.jit(_layer_grads, static_argnums=(0, 6))
+            ref, _ = grads(layer, params, state, x, r, k_fwd, train)
+            for kind in ("Explicit", "Auto") if case.name in AUTO_TOO else ("Explicit",):
+                mesh = _mesh(4, kind)
+                with jax.set_mesh(mesh):
+                    xs, rs = (jax.tree_util.tree_map(lambda a: jax.device_put(a, P("data")), v) for v in (x, r))
+                    ps = jax.device_put((params, state), P())
+                    manual, auto = grads(layer, *ps, xs, rs, k_fwd, train)
+                out[f"{case.name}/{kind}/manual_vs_autodiff"] = rel_error(manual, auto)
+                out[f"{case.name}/{kind}/mesh_vs_one_device"] = rel_error(manual, ref)
+                replicated = all(s is None for g in jax.tree_util.tree_leaves(manual[0])
+                                 for s in g.sharding.spec)
+                out[f"{case.name}/{kind}/param_grads_replicated"] = 0.0 if replicated else 1.0
+    return out
+
+
+def _mlp(axis_name=None):
+    return serial(L.Dense(16), L.BatchNorm(axis_name=axis_name), L.ReLU(), L.Dropout(0.25), L.Dense(3))
+
+
+def _xy(n=96, shape=(6,)):
+    k_x, k_y = jax.random.split(jax.random.key(7))
+    return (np.asarray(jax.random.normal(k_x, (n, *shape))),
+            np.asarray(jax.random.randint(k_y, (n,), 0, 3), np.int32))
+
+
+def check_fit():
+    """fit(mesh=...) on 1, 2, 4, 8 devices against fit without a
+    mesh, float32, the same seed: params, BatchNorm state and the loss history."""
+    out = {}
+    x, y = _xy()
+    kw = dict(epochs=2, batch_size=16, key=jax.random.key(3), progress=False)
+    opt = optax.sgd(0.05, momentum=0.9)  # (Adam would amplify rounding in near-zero gradients)
+    ref = funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), **kw)
+    for n, kind in ((1, "Explicit"), (2, "Explicit"), (4, "Explicit"), (8, "Explicit")):
+        r = funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(n, kind), **kw)
+        out[f"fit/{n}/{kind}/params"] = rel_error(r.params, ref.params)
+        out[f"fit/{n}/{kind}/state"] = rel_error(r.state, ref.state)
+        out[f"fit/{n}/{kind}/history"] = rel_error(r.history["loss"], ref.history["loss"])
+        out[f"fit/{n}/{kind}/max_abs_param_diff"] = max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree_util.tree_leaves(r.params), jax.tree_util.tree_leaves(ref.params)))
+    try:
+        funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(4, "Explicit"),
+                         **{**kw, "batch_size": 10})
+        out["fit/bad_batch_size"] = "no error"
+    except ValueError as e:
+        out["fit/bad_batch_size"] = str(e)
+    return out
+
+
+def check_shard_map():
+    """shard_map_value_and_grad (manual and autodiff, BatchNorm(axis_name="data")) against
+    value_and_grad under the mesh (manual), float64: the MLP without dropout, a CNN, an LSTM."""
+    out = {}
+    models = {
+        "mlp": (lambda a: serial(L.Dense(16), L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal",
+                                                          axis_name=a), L.Tanh(), L.Dense(3)), (6,)),
+        "cnn": (lambda a: serial(L.Conv2D(3, 3), L.BatchNorm(axis_name=a), L.ReLU(), L.MaxPool2D(2),
+                                 L.Flatten(), L.Dense(3)), (6, 6, 1)),
+        "lstm": (lambda a: serial(L.LSTM(5, return_sequences=False), L.Dense(3)), (4, 2)),
+    }
+    mesh = _mesh(4, "Explicit")
+    with jax.enable_x64(True):
+        for name, (make, shape) in models.items():
+            x, y = _xy(16, shape)
+            params, state = make(None).init(jax.random.key(1), shape)
+            params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
+            x = x.astype(np.float64)
+            with jax.set_mesh(mesh):
+                args = (*parallel.replicate((params, state), mesh), *parallel.shard_batch((x, y), mesh))
+                ref = jax.jit(funcnn.value_and_grad(make(None), losses.softmax_cross_entropy))(*args)
+                for mode in ("manual", "autodiff"):
+                    f = parallel.shard_map_value_and_grad(make("data"), losses.softmax_cross_entropy, mesh, mode=mode)
+                    got = jax.jit(f)(*args)
+                    out[f"shard_map/{name}/{mode}"] = rel_error(got, ref)
+    return out
+
+
+SECTIONS = {"layers": check_layers, "fit": check_fit, "shard_map": check_shard_map}
+
+if __name__ == "__main__":
+    results = {}
+    for section in sys.argv[1:]:
+        results.update(SECTIONS[section]())
+    print(json.dumps(results))
