@@ -27,7 +27,9 @@ dx = d[Q K V] w_in.
 Cache: x (B, T, D), [Q K V] (B, T, 3D), O (B, T, D) and ell (B, H, T): B T (5D + H)
 numbers, linear in T (the attention matrix, B H T^2 numbers, is recomputed in the
 backward instead of stored). For B = 1, D = 128, H = 4: 41,216 numbers at T = 64 and
-659,456 at T = 1024 (2.6 MB in float32), against 4.2 million for P alone.
+659,456 at T = 1024 (2.6 MB in float32), against 4.2 million for P alone. (The
+forward and the backward still form S, P and dS, T x T per head, while they run:
+there is no FlashAttention tiling; what is linear in T is what is kept between them.)
 
 The scores, the softmax (max-shifted) and the products with P run in at least
 float32 (float16/bfloat16 inputs are upcast inside; O and dx are cast back).
