@@ -15,6 +15,7 @@ from funcnn.layers.activations import ReLU
 from funcnn.layers.batchnorm import BatchNorm
 from funcnn.layers.dense import Dense
 from funcnn.losses import softmax_cross_entropy
+from helpers import RTOL_F32, RTOL_F64, assert_close
 
 # (example shape, feature axis of the batched x, batch size)
 LAYOUTS = {
@@ -68,10 +69,10 @@ def test_training_forward_matches_numpy(layout):
     red, ax = _reduce_axes(xn.ndim, axis)
     mean, var = xn.mean(red, keepdims=True), xn.var(red, keepdims=True)  # biased variance
     g, b = _per_feature(params["gamma"], xn.ndim, ax), _per_feature(params["beta"], xn.ndim, ax)
-    np.testing.assert_allclose(y, g * (xn - mean) / np.sqrt(var + 1e-5) + b, rtol=1e-5, atol=1e-5)
+    assert_close(y, g * (xn - mean) / np.sqrt(var + 1e-5) + b, RTOL_F32)
     # every feature of the output has mean beta and standard deviation ~|gamma|
     np.testing.assert_allclose(np.asarray(y).mean(red), params["beta"], atol=1e-5)
-    np.testing.assert_allclose(np.asarray(y).std(red), np.abs(params["gamma"]), rtol=1e-4)
+    assert_close(np.asarray(y).std(red), np.abs(params["gamma"]), RTOL_F32)
 
 
 def _step_by_step_backward(x, gamma, dy, axis, eps):
@@ -120,9 +121,9 @@ def test_closed_form_backward_agrees_with_step_by_step_derivation(layout):
             params, x, dy)
         dgamma, dbeta, dx_ref = _step_by_step_backward(np.asarray(x), np.asarray(params["gamma"]),
                                                        np.asarray(dy), axis, 1e-5)
-    np.testing.assert_allclose(grads["gamma"], dgamma, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(grads["beta"], dbeta, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12 * np.abs(dx_ref).max())
+    assert_close(grads["gamma"], dgamma, RTOL_F64)
+    assert_close(grads["beta"], dbeta, RTOL_F64)
+    assert_close(dx, dx_ref, RTOL_F64)
 
 
 def _with_state(layer, state_fn):
@@ -180,8 +181,8 @@ def test_running_statistics_after_one_step():
     x = jax.random.normal(jax.random.key(1), (5, 3)) * 2.0 + 1.0
     _, new = layer.apply(params, state, x, train=True)
     xn = np.asarray(x, np.float64)
-    np.testing.assert_allclose(new["mean"], 0.8 * 0.0 + 0.2 * xn.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(new["var"], 0.8 * 1.0 + 0.2 * xn.var(0, ddof=1), rtol=1e-5)  # unbiased
+    assert_close(new["mean"], 0.8 * 0.0 + 0.2 * xn.mean(0), RTOL_F32)
+    assert_close(new["var"], 0.8 * 1.0 + 0.2 * xn.var(0, ddof=1), RTOL_F32)  # unbiased
     assert new["mean"].dtype == state["mean"].dtype and new["var"].dtype == state["var"].dtype
 
 
@@ -207,11 +208,11 @@ def test_eval_mode_uses_running_statistics_and_keeps_state():
     x = jax.random.normal(jax.random.key(1), (6, 3))
     y, new = layer.apply(params, state, x, train=False)
     ref = params["gamma"] * (x - state["mean"]) / jnp.sqrt(state["var"] + 1e-5) + params["beta"]
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    assert_close(y, ref, RTOL_F32)
     assert new is state
     # each example is normalised on its own: the result does not depend on the batch
     y0, _ = layer.apply(params, state, x[:1], train=False)
-    np.testing.assert_allclose(y0, y[:1], rtol=1e-6)
+    assert_close(y0, y[:1], RTOL_F32)
     y_train, _ = layer.apply(params, state, x, train=True)
     assert not np.allclose(y_train, y)
 
@@ -241,8 +242,8 @@ def test_value_and_grad_threads_the_running_statistics():
     _, _, new_manual = jax.jit(value_and_grad(model, softmax_cross_entropy, mode="manual"))(params, state, x, y)
     _, _, new_auto = jax.jit(value_and_grad(model, softmax_cross_entropy, mode="autodiff"))(params, state, x, y)
     h = x @ params["0_dense"]["w"].T + params["0_dense"]["b"]
-    np.testing.assert_allclose(new_manual["1_batchnorm"]["mean"], 0.1 * h.mean(0), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(new_manual["1_batchnorm"]["var"], 0.9 + 0.1 * jnp.var(h, 0, ddof=1), rtol=1e-5)
+    assert_close(new_manual["1_batchnorm"]["mean"], 0.1 * h.mean(0), RTOL_F32)
+    assert_close(new_manual["1_batchnorm"]["var"], 0.9 + 0.1 * jnp.var(h, 0, ddof=1), RTOL_F32)
     jax.tree_util.tree_map(np.testing.assert_array_equal, new_manual, new_auto)
 
 
@@ -253,8 +254,8 @@ def test_vmap_over_independent_batches_equals_a_loop():
     ys, states = jax.jit(jax.vmap(apply, in_axes=(None, None, 0)))(params, state, xs)
     for i in range(3):
         y, s = apply(params, state, xs[i])
-        np.testing.assert_allclose(ys[i], y, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(states["var"][i], s["var"], rtol=1e-6)
+        assert_close(ys[i], y, RTOL_F32)
+        assert_close(states["var"][i], s["var"], RTOL_F32)
 
 
 def test_bad_arguments_are_refused():

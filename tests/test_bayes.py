@@ -17,6 +17,7 @@ from funcnn.bayes.kl import elbo, gaussian_kl, gaussian_kl_grad, kl_divergence, 
 from funcnn.bayes.predict import predict, sample_outputs
 from funcnn.check import check_backward, check_layer, check_loss
 from funcnn.gradients import value_and_grad
+from helpers import RTOL_F32, RTOL_F64, assert_close
 
 
 def _init(model, input_shape, *, scale=0.5, dtype=jnp.float32):
@@ -69,12 +70,11 @@ def test_forward_is_a_dense_layer_at_the_sampled_weights():
     x = jax.random.normal(jax.random.key(2), (5, 4))
     k = jax.random.key(7)
     w, b, eps_w, eps_b = sample(params, k)
-    np.testing.assert_allclose(w, params["w_mu"] + np.log1p(np.exp(params["w_rho"])) * eps_w, rtol=1e-6)
+    assert_close(w, params["w_mu"] + np.log1p(np.exp(params["w_rho"])) * eps_w, RTOL_F32)
     y, _ = layer.apply(params, state, x, key=k, train=True)
-    np.testing.assert_allclose(y, np.asarray(x) @ np.asarray(w).T + np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert_close(y, np.asarray(x) @ np.asarray(w).T + np.asarray(b), RTOL_F32)
     y_eval, _ = layer.apply(params, state, x)
-    np.testing.assert_allclose(y_eval, np.asarray(x) @ np.asarray(params["w_mu"]).T + np.asarray(params["b_mu"]),
-                               rtol=1e-5, atol=1e-6)
+    assert_close(y_eval, np.asarray(x) @ np.asarray(params["w_mu"]).T + np.asarray(params["b_mu"]), RTOL_F32)
 
 
 def test_sampled_weights_have_the_posterior_moments():
@@ -100,10 +100,10 @@ def test_reparameterisation_gradient_formula():
         grads, dx = layer.backward(params, cache, dy)
         w, b, eps_w, eps_b = sample(params, k)
         dw = dy.T @ x
-        np.testing.assert_allclose(grads["w_mu"], dw, rtol=1e-12)
-        np.testing.assert_allclose(grads["w_rho"], dw * eps_w / (1 + np.exp(-params["w_rho"])), rtol=1e-12)
-        np.testing.assert_allclose(grads["b_rho"], dy.sum(0) * eps_b / (1 + np.exp(-params["b_rho"])), rtol=1e-12)
-        np.testing.assert_allclose(dx, dy @ w, rtol=1e-12)
+        assert_close(grads["w_mu"], dw, RTOL_F64)
+        assert_close(grads["w_rho"], dw * eps_w / (1 + np.exp(-params["w_rho"])), RTOL_F64)
+        assert_close(grads["b_rho"], dy.sum(0) * eps_b / (1 + np.exp(-params["b_rho"])), RTOL_F64)
+        assert_close(dx, dy @ w, RTOL_F64)
 
 
 WRONG_BACKWARDS = {
@@ -170,9 +170,9 @@ def test_kl_is_zero_at_the_prior_and_finite_for_tiny_sigma():
     kl = gaussian_kl(jnp.zeros(4), rho, 1.0)
     dmu, drho = gaussian_kl_grad(jnp.zeros(4), rho, 1.0)
     assert np.isfinite(kl) and np.all(np.isfinite(drho))
-    np.testing.assert_allclose(drho, -1.0, rtol=1e-6)  # d/drho (-log s) -> -1 as rho -> -inf
+    assert_close(drho, -1.0, RTOL_F32)  # d/drho (-log s) -> -1 as rho -> -inf
     # log sigma ~ rho for very negative rho: KL per weight ~ -rho - 1/2
-    np.testing.assert_allclose(float(kl), float(jnp.sum(-rho - 0.5)), rtol=1e-6)
+    assert_close(float(kl), float(jnp.sum(-rho - 0.5)), RTOL_F32)
 
 
 def test_kl_penalty_gradient_passes_checker():
@@ -200,7 +200,7 @@ def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
             params, state, x, y, key=k)
         assert abs(float(vm - va)) <= 1e-12 * abs(float(va))
         chex.assert_trees_all_equal_structs(gm, params)
-        chex.assert_trees_all_close(gm, ga, rtol=1e-10, atol=0)
+        assert_close(gm, ga, RTOL_F64)
 
         @jax.jit
         def pieces(params):
@@ -213,8 +213,8 @@ def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
 
         dense_grad, total, by_hand, data_term = pieces(params)
         np.testing.assert_array_equal(dense_grad, 0.0)
-        np.testing.assert_allclose(total, by_hand, rtol=1e-14)
-        np.testing.assert_allclose(vm, data_term + by_hand / 50, rtol=1e-13)
+        assert_close(total, by_hand, RTOL_F64)
+        assert_close(vm, data_term + by_hand / 50, RTOL_F64)
 
 
 def test_kl_penalty_errors():
@@ -249,7 +249,7 @@ def test_posterior_sigma_shrinks_with_more_data_towards_the_mean_field_optimum()
                                 float(jax.nn.softplus(params["b_rho"][0]))]))
     assert np.all(sigmas[1] < sigmas[0] / 5), sigmas
     for got, want in zip(sigmas, optima):
-        np.testing.assert_allclose(got, want, rtol=0.15)  # SGD noise is about 5%
+        assert_close(got, want, 0.15)  # SGD noise is about 5%
 
 
 # ----------------------------------------------------------------------------- predict
@@ -291,19 +291,19 @@ def test_predict_is_the_average_over_samples():
     keys = jax.random.split(k, 20)
     one = jax.jit(lambda kk: model.apply(params, state, x, key=kk, train=True)[0])
     loop = np.stack([np.asarray(one(kk)) for kk in keys])
-    np.testing.assert_allclose(ys, loop, rtol=1e-5, atol=1e-6)
+    assert_close(ys, loop, RTOL_F32)
 
     reg = predict(model, params, state, x, k, samples=20, noise_var=0.25)
-    np.testing.assert_allclose(reg.mean, loop.mean(0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(reg.variance, loop.var(0) + 0.25, rtol=1e-4, atol=1e-6)
+    assert_close(reg.mean, loop.mean(0), RTOL_F32)
+    assert_close(reg.variance, loop.var(0) + 0.25, RTOL_F32)
     assert np.all(np.asarray(reg.variance) > 0.25)  # MC dropout spreads the outputs
 
     cls = predict(model, params, state, x, k, samples=20, output="logits")
     p = np.exp(loop - loop.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(cls.mean, p.mean(0), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(cls.variance, p.var(0), rtol=1e-3, atol=1e-7)
-    np.testing.assert_allclose(cls.mean.sum(-1), 1.0, rtol=1e-5)
+    assert_close(cls.mean, p.mean(0), RTOL_F32)
+    assert_close(cls.variance, p.var(0), 1e-3)
+    assert_close(cls.mean.sum(-1), 1.0, RTOL_F32)
 
 
 def test_predict_mean_logvar_and_deterministic_models():
@@ -312,8 +312,8 @@ def test_predict_mean_logvar_and_deterministic_models():
     x = jax.random.normal(jax.random.key(1), (5, 3))
     out = np.asarray(model.apply(params, state, x)[0])
     pred = predict(model, params, state, x, jax.random.key(2), samples=4, output="mean_logvar")
-    np.testing.assert_allclose(pred.mean, out[:, :1], rtol=1e-6)
-    np.testing.assert_allclose(pred.variance, np.exp(out[:, 1:]), rtol=1e-5)
+    assert_close(pred.mean, out[:, :1], RTOL_F32)
+    assert_close(pred.variance, np.exp(out[:, 1:]), RTOL_F32)
     with pytest.raises(ValueError, match="even output width"):
         predict(fn.serial(fn.Dense(3)), *fn.serial(fn.Dense(3)).init(jax.random.key(0), (3,)), x,
                 jax.random.key(0), output="mean_logvar")
@@ -346,18 +346,18 @@ def test_predict_compiles_once():
 def test_calibration_metrics_on_a_hand_computed_case():
     probs = jnp.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     labels = jnp.array([0, 1, 1, 0])
-    np.testing.assert_allclose(cal.nll(probs, labels), -(math.log(0.9) + math.log(0.4) + math.log(0.7)
-                                                        + math.log(0.2)) / 4, rtol=1e-6)
-    np.testing.assert_allclose(cal.brier(probs, labels), (0.02 + 0.72 + 0.18 + 1.28) / 4, rtol=1e-6)
+    assert_close(cal.nll(probs, labels), -(math.log(0.9) + math.log(0.4) + math.log(0.7)
+                                                        + math.log(0.2)) / 4, RTOL_F32)
+    assert_close(cal.brier(probs, labels), (0.02 + 0.72 + 0.18 + 1.28) / 4, RTOL_F32)
     # confidences 0.9, 0.6, 0.7, 0.8 and correct 1, 0, 1, 0; with 2 bins all fall in (0.5, 1]
-    np.testing.assert_allclose(cal.expected_calibration_error(probs, labels, bins=2), abs(0.5 - 0.75), rtol=1e-6)
+    assert_close(cal.expected_calibration_error(probs, labels, bins=2), abs(0.5 - 0.75), RTOL_F32)
     # 5 bins: (0.4, 0.6] holds 0.6 (wrong), (0.6, 0.8] holds 0.7 (right) and 0.8 (wrong), (0.8, 1] 0.9 (right)
     r = cal.reliability(probs, labels, bins=5)
     np.testing.assert_array_equal(r.count, [0, 0, 1, 2, 1])
-    np.testing.assert_allclose(r.confidence, [0, 0, 0.6, 0.75, 0.9], rtol=1e-6)
-    np.testing.assert_allclose(r.accuracy, [0, 0, 0, 0.5, 1], rtol=1e-6)
+    assert_close(r.confidence, [0, 0, 0.6, 0.75, 0.9], RTOL_F32)
+    assert_close(r.accuracy, [0, 0, 0, 0.5, 1], RTOL_F32)
     want = (0.6 + 2 * 0.25 + 0.1) / 4
-    np.testing.assert_allclose(cal.expected_calibration_error(probs, labels, bins=5), want, rtol=1e-6)
+    assert_close(cal.expected_calibration_error(probs, labels, bins=5), want, RTOL_F32)
 
 
 def test_calibration_extremes():
@@ -370,9 +370,8 @@ def test_calibration_extremes():
     assert float(cal.brier(onehot, wrong)) == 2.0
     assert np.isfinite(float(cal.nll(onehot, wrong)))  # guarded log of 0
     np.testing.assert_allclose(cal.predictive_entropy(onehot), 0.0)
-    np.testing.assert_allclose(cal.predictive_entropy(jnp.full((2, 4), 0.25)), math.log(4), rtol=1e-6)
-    np.testing.assert_allclose(cal.regression_nll(jnp.zeros(3), jnp.full(3, 4.0), jnp.array([0.0, 2.0, -2.0])),
-                               0.5 * (math.log(2 * math.pi * 4) + (0 + 1 + 1) / 3), rtol=1e-6)
+    assert_close(cal.predictive_entropy(jnp.full((2, 4), 0.25)), math.log(4), RTOL_F32)
+    assert_close(cal.regression_nll(jnp.zeros(3), jnp.full(3, 4.0), jnp.array([0.0, 2.0, -2.0])), 0.5 * (math.log(2 * math.pi * 4) + (0 + 1 + 1) / 3), RTOL_F32)
     with pytest.raises(ValueError, match="nll: probs must have shape"):
         cal.nll(onehot, labels[:2])
     with pytest.raises(TypeError, match="labels must be integers"):
@@ -390,12 +389,11 @@ def test_mse_is_gaussian_nll_with_fixed_variance_up_to_scale_and_constant():
     n, d = pred.shape
     # sum_d [(t - mu)^2 / 2 s^2 + log s + log(2 pi) / 2] averaged over n  =  (d / 2 s^2) mse + const
     const = d * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
-    np.testing.assert_allclose(nll.value(pred, target), d / (2 * sigma**2) * losses.mse.value(pred, target) + const,
-                               rtol=1e-6)
-    np.testing.assert_allclose(nll.grad(pred, target), d / (2 * sigma**2) * losses.mse.grad(pred, target), rtol=1e-6)
+    assert_close(nll.value(pred, target), d / (2 * sigma**2) * losses.mse.value(pred, target) + const, RTOL_F32)
+    assert_close(nll.grad(pred, target), d / (2 * sigma**2) * losses.mse.grad(pred, target), RTOL_F32)
     # and against the Gaussian density itself
     ref = -jax.scipy.stats.norm.logpdf(target, pred, sigma).sum() / n
-    np.testing.assert_allclose(nll.value(pred, target), ref, rtol=1e-6)
+    assert_close(nll.value(pred, target), ref, RTOL_F32)
 
 
 def test_softmax_cross_entropy_is_the_categorical_nll():
@@ -404,8 +402,8 @@ def test_softmax_cross_entropy_is_the_categorical_nll():
     z = np.asarray(logits, np.float64)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     ref = -np.mean(np.log(p[np.arange(8), np.asarray(labels)]))
-    np.testing.assert_allclose(losses.softmax_cross_entropy.value(logits, labels), ref, rtol=1e-5)
-    np.testing.assert_allclose(cal.nll(jnp.asarray(p), labels), ref, rtol=1e-6)
+    assert_close(losses.softmax_cross_entropy.value(logits, labels), ref, RTOL_F32)
+    assert_close(cal.nll(jnp.asarray(p), labels), ref, RTOL_F32)
 
 
 def test_gaussian_nll_learned_variance_is_the_density_and_passes_checker():
@@ -414,7 +412,7 @@ def test_gaussian_nll_learned_variance_is_the_density_and_passes_checker():
     target = jax.random.normal(jax.random.key(1), (5, 2))
     mu, s = pred[:, :2], pred[:, 2:]
     ref = -jax.scipy.stats.norm.logpdf(target, mu, jnp.exp(0.5 * s)).sum() / 5
-    np.testing.assert_allclose(loss.value(pred, target), ref, rtol=1e-5)
+    assert_close(loss.value(pred, target), ref, RTOL_F32)
     check_loss(loss, pred, target, key=jax.random.key(2)).assert_ok()
     # a 1-D target works too
     check_loss(loss, pred[:, :2], target[:, 0], key=jax.random.key(3)).assert_ok()

@@ -8,7 +8,7 @@ import pytest
 
 import funcnn as fn
 from funcnn.layer import Layer
-from tests import check_examples as ex
+import check_examples as ex
 
 
 def test_blame_lands_on_the_wrong_layer():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 import funcnn as fn
-from tests import check_examples as ex
+import check_examples as ex
 
 ONLY_WRONG_AWAY_FROM_INIT = {
     "layernorm: gain left out of dx": lambda w: ex.LayerNorm(forget_gain_in_dx=w),

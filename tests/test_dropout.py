@@ -8,6 +8,7 @@ import pytest
 from funcnn.check import check_layer
 from funcnn.layer import serial
 from funcnn.layers.dropout import Dropout
+from helpers import RTOL_F32, assert_close
 
 
 def _draws(rate, shape, n_keys, x=None):
@@ -25,7 +26,7 @@ def test_mask_statistics(rate):
     n = y.size
     # kept units are scaled by exactly 1 / (1 - rate), dropped ones are exactly 0
     kept = y != 0
-    np.testing.assert_allclose(y[kept], 1.0 / keep, rtol=1e-6)
+    assert_close(y[kept], 1.0 / keep, RTOL_F32)
     # the kept fraction is 1 - rate, within 5 binomial standard deviations
     assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * rate / n)
     # the mean is preserved: E[y] = x = 1, Var[y] = rate / keep
@@ -96,10 +97,10 @@ def test_backward_applies_the_forward_mask():
     assert dparams == {}
     kept = np.asarray(y) != 0
     assert 0 < kept.mean() < 1
-    np.testing.assert_allclose(dx, np.where(kept, np.asarray(dy) / 0.75, 0.0), rtol=1e-6, atol=0)
+    assert_close(dx, np.where(kept, np.asarray(dy) / 0.75, 0.0), RTOL_F32)
     # autodiff through apply with the same key sees the same mask
     dx_auto = jax.vjp(lambda x: layer.apply({}, {}, x, key=key, train=True)[0], x)[1](dy)[0]
-    np.testing.assert_allclose(dx, dx_auto, rtol=1e-6)
+    assert_close(dx, dx_auto, RTOL_F32)
 
 
 def test_serial_gives_each_dropout_its_own_key():

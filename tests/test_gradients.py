@@ -8,6 +8,7 @@ import pytest
 
 import funcnn as fn
 from funcnn import losses
+from helpers import RTOL_F32, assert_close
 
 
 def _model():
@@ -50,7 +51,7 @@ def test_l2_excludes_biases_and_adds_its_gradient():
     x, y = jnp.ones((2, 4)), jnp.array([0, 1])
     _, g0, _ = fn.value_and_grad(model, losses.softmax_cross_entropy)(params, state, x, y)
     v1, g1, _ = fn.value_and_grad(model, losses.softmax_cross_entropy, l2=0.5)(params, state, x, y)
-    np.testing.assert_allclose(g1["0_dense"]["w"] - g0["0_dense"]["w"], 0.5 * params["0_dense"]["w"], rtol=1e-5, atol=1e-6)
+    assert_close(g1["0_dense"]["w"] - g0["0_dense"]["w"], 0.5 * params["0_dense"]["w"], RTOL_F32)
     np.testing.assert_array_equal(g1["0_dense"]["b"], g0["0_dense"]["b"])
 
 
@@ -65,11 +66,11 @@ def test_per_example_grads_equal_the_loop(mode):
     assert values.shape == (7,)
     for n in range(7):
         v, g, _ = vg(params, state, x[n:n + 1], y[n:n + 1])
-        np.testing.assert_allclose(values[n], v, rtol=1e-6)
-        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[n], grads), g, rtol=1e-5, atol=1e-7)
+        assert_close(values[n], v, RTOL_F32)
+        assert_close(jax.tree_util.tree_map(lambda a: a[n], grads), g, RTOL_F32)
     # the batch gradient is the mean of the per-example gradients
     _, g_batch, _ = vg(params, state, x, y)
-    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a.mean(0), grads), g_batch, rtol=1e-5, atol=1e-7)
+    assert_close(jax.tree_util.tree_map(lambda a: a.mean(0), grads), g_batch, RTOL_F32)
 
 
 def test_with_manual_vjp_uses_the_handwritten_backward():
@@ -86,7 +87,7 @@ def test_with_manual_vjp_uses_the_handwritten_backward():
 
     g_true = jax.grad(lambda p: total(dense, p))(params)
     g_bridge = jax.grad(lambda p: total(fn.with_manual_vjp(doubled), p))(params)
-    chex.assert_trees_all_close(g_bridge, jax.tree_util.tree_map(lambda g: 2 * g, g_true))
+    assert_close(g_bridge, jax.tree_util.tree_map(lambda g: 2 * g, g_true), RTOL_F32)
 
 
 def test_with_manual_vjp_under_jit_and_vmap():
@@ -117,8 +118,8 @@ def test_training_with_bridge_matches_autodiff():
     bridged = fn.train.fit(fn.with_manual_vjp(model), losses.softmax_cross_entropy, optax.adam(1e-2), data, grad="autodiff", **kwargs)
     auto = fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(1e-2), data, grad="autodiff", **kwargs)
     manual = fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(1e-2), data, grad="manual", **kwargs)
-    chex.assert_trees_all_close(bridged.params, auto.params, rtol=1e-4, atol=1e-5)
-    chex.assert_trees_all_close(manual.params, auto.params, rtol=1e-4, atol=1e-5)
+    assert_close(bridged.params, auto.params, RTOL_F32)
+    assert_close(manual.params, auto.params, RTOL_F32)
 
 
 def test_bad_mode_is_refused():

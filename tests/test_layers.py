@@ -6,6 +6,7 @@ import pytest
 
 import funcnn as fn
 from funcnn import initializers
+from helpers import RTOL_F32, assert_close
 
 
 def test_dense_forward_is_wx_plus_b_per_example():
@@ -16,7 +17,7 @@ def test_dense_forward_is_wx_plus_b_per_example():
     x = jax.random.normal(jax.random.key(1), (5, 4))
     y, _ = layer.apply(params, state, x)
     for n in range(5):  # y_n = W x_n + b, the seed notation (W is S x R)
-        np.testing.assert_allclose(y[n], np.asarray(params["w"]) @ np.asarray(x[n]) + np.asarray(params["b"]), rtol=1e-5)
+        assert_close(y[n], np.asarray(params["w"]) @ np.asarray(x[n]) + np.asarray(params["b"]), RTOL_F32)
 
 
 @pytest.mark.parametrize("layer,ref", [
@@ -30,7 +31,7 @@ def test_dense_forward_is_wx_plus_b_per_example():
 def test_activation_forward(layer, ref):
     x = np.array([[-2.0, -0.5, 0.0, 0.5, 3.0], [1.0, 2.0, -3.0, 0.0, 0.25]], np.float32)
     y, _ = layer.apply({}, {}, jnp.asarray(x))
-    np.testing.assert_allclose(y, ref(x), rtol=1e-6, atol=1e-7)
+    assert_close(y, ref(x), RTOL_F32)
 
 
 def test_softmax_is_stable_for_huge_logits():
@@ -89,4 +90,4 @@ def test_layers_are_jit_and_vmap_able():
     x = jax.random.normal(jax.random.key(1), (6, 3))
     y_jit, _ = jax.jit(model.apply)(params, state, x)
     y_vmap = jax.vmap(lambda xi: model.apply(params, state, xi[None])[0][0])(x)
-    np.testing.assert_allclose(y_jit, y_vmap, rtol=1e-5, atol=1e-6)
+    assert_close(y_jit, y_vmap, RTOL_F32)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from funcnn import debug, losses
-from tests.helpers import RTOL_F32, RTOL_F64, assert_close
+from helpers import RTOL_F32, RTOL_F64, assert_close
 
 
 def test_softmax_cross_entropy_matches_optax_for_labels_and_onehot():

@@ -21,6 +21,7 @@ from funcnn.neurons import (
     simulate_adaptive, spike_times, stability,
 )
 from funcnn.neurons.hodgkin_huxley import HodgkinHuxley, xexp
+from helpers import RTOL_F32, assert_close
 
 HOPF, SNLC, HOMO = PRESETS["hopf"], PRESETS["snlc"], PRESETS["homoclinic"]
 HH = hodgkin_huxley()
@@ -42,7 +43,7 @@ def test_hh_rates_exact_at_removable_singularities(x64):
         # continuous with the closed form just off the singularity
         d = np.asarray([1e-3, -1e-3, 1e-2, -0.5])
         closed = 0.1 * d / (1 - np.exp(-d / 10))
-        np.testing.assert_allclose(np.asarray(am(jnp.asarray(-40.0 + d))), closed, rtol=1e-6)
+        assert_close(np.asarray(am(jnp.asarray(-40.0 + d))), closed, RTOL_F32)
         g = jax.jit(jax.jacfwd(lambda y: HH.rhs(y, 0.0)))(HH.steady_state(jnp.asarray(-40.0)))
         assert bool(jnp.all(jnp.isfinite(g)))
     assert float(xexp(0.0)) == 1.0 and float(jax.grad(xexp)(0.0)) == 0.5
@@ -139,7 +140,7 @@ def test_fi_curve_vmaps_and_matches_single_currents():
     cur = jnp.asarray([60.0, 80.0, 120.0])
     many = fi_curve(SNLC, cur, start="rest", **ML_RUN)
     one = [float(fi_curve(SNLC, c, start="rest", **ML_RUN)[0]) for c in cur]
-    np.testing.assert_allclose(np.asarray(many), one, rtol=1e-5)
+    assert_close(np.asarray(many), one, RTOL_F32)
     tr = simulate(SNLC, 80.0, y0=initial_states(SNLC, [80.0], "rest")[0], **ML_RUN)
     s = spike_times(tr["t"], tr["V"], 0.0, SNLC.refractory)
     s = s[s >= 1000.0]

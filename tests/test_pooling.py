@@ -8,6 +8,7 @@ from jax import lax
 
 from funcnn.check import check_layer
 from funcnn.layers.pooling import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
+from helpers import RTOL_F32, assert_close
 
 # (window, stride, padding, input (H, W, C)): tiling, a dropped remainder, overlap, SAME, pads
 POOL2D = [
@@ -45,20 +46,20 @@ def test_pool2d_forward_matches_reduce_window(kind, make, window, stride, paddin
     y, _ = layer.apply({}, {}, x)
     ref = _reference(kind, x, window, stride, padding)
     assert y.shape == ref.shape == (2, *layer.output_shape(shape))
-    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+    assert_close(y, ref, RTOL_F32)
 
 
 @pytest.mark.parametrize("kind,make", [("max", MaxPool1D), ("avg", AvgPool1D)])
 def test_pool1d_forward_matches_reduce_window(kind, make):
     x = jax.random.normal(jax.random.key(0), (2, 9, 3))
     y, _ = make(3, 2, "SAME").apply({}, {}, x)
-    np.testing.assert_allclose(y, _reference(kind, x, 3, 2, "SAME"), rtol=1e-6, atol=1e-6)
+    assert_close(y, _reference(kind, x, 3, 2, "SAME"), RTOL_F32)
 
 
 def test_global_avg_pool_forward_and_shape():
     x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
     layer = GlobalAvgPool()
-    np.testing.assert_allclose(layer.apply({}, {}, x)[0], x.mean(axis=(1, 2)), rtol=1e-6)
+    assert_close(layer.apply({}, {}, x)[0], x.mean(axis=(1, 2)), RTOL_F32)
     assert layer.output_shape((3, 4, 5)) == (5,) and layer.output_shape((7, 2)) == (2,)
 
 
@@ -109,7 +110,7 @@ def test_max_pool_sends_each_window_gradient_to_its_first_maximum():
 
 def test_avg_pool_excludes_padding_from_the_mean():
     y, _ = AvgPool2D(3, 1, "SAME").apply({}, {}, jnp.ones((1, 4, 4, 1)))
-    np.testing.assert_allclose(y, 1.0, rtol=1e-6)
+    assert_close(y, 1.0, RTOL_F32)
 
 
 def test_pool_errors_are_clear():

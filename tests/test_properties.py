@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcnn as fn
+from helpers import RTOL_F64, assert_close
 
 ACTS = ["sigmoid", "tanh", "relu", "identity", "softmax"]
 
@@ -26,4 +27,4 @@ def test_dense_activation_manual_equals_autodiff(batch, n_in, n_out, act, seed):
         _, vjp = jax.vjp(lambda p, x: model.apply(p, state, x)[0], params, x)
         g_auto = vjp(dy)
         for a, b in zip(jax.tree_util.tree_leaves(g_manual), jax.tree_util.tree_leaves(g_auto)):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+            assert_close(a, b, RTOL_F64)

@@ -10,6 +10,7 @@ import pytest
 import funcnn as fn
 from funcnn.check import check_layer
 from funcnn.layers.recurrent import GRU, LSTM, SimpleRNN
+from helpers import RTOL_F32, RTOL_F64, assert_close
 
 F, H = 2, 3
 CELLS = {
@@ -132,8 +133,8 @@ def test_forward_matches_reference(name, activation, with_state, reference):
         y_seq, y_last = jax.jit(lambda p, x: (seq.apply(p, {}, x)[0], last.apply(p, {}, x)[0]))(params, x_in)
     expected = reference(name, params, x, state0, activation or "tanh")
     assert y_seq.shape == (4, 7, H) and y_last.shape == (4, H)
-    np.testing.assert_allclose(np.asarray(y_seq), expected, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(y_last), expected[:, -1], rtol=0, atol=1e-12)
+    assert_close(np.asarray(y_seq), expected, RTOL_F64)
+    assert_close(np.asarray(y_last), expected[:, -1], RTOL_F64)
 
 
 def test_initial_state_continues_a_sequence():
@@ -144,7 +145,7 @@ def test_initial_state_continues_a_sequence():
     full, _ = layer.apply(params, {}, x)
     head, _ = layer.apply(params, {}, x[:, :3])
     tail, _ = layer.apply(params, {}, (x[:, 3:], head[:, -1]))
-    np.testing.assert_allclose(np.asarray(jnp.concatenate([head, tail], axis=1)), np.asarray(full), atol=1e-6)
+    assert_close(jnp.concatenate([head, tail], axis=1), full, RTOL_F32)
 
 
 def test_params_shapes_and_forget_bias():
@@ -160,8 +161,7 @@ def test_params_shapes_and_forget_bias():
     np.testing.assert_array_equal(np.asarray(b), np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
     # each recurrent gate block starts orthogonal
     w_hh = LSTM(H).init(jax.random.key(0), (5, F))[0]["w_hh"].reshape(4, H, H)
-    np.testing.assert_allclose(np.asarray(w_hh @ jnp.swapaxes(w_hh, 1, 2)), np.broadcast_to(np.eye(H), (4, H, H)),
-                               atol=1e-5)
+    assert_close(w_hh @ jnp.swapaxes(w_hh, 1, 2), np.broadcast_to(np.eye(H), (4, H, H)), RTOL_F32)
 
 
 def test_output_shape_and_serial():
@@ -182,10 +182,10 @@ def test_manual_grads_match_autodiff_in_float32_under_jit_and_vmap():
     loss = fn.losses.softmax_cross_entropy
     _, g_manual, _ = jax.jit(fn.value_and_grad(model, loss, mode="manual"))(params, state, x, y)
     _, g_auto, _ = jax.jit(fn.value_and_grad(model, loss, mode="autodiff"))(params, state, x, y)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_manual, g_auto)
+    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), g_manual, g_auto)
     per_example = jax.jit(fn.per_example_grads(model, loss))(params, state, x, y)[1]
     mean = jax.tree_util.tree_map(lambda g: g.mean(axis=0), per_example)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), mean, g_manual)
+    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), mean, g_manual)
 
 
 def test_with_manual_vjp_passes_initial_state_gradient():
@@ -200,7 +200,7 @@ def test_with_manual_vjp_passes_initial_state_gradient():
 
     g_manual = jax.grad(lambda s: objective(bridged.apply, s))(s0)
     g_auto = jax.grad(lambda s: objective(layer.apply, s))(s0)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_manual, g_auto)
+    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), g_manual, g_auto)
 
 
 @pytest.mark.parametrize("name", BASE)

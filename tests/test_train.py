@@ -6,6 +6,7 @@ import pytest
 
 import funcnn as fn
 from funcnn import losses, models
+from helpers import RTOL_F32, assert_close
 
 
 def test_mlp_on_digits_reaches_95_percent_with_manual_gradients():
@@ -95,6 +96,6 @@ def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
     runs = [fn.train.fit(model, losses.softmax_cross_entropy, optax.adam(1e-2), (x, y), epochs=2, batch_size=8,
                          key=jax.random.key(3), progress=False, scan=scan) for scan in (True, False)]
     for a, b in zip(jax.tree_util.tree_leaves(runs[0].params), jax.tree_util.tree_leaves(runs[1].params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=1e-5)
+        assert_close(a, b, RTOL_F32)
+    assert_close(runs[0].history["loss"], runs[1].history["loss"], RTOL_F32)
     # the automatic choice between the two (scan=None) is measured: tests/test_autotune.py

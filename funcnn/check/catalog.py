@@ -1,8 +1,10 @@
-"""Every built-in layer and loss, at a small float64 test point, for ``funcnn check``.
+"""Every built-in layer, loss and model, at small float64 test points, for ``funcnn check``.
 
 A case is a name, a zero-argument constructor and an input shape (one example);
 ``check_layer`` draws params and a standard-normal batch from a fixed key, which
-keeps inputs away from kinks (ReLU at 0, max-pool ties) with probability one.
+keeps inputs away from kinks (ReLU at 0, max-pool ties) with probability one, and
+checks at random parameters as well as the initial ones. Models go through
+``check_model``: every layer at the input it receives, then end to end.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import layers as L
-from funcnn import losses
+from funcnn import losses, models
 from funcnn.bayes.dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
+from funcnn.check.model import check_model
 from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
 from funcnn.layer import serial
 
@@ -92,7 +95,8 @@ LAYER_CASES: list[LayerCase] = [
 
 
 def _labels(n, c):
-    return lambda key: jax.random.randint(key, (n,), 0, c)
+    shape = n if isinstance(n, tuple) else (n,)
+    return lambda key: jax.random.randint(key, shape, 0, c)
 
 
 def _normal(shape):
@@ -114,6 +118,22 @@ LOSS_CASES: list[LossCase] = [
     LossCase("softmax_cross_entropy(probs)", losses.softmax_cross_entropy, (5, 4), _probs((5, 4))),
     LossCase("gaussian_nll(sigma=0.5)", losses.gaussian_nll(0.5), (4, 2), _normal((4, 2))),
     LossCase("gaussian_nll(learned)", losses.gaussian_nll(), (4, 4), _normal((4, 2))),
+    LossCase("softmax_cross_entropy(BxTxC labels)", losses.softmax_cross_entropy, (2, 3, 4), _labels((2, 3), 4)),
+    LossCase("multiclass_hinge", losses.multiclass_hinge, (5, 4), _labels(5, 4)),
+]
+
+
+class ModelCase(NamedTuple):
+    name: str
+    make: Callable
+    input_shape: tuple
+    options: dict = {}
+
+
+MODEL_CASES: list[ModelCase] = [
+    ModelCase("model:mlp", lambda: models.build("mlp", (3, 3, 1), 3, hidden=(6, 5), activation="tanh"), (3, 3, 1)),
+    ModelCase("model:cnn", lambda: models.build("cnn", (4, 4, 1), 3, hidden=(5,)), (4, 4, 1),
+              {"batch": 2, "max_fd": 64}),
 ]
 
 
@@ -129,6 +149,12 @@ def run_loss_case(case: LossCase, key=None, **kwargs):
     return check_loss(case.loss, pred, case.target(k_target), key=k_check, name=case.name, **kwargs)
 
 
+def run_model_case(case: ModelCase, key=None, **kwargs):
+    key = jax.random.key(0) if key is None else key
+    return check_model(case.make(), case.input_shape, key=key, name=case.name, **case.options, **kwargs)
+
+
 def run_all(key=None):
-    """Reports for every built-in layer, then every built-in loss."""
-    return [run_layer_case(c, key) for c in LAYER_CASES] + [run_loss_case(c, key) for c in LOSS_CASES]
+    """Reports for every built-in layer, then every built-in loss, then every model."""
+    return ([run_layer_case(c, key) for c in LAYER_CASES] + [run_loss_case(c, key) for c in LOSS_CASES]
+            + [run_model_case(c, key) for c in MODEL_CASES])

@@ -16,6 +16,10 @@ through ``Layer.children``:
   exact point). A child whose forward cannot take that input is reported as
   "not checked".
 
+Kinks are real here (a max-pool after a ReLU sees tied zeros): finite differences run
+over every element of each layer's input, so elements where the layer is not
+differentiable are recognised and left out (``funcnn.check.core``, "Kinks").
+
 The rows come in forward order, each combinator after its children, the whole model
 last. ``first_wrong`` is the key path (``"1_layernorm"``, ``"2_serial/1_dense"``) of the
 first row whose own check fails: the first layer, in forward order, whose backward is
@@ -123,8 +127,10 @@ def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
                     continue
                 entries += _walk(child, params[k], state[k], x, key, train, f"{path}{k}/", point, check_kwargs)
     forward, backward = _layer_fns(layer, state, key, train)
+    kwargs = dict(check_kwargs)
+    kwargs["max_fd"] = max(kwargs.get("max_fd", 512), int(jnp.size(x)))  # every input element: kinks
     report = check_backward(forward, backward, params, x, key=jax.random.key(1), name=layer.name,
-                            argnames=["params", "x"], point=point, **check_kwargs)
+                            argnames=["params", "x"], point=point, **kwargs)
     entries.append((path.rstrip("/") or "(model)", layer.name, report, ""))
     return entries
 

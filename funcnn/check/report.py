@@ -12,8 +12,9 @@ class Row:
     structural fault (missing leaf, wrong shape) that makes the row fail outright.
     ``point`` says where it was checked ("random" or "init" parameters, "given", or ""
     for plain ``check_backward``), ``order`` is 1 (the backward) or 2 (the backward
-    differentiated once more), and ``diagnosis`` explains a wrong leaf
-    (``funcnn.check.diagnose``)."""
+    differentiated once more), ``diagnosis`` explains a wrong leaf
+    (``funcnn.check.diagnose``), and ``kinks`` counts the elements left out because
+    the function is not differentiable there (``funcnn.check.core``)."""
 
     path: str
     abs_autodiff: float
@@ -25,6 +26,7 @@ class Row:
     point: str = ""
     order: int = 1
     diagnosis: str = ""
+    kinks: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Report:
                 f"(rel tol: autodiff {self.tol_autodiff:.0e}, finite differences {self.tol_fd:.0e})")
         lines = [head, f"  {'leaf':<{width}}  abs(ad)  rel(ad)  abs(fd)  rel(fd)"]
         for r in self.rows:
-            mark = "" if r.ok else "  <-- " + (r.problem or "wrong")
+            mark = ("" if r.ok else "  <-- " + (r.problem or "wrong")) + (
+                f"  ({r.kinks} at kinks, skipped)" if r.kinks else "")
             lines.append(
                 f"  {label(r):<{width}}  {fmt(r.abs_autodiff):>7}  {fmt(r.rel_autodiff):>7}"
                 f"  {fmt(r.abs_fd):>7}  {fmt(r.rel_fd):>7}{mark}"
