@@ -1,6 +1,7 @@
 """funcnn: neural networks as pure functions over parameter pytrees, every layer with
 its own hand-written backward, checked against autodiff and finite differences."""
 from funcnn import bayes, check, data, initializers, losses, models, neurons, perceptron, regularization, train
+from funcnn import parallel
 from funcnn.bayes import BayesDense
 from funcnn.check import check_backward, check_layer, check_loss
 from funcnn.gradients import per_example_grads, value_and_grad
@@ -18,6 +19,6 @@ __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "BayesDense", "Conv1D", "Conv2D", "Dense", "Dropout", "Flatten",
     "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "ReLU",
     "Sigmoid", "SimpleRNN", "Softmax", "Step", "Tanh", "bayes", "check", "check_backward", "check_layer",
-    "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
+    "check_loss", "data", "initializers", "losses", "models", "neurons", "parallel", "per_example_grads", "perceptron",
     "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
 ]

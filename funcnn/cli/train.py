@@ -11,7 +11,7 @@ import datetime
 import json
 from pathlib import Path
 
-from funcnn.cli.args import UsageError, int_list, nonnegative_float, positive_float, positive_int
+from funcnn.cli.args import UsageError, int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 DATASETS = ("digits", "mnist5k", "xor", "blobs", "moons")
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--devices", type=positive_int, default=None,
+                   help="data-parallel over N local devices (on CPU: N virtual CPU devices)")
+    p.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=positive_int, default=None, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=nonnegative_int, default=None, help="multi-host: this process, 0..P-1")
     p.set_defaults(func=run)
 
 
@@ -79,10 +84,21 @@ def _validate(args):
         raise UsageError(f"--model: expected one of {', '.join(sorted(models.MODELS))}, got {args.model!r}")
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise UsageError(f"--out: expected a new or empty folder, {str(args.out)!r} is not empty")
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in multi) and any(v is None for v in multi):
+        raise UsageError("--coordinator, --num-processes and --process-id: expected all three or none")
+    if args.process_id is not None and args.process_id >= args.num_processes:
+        raise UsageError(f"--process-id: expected 0..{args.num_processes - 1}, got {args.process_id}")
 
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
+    from funcnn import parallel
+
+    try:  # before JAX starts its backend
+        mesh = parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise UsageError(f"--devices: {str(e).split(': ', 1)[1]}") from None
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -95,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     d = datasets.load(args.data, seed=args.seed)
     if args.batch_size > len(d.x_train):
         raise UsageError(f"--batch-size: expected at most {len(d.x_train)} (the training set), got {args.batch_size}")
+    if mesh is not None and args.batch_size % mesh.size:
+        raise UsageError(f"--batch-size: expected a multiple of the {mesh.size} devices, got {args.batch_size}")
     if args.model == "cnn" and len(d.x_train.shape) != 4:
         raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
     loss = losses.get(args.loss)
@@ -113,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
-                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state)
+                 grad=args.grad, l2=args.l2, progress=not args.no_progress and jax.process_index() == 0,
+                 params=params, state=state, mesh=mesh)
+    if jax.process_index() != 0:  # multi-host: every process trains, process 0 reports
+        return 0
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
           f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients")
