@@ -1,9 +1,10 @@
 """funcnn: neural networks as pure functions over parameter pytrees, every layer with
 its own hand-written backward, checked against autodiff and finite differences."""
 from funcnn import bayes, check, data, debug, initializers, losses, models, neurons, perceptron, regularization, train
+from funcnn import parallel  # the data-parallel module; calling it is the combinator (funcnn/parallel.py, end)
 from funcnn.bayes import BayesDense
 from funcnn.check import check_backward, check_custom_jvp, check_custom_vjp, check_layer, check_loss, check_model
-from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
+from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, residual
 from funcnn.gradients import per_example_grads, value_and_grad
 from funcnn.layer import Layer, serial
 from funcnn.layers import (

@@ -35,6 +35,8 @@ device of every process, so all processes end with the same parameters.
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import jax
 import numpy as np
@@ -67,6 +69,36 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
+
+
+def setup(devices: int | None = None, coordinator: str | None = None, num_processes: int | None = None,
+          process_id: int | None = None):
+    """Devices and processes for a data-parallel run, before JAX starts its backend: the
+    mesh ``("data",)`` over ``devices`` local devices of every process (all by default),
+    or ``None`` when neither ``devices`` nor ``coordinator`` is given.
+
+    On CPU ``devices`` sets the number of CPU devices (``jax_num_cpu_devices``; JAX reads
+    it once, when the backend starts); on GPU it takes the first ``devices`` GPUs of each
+    process. ``coordinator``/``num_processes``/``process_id`` go to ``initialize``.
+    Raises ``ValueError`` when fewer devices are available than asked for.
+    """
+    if devices is None and coordinator is None:
+        return None
+    if devices is not None:
+        try:
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:  # the backend has started already: use the devices it has
+            pass
+    if coordinator is not None:
+        initialize(coordinator, num_processes, process_id)
+    local = jax.local_devices()
+    n = len(local) if devices is None else devices
+    if n > len(local):
+        raise ValueError(f"setup: expected at most the {len(local)} local {local[0].platform} devices "
+                         f"(on CPU, set before JAX starts), got {devices}")
+    chosen = [d for p in range(jax.process_count())
+              for d in [d for d in jax.devices() if d.process_index == p][:n]]
+    return jax.make_mesh((len(chosen),), (DATA,), axis_types=(AxisType.Explicit,), devices=chosen)
 
 
 def data_mesh(num_devices: int | None = None, *, axis_type: str = "Explicit") -> jax.sharding.Mesh:
@@ -204,3 +236,18 @@ def shard_map_value_and_grad(model, loss, mesh, *, mode="manual", l2=0.0, penalt
                              out_specs=P(), check_vma=False)(params, state, x, y, key)
 
     return f
+
+
+class _CallableModule(types.ModuleType):
+    """``funcnn.parallel`` names both kinds of parallelism: this module (devices of a mesh)
+    and, called, stax's combinator ``funcnn.combinators.parallel(*layers)`` (branches of a
+    network), so ``fn.parallel.initialize(...)`` and ``fn.parallel(f, g)`` both read as
+    written."""
+
+    def __call__(self, *layers):
+        from funcnn.combinators import parallel as branches
+
+        return branches(*layers)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -34,10 +34,10 @@ from funcnn.layer import serial  # noqa: E402
 BATCH = 8
 # one case of every layer with a batch contraction or batch statistics (the cost of a check is
 # its compilation; the elementwise layers have nothing to shard-specific to get wrong)
-CASES = ("mlp", "conv2d(3x3,SAME)", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "conv1d(3,s2,SAME)",
-         "maxpool2d(3,s2,SAME)", "avgpool2d(3,s2,SAME)", "batchnorm(NHWC)", "dropout(0.3)", "simple_rnn(T=5)",
-         "gru(T=4,h0,last)", "lstm(T=3,h0,c0)", "bayes_dense")
-AUTO_TOO = ("mlp", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "batchnorm(NHWC)", "lstm(T=3,h0,c0)")
+CASES = ("mlp", "conv2d(3x3,SAME)", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "maxpool2d(3,s2,SAME)",
+         "avgpool2d(3,s2,SAME)", "batchnorm(NHWC)", "dropout(0.3)", "gru(T=4,h0,last)", "lstm(T=3,h0,c0)",
+         "bayes_dense")
+AUTO_TOO = ("mlp", "lstm(T=3,h0,c0)")  # Auto axes, and the mesh against one device
 
 
 def _mesh(n, kind):
@@ -53,9 +53,8 @@ def _layer_grads(layer, params, state, x, r, key, train):
 
 
 def check_layers():
-    """The catalog layers of CASES, float64, batch sharded 4 ways, Explicit axes (and Auto
-    for AUTO_TOO):
-    manual vs autodiff under the mesh, and manual under the mesh vs one device."""
+    """The catalog layers of CASES, float64, batch sharded 4 ways, Explicit axes: manual vs
+    autodiff under the mesh; for AUTO_TOO also under Auto axes, and against one device."""
     out = {}
     with jax.enable_x64(True):
         for case in (c for c in LAYER_CASES if c.name in CASES):
@@ -72,15 +71,17 @@ def check_layers():
             y, _ = layer.apply(params, state, x, key=k_fwd, train=train)
             r = jax.random.normal(k_r, y.shape, jnp.float64)
             grads = jax.jit(_layer_grads, static_argnums=(0, 6))
-            ref, _ = grads(layer, params, state, x, r, k_fwd, train)
-            for kind in ("Explicit", "Auto") if case.name in AUTO_TOO else ("Explicit",):
+            more = case.name in AUTO_TOO
+            ref = grads(layer, params, state, x, r, k_fwd, train)[0] if more else None
+            for kind in ("Explicit", "Auto") if more else ("Explicit",):
                 mesh = _mesh(4, kind)
                 with jax.set_mesh(mesh):
                     xs, rs = (jax.tree_util.tree_map(lambda a: jax.device_put(a, P("data")), v) for v in (x, r))
                     ps = jax.device_put((params, state), P())
                     manual, auto = grads(layer, *ps, xs, rs, k_fwd, train)
                 out[f"{case.name}/{kind}/manual_vs_autodiff"] = rel_error(manual, auto)
-                out[f"{case.name}/{kind}/mesh_vs_one_device"] = rel_error(manual, ref)
+                if more:
+                    out[f"{case.name}/{kind}/mesh_vs_one_device"] = rel_error(manual, ref)
                 replicated = all(s is None for g in jax.tree_util.tree_leaves(manual[0])
                                  for s in g.sharding.spec)
                 out[f"{case.name}/{kind}/param_grads_replicated"] = 0.0 if replicated else 1.0
@@ -123,15 +124,14 @@ def check_fit():
 
 
 def check_shard_map():
-    """shard_map_value_and_grad (manual and autodiff, BatchNorm(axis_name="data")) against
-    value_and_grad under the mesh (manual), float64: the MLP without dropout, a CNN, an LSTM."""
+    """shard_map_value_and_grad (BatchNorm(axis_name="data")) against value_and_grad under
+    the mesh, float64: an MLP (manual and autodiff), a CNN (manual)."""
     out = {}
     models = {
         "mlp": (lambda a: serial(L.Dense(16), L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal",
                                                           axis_name=a), L.Tanh(), L.Dense(3)), (6,)),
         "cnn": (lambda a: serial(L.Conv2D(3, 3), L.BatchNorm(axis_name=a), L.ReLU(), L.MaxPool2D(2),
                                  L.Flatten(), L.Dense(3)), (6, 6, 1)),
-        "lstm": (lambda a: serial(L.LSTM(5, return_sequences=False), L.Dense(3)), (4, 2)),
     }
     mesh = _mesh(4, "Explicit")
     with jax.enable_x64(True):
@@ -143,7 +143,7 @@ def check_shard_map():
             with jax.set_mesh(mesh):
                 args = (*parallel.replicate((params, state), mesh), *parallel.shard_batch((x, y), mesh))
                 ref = jax.jit(funcnn.value_and_grad(make(None), losses.softmax_cross_entropy))(*args)
-                for mode in ("manual", "autodiff"):
+                for mode in ("manual", "autodiff") if name == "mlp" else ("manual",):
                     f = parallel.shard_map_value_and_grad(make("data"), losses.softmax_cross_entropy, mesh, mode=mode)
                     got = jax.jit(f)(*args)
                     out[f"shard_map/{name}/{mode}"] = rel_error(got, ref)

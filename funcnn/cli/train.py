@@ -19,7 +19,7 @@ from pathlib import Path
 
 from funcnn.cli import gpt
 from funcnn.cli.args import (
-    UsageError, check_out_dir, int_list, nonnegative_float, positive_float, positive_int, seed,
+    UsageError, check_out_dir, int_list, nonnegative_float, positive_float, positive_int, seed, nonnegative_int,
 )
 
 DATASETS = ("digits", "mnist5k", "mnist1d", "xor", "blobs", "moons", "pydoc")
@@ -49,6 +49,11 @@ def register(sub) -> None:
                    help="continue the interrupted run in DIR with its recorded arguments")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gpt.add_arguments(p)
+    p.add_argument("--devices", type=positive_int, default=None,
+                   help="data-parallel over N local devices (on CPU: N virtual CPU devices)")
+    p.add_argument("--coordinator", default=None, help="multi-host: HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=positive_int, default=None, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=nonnegative_int, default=None, help="multi-host: this process, 0..P-1")
     p.set_defaults(func=run)
 
 
@@ -98,6 +103,11 @@ def _validate(args):
         raise UsageError(f"--model: expected one of {', '.join(sorted(models.MODELS))}, got {args.model!r}")
     if args.model == "cnn" and args.data not in ("digits", "mnist5k"):
         raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
+    multi = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in multi) and any(v is None for v in multi):
+        raise UsageError("--coordinator, --num-processes and --process-id: expected all three or none")
+    if args.process_id is not None and args.process_id >= args.num_processes:
+        raise UsageError(f"--process-id: expected 0..{args.num_processes - 1}, got {args.process_id}")
     if args.out is None:
         args.out = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.out = check_out_dir(args.out)
@@ -150,13 +160,19 @@ def run(args: argparse.Namespace) -> int:
     from funcnn._interrupt import Interrupted, catching_signals
     from funcnn.train import NonFiniteError
 
+    from funcnn import parallel
+
     args = _validate(args)
     resuming = args.resume is not None
+    try:  # before JAX starts its backend
+        mesh = parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise UsageError(f"--devices: {str(e).split(': ', 1)[1]}") from None
     try:
         with catching_signals():
             if args.model == "gpt" or args.data == "pydoc":
                 return gpt.run(args)
-            return _train(args, resuming)
+            return _train(args, resuming, mesh)
     except Interrupted as e:
         print(f"interrupted at epoch {e.epoch}; resume with: funcnn train --resume {args.out}", file=sys.stderr)
         return e.exit_code
@@ -165,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _train(args, resuming):
+def _train(args, resuming, mesh):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -179,6 +195,8 @@ def _train(args, resuming):
     d = datasets.load(args.data, seed=args.seed)
     if args.batch_size > len(d.x_train):
         raise UsageError(f"--batch-size: expected at most {len(d.x_train)} (the training set), got {args.batch_size}")
+    if mesh is not None and args.batch_size % mesh.size:
+        raise UsageError(f"--batch-size: expected a multiple of the {mesh.size} devices, got {args.batch_size}")
     loss = losses.get(args.loss)
     if args.loss == "mse":
         eye = np.eye(d.num_classes, dtype=np.float32)
@@ -206,8 +224,11 @@ def _train(args, resuming):
     gap = first_step_gradient_gap(model, loss, params, state, xb, yb, key, args.l2)
 
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
-                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state,
-                 checkpoint_dir=out / "checkpoints", resume=resuming)
+                 grad=args.grad, l2=args.l2, progress=not args.no_progress and jax.process_index() == 0,
+                 params=params, state=state, mesh=mesh, resume=resuming,
+                 checkpoint_dir=out / "checkpoints" if jax.process_count() == 1 else None)
+    if jax.process_index() != 0:  # multi-host: every process trains, process 0 reports
+        return 0
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
           f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients")
