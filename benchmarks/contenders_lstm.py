@@ -124,20 +124,8 @@ def torch_step(threads=None):
     torch.manual_seed(0)
     model = Model()
     x, y = data()
-    run = torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
-                        torch.from_numpy(x), torch.from_numpy(y).long())
-    if threads is None:
-        return run
-
-    def run_with_threads():
-        default = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return run()
-        finally:
-            torch.set_num_threads(default)
-
-    return run_with_threads
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+                         torch.from_numpy(x), torch.from_numpy(y).long(), threads)
 
 
 def contenders():
