@@ -152,14 +152,15 @@ def choose(op: str, key, candidates: dict, args: Callable[[], tuple], *, fallbac
 
     ``candidates``: ``{name: f}`` with ``f(*args())`` one run of that formulation;
     ``args``: builds concrete dummy inputs (only called when measuring); ``fallback``:
-    the name used when not measuring; ``impl``: a forced name or name prefix;
+    the name used when not measuring; ``impl``: a forced name (exact) or name prefix;
     ``work``: FLOPs of one run (None: always worth measuring); ``jit=False``: the
     candidates are already compiled callables (e.g. a Python loop of jitted steps). ``key`` must be hashable
     and have a stable ``repr`` (it names the choice on disk).
     """
     prefix = impl if impl is not None else forced(op)
     if prefix is not None:
-        kept = {n: f for n, f in candidates.items() if n == prefix or n.startswith(prefix)}
+        kept = ({prefix: candidates[prefix]} if prefix in candidates
+                else {n: f for n, f in candidates.items() if n.startswith(prefix)})
         if not kept:
             raise ValueError(f"autotune.choose: no {op} formulation matches {prefix!r}; "
                              f"candidates are {sorted(candidates)}")
