@@ -101,7 +101,7 @@ def equinox_step():
     return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y))
 
 
-def torch_step():
+def torch_step(threads=None):
     import torch
 
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def torch_step():
         torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
     x, y = data()
     return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
-                         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long())
+                         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long(), threads)
 
 
 def contenders():
@@ -124,6 +124,7 @@ def contenders():
         "flax nnx": flax_step(),
         "equinox": equinox_step(),
         "pytorch": torch_step(),
+        "pytorch (1 thread)": torch_step(threads=1),
     }
 
 

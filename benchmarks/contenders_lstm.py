@@ -15,7 +15,8 @@ TITLE = "LSTM(128), length 40, 1 feature, batch 64, last h -> Dense(10), Adam"
 REFERENCE = "pytorch"
 NOTES = (
     "funcnn manual runs the hand-written BPTT: the input projection is one product before "
-    "the forward scan, and dW_ih, dW_hh are one product each after the reverse scan. "
+    "the forward scan, and dW_ih, dW_hh are one product each after the reverse scan; the scans' "
+    "unroll (1, 2 or 4) is measured when the layer is first traced (`funcnn.autotune`). "
     "funcnn autodiff is `jax.grad` of the same forward (hoisted input projection), which "
     "accumulates the weight gradients inside the reverse scan. Raw JAX is the textbook "
     "`lax.scan` over `x_t W_ih^T + h W_hh^T + b` under `jax.grad`; Flax uses "
@@ -123,20 +124,8 @@ def torch_step(threads=None):
     torch.manual_seed(0)
     model = Model()
     x, y = data()
-    run = torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
-                        torch.from_numpy(x), torch.from_numpy(y).long())
-    if threads is None:
-        return run
-
-    def run_with_threads():
-        default = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return run()
-        finally:
-            torch.set_num_threads(default)
-
-    return run_with_threads
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+                         torch.from_numpy(x), torch.from_numpy(y).long(), threads)
 
 
 def contenders():

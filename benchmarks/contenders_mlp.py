@@ -64,7 +64,7 @@ def equinox_step():
     return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y))
 
 
-def torch_step():
+def torch_step(threads=None):
     import torch
 
     torch.manual_seed(0)
@@ -72,7 +72,7 @@ def torch_step():
                                 torch.nn.ReLU(), torch.nn.Linear(512, 10))
     x, y = data()
     return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
-                         torch.from_numpy(x), torch.from_numpy(y).long())
+                         torch.from_numpy(x), torch.from_numpy(y).long(), threads)
 
 
 def contenders():
@@ -83,4 +83,5 @@ def contenders():
         "flax nnx": flax_step(),
         "equinox": equinox_step(),
         "pytorch": torch_step(),
+        "pytorch (1 thread)": torch_step(threads=1),
     }

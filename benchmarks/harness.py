@@ -158,8 +158,10 @@ def jax_stepper(loss, params, x, y):
     return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
 
 
-def torch_stepper(model, loss_fn, optimizer, x, y):
-    """A contender running one PyTorch training step (zero_grad, forward, backward, step)."""
+def torch_stepper(model, loss_fn, optimizer, x, y, threads=None):
+    """A contender running one PyTorch training step (zero_grad, forward, backward, step);
+    with ``threads`` set, on that many intra-op threads (default: torch's, one per core)."""
+    import torch
 
     def run():
         optimizer.zero_grad(set_to_none=True)
@@ -168,7 +170,18 @@ def torch_stepper(model, loss_fn, optimizer, x, y):
         optimizer.step()
         return None
 
-    return run
+    if threads is None:
+        return run
+
+    def run_with_threads():
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(default)
+
+    return run_with_threads
 
 
 def flax_stepper(model, x, y, leaf):

@@ -17,7 +17,9 @@ shape is traced:
    caller's FLOP estimate) below ``MIN_WORK``: the caller's ``fallback`` rule;
 4. measured: every candidate is compiled on its own (``jax.jit``) on concrete dummy
    inputs of the traced shapes, called once (compile time, reported apart), then timed
-   in interleaved rounds with ``block_until_ready``; the smallest median wins.
+   in interleaved rounds with ``block_until_ready``; the smallest time wins (the fastest
+   round of each: other work on the machine only ever adds time, so the minimum is the
+   most load-independent estimate of a candidate's cost).
 
 Measurement runs under ``jax.ensure_compile_time_eval`` so it also works while an
 enclosing ``jit``/``grad``/``vmap`` is tracing: the traced program only sees the name
@@ -106,7 +108,7 @@ def measure(candidates: dict, args: tuple, *, rounds: int = ROUNDS, budget_s: fl
     """Compile each candidate ``f(*args)`` alone (``jit=False``: ``f`` compiles itself on its
     first call), then time the candidates in interleaved rounds.
 
-    Returns ``(median seconds per call, compile seconds)``, two dicts keyed like ``candidates``.
+    Returns ``(fastest round's seconds, compile seconds)``, two dicts keyed like ``candidates``.
     """
     compiled, compile_s = {}, {}
     for name, f in candidates.items():
@@ -115,7 +117,7 @@ def measure(candidates: dict, args: tuple, *, rounds: int = ROUNDS, budget_s: fl
         jax.block_until_ready(compiled[name](*args))  # first call: allocations, thread pools
         compile_s[name] = time.perf_counter() - t0
     times = time_rounds(compiled, args, rounds=rounds, budget_s=budget_s)
-    return {name: float(np.median(t)) for name, t in times.items()}, compile_s
+    return {name: float(np.min(t)) for name, t in times.items()}, compile_s
 
 
 def time_rounds(calls: dict, args: tuple = (), *, rounds: int, budget_s: float = float("inf"),
@@ -150,14 +152,15 @@ def choose(op: str, key, candidates: dict, args: Callable[[], tuple], *, fallbac
 
     ``candidates``: ``{name: f}`` with ``f(*args())`` one run of that formulation;
     ``args``: builds concrete dummy inputs (only called when measuring); ``fallback``:
-    the name used when not measuring; ``impl``: a forced name or name prefix;
+    the name used when not measuring; ``impl``: a forced name (exact) or name prefix;
     ``work``: FLOPs of one run (None: always worth measuring); ``jit=False``: the
     candidates are already compiled callables (e.g. a Python loop of jitted steps). ``key`` must be hashable
     and have a stable ``repr`` (it names the choice on disk).
     """
     prefix = impl if impl is not None else forced(op)
     if prefix is not None:
-        kept = {n: f for n, f in candidates.items() if n == prefix or n.startswith(prefix)}
+        kept = ({prefix: candidates[prefix]} if prefix in candidates
+                else {n: f for n, f in candidates.items() if n.startswith(prefix)})
         if not kept:
             raise ValueError(f"autotune.choose: no {op} formulation matches {prefix!r}; "
                              f"candidates are {sorted(candidates)}")

@@ -231,3 +231,11 @@ def test_recurrent_unrolls_agree_and_the_choice_is_measured(monkeypatch, cell):
         (decision,) = [d for d in autotune.decisions() if d["source"] == "measured"]
         assert decision["op"] == "recurrent" and decision["choice"] == "unroll4"
         assert_close((y, grads), results[0], RTOL_F64)
+
+
+def test_cache_file_location(monkeypatch, tmp_path):
+    assert autotune.cache_file() is None  # off by default
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("FUNCNN_AUTOTUNE_CACHE", "1")
+    path = autotune.cache_file()
+    assert path.parent == tmp_path / "funcnn" and path.name.startswith("autotune-") and path.suffix == ".json"

@@ -33,6 +33,8 @@ def test_bench_quick_writes_json_and_roofline(tmp_path, monkeypatch, capsys):
         assert row["rounds"] == 2 and row["median_ms"] > 0 and row["compile_ms"] > 0 and row["flops"] > 0
         assert row["gflops"] == pytest.approx(row["flops"] / row["median_ms"] * 1e-6)
         assert row["pct_of_peak"] == pytest.approx(100 * row["gflops"] / peak)
+    for row in result["steps"]:
+        assert row["bytes"] is None and row["intensity"] is None  # steps: no byte count, not on the roofline
     gemm = next(r for r in result["kernels"] if r["name"] == "gemm 64x64x64")
     assert gemm["flops"] == 2 * 64 ** 3 and gemm["bytes"] == 3 * 4 * 64 * 64
     assert peak == pytest.approx(max(r["flops"] / r["best_ms"] * 1e-6 for r in result["kernels"] if r["kind"] == "gemm"))
@@ -56,3 +58,22 @@ def test_published_peaks():
     assert report.published_peak("NVIDIA H100 80GB HBM3")["bf16_tflops"] == 989.0
     assert report.published_peak("NVIDIA H100 PCIe")["bf16_tflops"] == 756.0
     assert report.published_peak("cpu") is None
+
+
+def test_step_flops_follow_the_model_flops_convention():
+    """3x the forward's product FLOPs, counted by hand; for the MLP (no loop, no padding) the
+    hand count is XLA's own count of the forward less the bias adds and ReLUs (< 1% here)."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcnn.bench import steps
+
+    assert steps.forward_flops("mlp", 8, 4) == 2 * 8 * (16 * 512 + 512 * 512 + 512 * 10)
+    assert steps.forward_flops("lstm", 2, 5) == 2 * 2 * (5 * 129 * 512 + 128 * 10)
+    assert steps.forward_flops("cnn", 2, 8) == 2 * 2 * (64 * 9 * 32 + 16 * 9 * 32 * 64 + 4 * 64 * 10)
+    net, shape = steps.model("mlp", 4)
+    params, state = net.init(jax.random.key(0), shape)
+    cost = jax.jit(lambda p, x: net.apply(p, state, x)[0]).lower(params, jnp.ones((8, *shape))).cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    hand = steps.forward_flops("mlp", 8, 4)
+    assert hand <= xla <= 1.01 * hand

@@ -3,8 +3,8 @@
 Every case (a core kernel, or one training step of a model) is timed in interleaved
 rounds (``autotune.time_rounds``) after being compiled apart (compile time, including
 any autotuning at trace time, is reported separately). For a case doing F FLOPs and
-moving B bytes in t seconds (F and B from XLA's cost analysis of the compiled program,
-or counted by hand for the kernels),
+moving B bytes in t seconds (counted by hand: ``kernels``; for a training step F is 3x
+the forward's product FLOPs, the model-FLOPs convention, and B is not counted: ``steps``),
 
     achieved = F / t,   intensity I = F / B,   roofline(I) = min(P, W I),
 

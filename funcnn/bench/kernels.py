@@ -23,19 +23,14 @@ from funcnn import autotune
 
 def time_cases(cases: list, setting, log=print) -> list:
     """Compile every case's ``fn(*args)`` apart (timed), then time all in interleaved rounds.
-    A case is a dict with name, kind, fn, args, flops, bytes (None: from XLA's cost analysis);
+    A case is a dict with name, kind, fn, args, flops, bytes (counted by hand; bytes may be None);
     ``jit=False`` in a case: ``fn`` is called as is (it compiles on its first call)."""
     calls, rows = {}, []
     for case in cases:
         row = {k: v for k, v in case.items() if k not in ("fn", "args", "jit")}
         t0 = time.perf_counter()
         if case.get("jit", True):
-            lowered = jax.jit(case["fn"]).lower(*case["args"])  # traces: autotuning happens here
-            cost = lowered.cost_analysis() or {}
-            cost = cost[0] if isinstance(cost, list) else cost
-            row["flops"] = row.get("flops") or cost.get("flops")
-            row["bytes"] = row.get("bytes") or cost.get("bytes accessed")
-            f = lowered.compile()
+            f = jax.jit(case["fn"]).lower(*case["args"]).compile()  # tracing autotunes
         else:
             f = case["fn"]
         jax.block_until_ready(f(*case["args"]))
