@@ -19,7 +19,7 @@ def test_bench_quick_writes_json_and_roofline(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--quick", "--no-peers", "--out", str(out)]) == 0
     result = json.loads((out / "bench.json").read_text())
     assert (out / "roofline.png").stat().st_size > 1000 and "| case |" in (out / "bench.md").read_text()
-    assert {"setting", "date", "machine", "versions", "backend", "device_kind", "peak", "kernels", "steps",
+    assert {"setting", "date", "machine", "load_average", "versions", "backend", "device_kind", "peak", "kernels", "steps",
             "autotune"} <= set(result)
     assert result["setting"]["name"] == "quick" and result["setting"]["models"] == [["mlp", 8, 4], ["lstm", 4, 3]]
     kinds = [r["kind"] for r in result["kernels"]]

@@ -20,6 +20,7 @@ roofline figure. ``QUICK`` and ``FULL`` are the two settings of the command.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import NamedTuple
 
 
@@ -51,10 +52,12 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
     for row in kernel_rows + step_rows:
         row["pct_of_peak"] = 100 * row["gflops"] / peak if row["gflops"] is not None else None
     dev = jax.devices()[0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "setting": setting._asdict(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": report.machine(),
+        "load_average": load,  # 1-minute load average at the end: how busy the machine was
         "versions": report.versions(),
         "backend": dev.platform,
         "device_kind": dev.device_kind,

@@ -56,14 +56,19 @@ def _num(v, fmt):
 def table(result: dict) -> str:
     """A markdown table of every case: median and IQR ms, compile ms, GFLOP/s, % of peak."""
     peak = result["peak"]
-    lines = [f"funcnn bench ({result['setting']['name']}), {result['date']}", f"{result['machine']}; {result['versions']}",
+    load = result.get("load_average")
+    lines = [f"funcnn bench ({result['setting']['name']}), {result['date']}",
+             f"{result['machine']}" + (f" (load average {load:.1f} at the end)" if load is not None else "")
+             + f"; {result['versions']}",
              f"measured peak P = {peak['measured_gemm_gflops']:.1f} GFLOP/s (best GEMM), "
              f"bandwidth W = {peak['measured_bandwidth_gbytes_per_s']:.1f} GB/s (stream)"]
     if peak["published"]:
         p = peak["published"]
         lines.append(f"published ({p['device']}): {p['bf16_tflops']:.0f} TFLOP/s bf16 dense, "
                      f"{p['fp32_tflops']:.1f} TFLOP/s fp32, {p['bandwidth_tbytes_per_s']:.2f} TB/s")
-    lines += ["", "| case | median ms | IQR ms | compile ms | GFLOP/s | % of peak | FLOP/byte | vs manual |",
+    lines += ["compile ms: trace + compile + first call; the first case of a shape also pays the autotuner's "
+              "measurements (later cases reuse its choices).",
+              "", "| case | median ms | IQR ms | compile ms | GFLOP/s | % of peak | FLOP/byte | vs manual |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["kernels"] + result["steps"]:
         lines.append(f"| {r['name']} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} | {_num(r['compile_ms'], '.0f')} | "
