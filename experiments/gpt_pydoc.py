@@ -71,7 +71,7 @@ def train_torch(config, weights, corpus, *, steps, batch_size, eval_every, val_x
         loss = ce(model(torch.from_numpy(x).long()).flatten(0, 1), torch.from_numpy(y).long().flatten())
         loss.backward()
         opt.step()
-        since.append(float(loss))
+        since.append(loss.item())
         if i % eval_every == 0 or i == steps:
             history["step"].append(i)
             history["train_loss"].append(float(np.mean(since)))
