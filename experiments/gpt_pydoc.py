@@ -138,10 +138,10 @@ def main(argv=None):
     ]
     for j, s in enumerate(steps_axis):
         vals = [runs[n][0]["val_loss"][j] for n in names]
-        lines.append(f"| {s} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {max(vals) - min(vals):.4f} |")
+        lines.append(f"| {s} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {max(vals) - min(vals):.1e} |")
     lines += [
         "",
-        f"Final validation losses agree {verdict} +-{AGREE} nats/char (largest gap {gap:.4f}). "
+        f"Final validation losses agree {verdict} +-{AGREE} nats/char (largest gap {gap:.1e}). "
         "Seconds per run: " + ", ".join(f"{n} {runs[n][1]:.0f}" for n in names) + ".",
         "",
         f"Sample from the hand-written-backward model (prompt {prompt!r}, temperature 0.8, 400 characters):",
@@ -153,7 +153,7 @@ def main(argv=None):
         "![gpt_pydoc](gpt_pydoc.png)",
         "",
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, n in enumerate(names):
         hist = runs[n][0]
         ax.plot(hist["step"], hist["val_loss"], color=f"C{i}", marker="o", ms=3, label=f"{n} (validation)")
@@ -161,6 +161,14 @@ def main(argv=None):
     ax.set(xlabel="step", ylabel="nats/char", title=f"GPT on pydoc, {steps} steps x {batch} windows")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ref = np.array(runs["pytorch"][0]["val_loss"])
+    for i, n in enumerate(names[:-1]):
+        diff = np.abs(np.array(runs[n][0]["val_loss"]) - ref)
+        ax_gap.plot(steps_axis, np.maximum(diff, 1e-8), color=f"C{i}", marker="o", ms=3, label=f"|{n} - pytorch|")
+    ax_gap.axhline(AGREE, color="k", ls="--", lw=0.8, label=f"target {AGREE}")
+    ax_gap.set(xlabel="step", ylabel="nats/char", yscale="log", title="validation-loss gap to PyTorch (floor 1e-8)")
+    ax_gap.grid(alpha=0.3)
+    ax_gap.legend(fontsize=8)
     _common.write(out, "gpt_pydoc", lines, fig, elapsed)
     print(f"final gap {gap:.4f} nats/char ({verdict} {AGREE})")
     print(sample_text)
