@@ -8,7 +8,8 @@ same order, with Adam (same learning rate, betas and epsilon):
 * funcnn with the hand-written backward of every layer (``grad="manual"``);
 * funcnn with ``jax.grad`` of the same forward (``grad="autodiff"``);
 * the same architecture in PyTorch (``nn.MultiheadAttention``, ``nn.LayerNorm``,
-  exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``).
+  exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``),
+  on one intra-op thread (its default two threads were ~10x slower on the two shared cores).
 
 Data: ``funcnn.text.load_pydoc(seed=0)`` (contiguous 4096-character blocks, 10% of them
 validation). The validation loss (nats/char) is measured on the same fixed validation
@@ -51,6 +52,7 @@ def train_torch(config, weights, corpus, *, steps, batch_size, eval_every, val_x
     """The PyTorch reference on ``lm.batches``' batches; returns the history like ``train_lm``'s."""
     import torch
 
+    torch.set_num_threads(1)  # two threads on two shared cores were ~10x slower (measured under load)
     model = torch_gpt(corpus.vocab_size, config["context"], config["layers"], config["heads"], config["width"])
     model.load_state_dict(torch_state_dict(weights))
     opt = torch.optim.Adam(model.parameters(), LR)
@@ -131,7 +133,7 @@ def main(argv=None):
         f"({steps * batch * config['context']:,} characters, {steps * batch * config['context'] / len(corpus.train):.2f} "
         f"passes), Adam(lr {LR}), the same initial weights and the same batches in all three runs. Validation "
         f"loss on {len(val_x)} fixed windows ({val_y.size:,} characters). Total time {elapsed:.0f} s on two "
-        "shared, loaded CPU cores (times measured under load).",
+        "shared, loaded CPU cores (times measured under load; PyTorch on one thread).",
         "",
         "| step | " + " | ".join(names) + " | largest gap |",
         "|---:|" + "---:|" * (len(names) + 1),
