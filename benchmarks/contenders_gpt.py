@@ -25,7 +25,8 @@ NOTES = (
     "same forward. Raw JAX is the textbook forward (softmax over masked scores) under "
     "`jax.grad`; Flax uses `nnx.MultiHeadAttention` with `nnx.make_causal_mask`, Equinox "
     "`eqx.nn.MultiheadAttention` per sequence, `jax.vmap`-ed over the batch; PyTorch "
-    "`nn.MultiheadAttention(batch_first=True)` with a boolean causal mask, default intra-op threads."
+    "`nn.MultiheadAttention(batch_first=True)` with a boolean causal mask, with its default intra-op "
+    "threads (one per core) and restricted to one thread."
 )
 VOCAB, CONTEXT, LAYERS, HEADS, WIDTH, BATCH = 103, 64, 4, 4, 128, 32
 
@@ -241,7 +242,8 @@ def torch_state_dict(p):
     return sd
 
 
-def torch_step():
+def torch_step(threads=None):
+    """PyTorch's step; with ``threads`` set, torch runs it on that many intra-op threads."""
     import torch
 
     torch.manual_seed(0)
@@ -251,7 +253,19 @@ def torch_step():
     def loss_fn(logits, y):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
 
-    return torch_stepper(model, loss_fn, torch.optim.Adam(model.parameters(), 1e-3), x, y)
+    run = torch_stepper(model, loss_fn, torch.optim.Adam(model.parameters(), 1e-3), x, y)
+    if threads is None:
+        return run
+
+    def run_with_threads():
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(default)
+
+    return run_with_threads
 
 
 def contenders():
@@ -262,4 +276,5 @@ def contenders():
         "flax nnx": flax_step(),
         "equinox": equinox_step(),
         "pytorch": torch_step(),
+        "pytorch (1 thread)": torch_step(threads=1),
     }

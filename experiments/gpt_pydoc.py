@@ -8,7 +8,8 @@ same order, with Adam (same learning rate, betas and epsilon):
 * funcnn with the hand-written backward of every layer (``grad="manual"``);
 * funcnn with ``jax.grad`` of the same forward (``grad="autodiff"``);
 * the same architecture in PyTorch (``nn.MultiheadAttention``, ``nn.LayerNorm``,
-  exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``).
+  exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``),
+  on one intra-op thread (its default two threads were ~10x slower on the two shared cores).
 
 Data: ``funcnn.text.load_pydoc(seed=0)`` (contiguous 4096-character blocks, 10% of them
 validation). The validation loss (nats/char) is measured on the same fixed validation
@@ -51,6 +52,7 @@ def train_torch(config, weights, corpus, *, steps, batch_size, eval_every, val_x
     """The PyTorch reference on ``lm.batches``' batches; returns the history like ``train_lm``'s."""
     import torch
 
+    torch.set_num_threads(1)  # two threads on two shared cores were ~10x slower (measured under load)
     model = torch_gpt(corpus.vocab_size, config["context"], config["layers"], config["heads"], config["width"])
     model.load_state_dict(torch_state_dict(weights))
     opt = torch.optim.Adam(model.parameters(), LR)
@@ -71,7 +73,7 @@ def train_torch(config, weights, corpus, *, steps, batch_size, eval_every, val_x
         loss = ce(model(torch.from_numpy(x).long()).flatten(0, 1), torch.from_numpy(y).long().flatten())
         loss.backward()
         opt.step()
-        since.append(float(loss))
+        since.append(loss.item())
         if i % eval_every == 0 or i == steps:
             history["step"].append(i)
             history["train_loss"].append(float(np.mean(since)))
@@ -131,17 +133,17 @@ def main(argv=None):
         f"({steps * batch * config['context']:,} characters, {steps * batch * config['context'] / len(corpus.train):.2f} "
         f"passes), Adam(lr {LR}), the same initial weights and the same batches in all three runs. Validation "
         f"loss on {len(val_x)} fixed windows ({val_y.size:,} characters). Total time {elapsed:.0f} s on two "
-        "shared, loaded CPU cores (times measured under load).",
+        "shared, loaded CPU cores (times measured under load; PyTorch on one thread).",
         "",
         "| step | " + " | ".join(names) + " | largest gap |",
         "|---:|" + "---:|" * (len(names) + 1),
     ]
     for j, s in enumerate(steps_axis):
         vals = [runs[n][0]["val_loss"][j] for n in names]
-        lines.append(f"| {s} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {max(vals) - min(vals):.4f} |")
+        lines.append(f"| {s} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {max(vals) - min(vals):.1e} |")
     lines += [
         "",
-        f"Final validation losses agree {verdict} +-{AGREE} nats/char (largest gap {gap:.4f}). "
+        f"Final validation losses agree {verdict} +-{AGREE} nats/char (largest gap {gap:.1e}). "
         "Seconds per run: " + ", ".join(f"{n} {runs[n][1]:.0f}" for n in names) + ".",
         "",
         f"Sample from the hand-written-backward model (prompt {prompt!r}, temperature 0.8, 400 characters):",
@@ -153,7 +155,7 @@ def main(argv=None):
         "![gpt_pydoc](gpt_pydoc.png)",
         "",
     ]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, n in enumerate(names):
         hist = runs[n][0]
         ax.plot(hist["step"], hist["val_loss"], color=f"C{i}", marker="o", ms=3, label=f"{n} (validation)")
@@ -161,6 +163,14 @@ def main(argv=None):
     ax.set(xlabel="step", ylabel="nats/char", title=f"GPT on pydoc, {steps} steps x {batch} windows")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ref = np.array(runs["pytorch"][0]["val_loss"])
+    for i, n in enumerate(names[:-1]):
+        diff = np.abs(np.array(runs[n][0]["val_loss"]) - ref)
+        ax_gap.plot(steps_axis, np.maximum(diff, 1e-8), color=f"C{i}", marker="o", ms=3, label=f"|{n} - pytorch|")
+    ax_gap.axhline(AGREE, color="k", ls="--", lw=0.8, label=f"target {AGREE}")
+    ax_gap.set(xlabel="step", ylabel="nats/char", yscale="log", title="validation-loss gap to PyTorch (floor 1e-8)")
+    ax_gap.grid(alpha=0.3)
+    ax_gap.legend(fontsize=8)
     _common.write(out, "gpt_pydoc", lines, fig, elapsed)
     print(f"final gap {gap:.4f} nats/char ({verdict} {AGREE})")
     print(sample_text)
