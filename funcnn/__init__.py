@@ -10,14 +10,15 @@ from funcnn.layers import (
     Identity, MaxPool1D, MaxPool2D, ReLU, Sigmoid, SimpleRNN, Softmax, Step, Tanh,
 )
 from funcnn.manual_vjp import with_manual_vjp
+from funcnn.precision import Policy, with_policy
 from funcnn.regularization import Penalty
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "BayesDense", "Conv1D", "Conv2D", "Dense", "Dropout", "Flatten",
-    "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "ReLU",
+    "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "Policy", "ReLU",
     "Sigmoid", "SimpleRNN", "Softmax", "Step", "Tanh", "bayes", "check", "check_backward", "check_layer",
     "check_loss", "data", "initializers", "losses", "models", "neurons", "per_example_grads", "perceptron",
-    "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
+    "regularization", "serial", "train", "value_and_grad", "with_manual_vjp", "with_policy",
 ]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcnn import precision
 from funcnn.gradients import MODES, value_and_grad
 
 
@@ -85,6 +86,9 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), state, opt_state), value
 
+    if isinstance(optimizer, precision.LossScaled):  # fp16: the loss is scaled by opt_state.scale
+        step = precision.loss_scaled_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
+
     def schedule(n, key):
         n_batches = n // batch_size
         k_perm, k_steps = jax.random.split(key)
@@ -130,7 +134,7 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual")
 
 
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
-        penalty=None, progress=True, params=None, state=None, scan=None) -> FitResult:
+        penalty=None, progress=True, params=None, state=None, scan=None, policy=None) -> FitResult:
     """Train ``model`` on ``data``; returns trained params, state and a history.
 
     ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
@@ -141,6 +145,8 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     ``train_loss``/``train_acc``/``test_loss``/``test_acc`` in eval mode.
     ``scan``: run each epoch as one compiled ``lax.scan`` (True) or its compiled step per
     batch (False); ``None`` scans unless XLA:CPU would put a convolution in the loop.
+    ``policy``: a ``funcnn.Policy`` (or its string) to train under, e.g. "bf16-mixed"
+    (``funcnn.precision``; float16 compute adds dynamic loss scaling).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
@@ -149,6 +155,8 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     x_tr, y_tr, x_te, y_te = _as_arrays(data)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= len(x_tr):
         raise ValueError(f"fit: batch_size must be an integer in [1, {len(x_tr)}], got {batch_size!r}")
+    if policy is not None:  # issue 13: the model, loss and optimiser under the policy
+        model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     key, k_init = jax.random.split(key)
     if params is None:
         params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))

@@ -3,6 +3,7 @@
 Prints a progress bar, the final train/test accuracy and the largest relative
 difference between the manual and autodiff gradients at the first step; writes
 ``metrics.json`` and ``curves.png`` into ``--out`` (default ``runs/<timestamp>``).
+``--precision`` picks a ``funcnn.Policy`` preset; ``fp64`` runs under ``jax.enable_x64``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = ("softmax_cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "exponential", "step", "cosine")
+PRECISIONS = ("fp32", "fp64", "bf16-mixed", "fp16-mixed", "fp16")
 
 
 def register(sub) -> None:
@@ -33,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, fp64 (all float64), bf16-mixed or fp16-mixed (float32 params; fp16: loss scaling)")
     p.add_argument("--l2", type=nonnegative_float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>)")
@@ -83,6 +87,13 @@ def _validate(args):
 
 def run(args: argparse.Namespace) -> int:
     _validate(args)
+    from funcnn.precision import context
+
+    with context(args.precision):  # fp64: the whole run in 64-bit JAX
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -90,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from funcnn import data as datasets
     from funcnn import losses, models
     from funcnn.plot import training_curves
+    from funcnn.precision import Policy, prepare
     from funcnn.train import fit
 
     d = datasets.load(args.data, seed=args.seed)
@@ -107,19 +119,23 @@ def run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
 
     k_init = jax.random.split(key)[1]
-    params, state = model.init(k_init, d.x_train.shape[1:])
+    policy = Policy.parse(args.precision)
+    policy_model, policy_loss, _ = prepare(model, loss, optimizer, policy)
+    params, state = policy_model.init(k_init, d.x_train.shape[1:])
     xb, yb = jnp.asarray(d.x_train[: args.batch_size]), jnp.asarray(d.y_train[: args.batch_size])
-    gap = first_step_gradient_gap(model, loss, params, state, xb, yb, key, args.l2)
+    gap = first_step_gradient_gap(policy_model, policy_loss, params, state, xb, yb, key, args.l2)
 
     out = args.out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
-                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state)
+                 grad=args.grad, l2=args.l2, progress=not args.no_progress, params=params, state=state,
+                 policy=policy)
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
-          f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients")
+          f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients, "
+          f"precision {args.precision} ({policy})")
     print(f"train accuracy {h['train_acc'][-1]:.4f}  test accuracy {h['test_acc'][-1]:.4f}  "
           f"test loss {h['test_loss'][-1]:.4f}")
-    print(f"first-step gradients, manual vs autodiff (float32): max relative difference {gap:.2e}")
+    print(f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}")
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
                "first_step_grad_rel_diff": gap, "history": h,

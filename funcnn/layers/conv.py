@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnn import initializers
+from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
 from funcnn._validate import input_rank, positive_int
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
@@ -139,7 +140,8 @@ _FORMULATIONS = {
 }
 
 
-def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
+def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+          param_dtype="float32", dtype=None) -> Layer:
     """The N-d convolution layer behind ``Conv1D`` and ``Conv2D``."""
     where = f"Conv{ndim}D"
     positive_int(features, "features", where)
@@ -151,6 +153,7 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
         raise ValueError(f"{where}: impl must be None (pick per backend) or one of {IMPLS}, got {impl!r}")
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, where)
     what = SPATIAL_NAMES[ndim][len("(batch, "):-1]
 
     def geom(spatial):
@@ -161,9 +164,10 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
         geom(shape[:-1])
         fan_in, fan_out = math.prod(kernel) * shape[-1], math.prod(kernel) * features
         kw, kb = jax.random.split(key)
-        params = {"w": w_init(kw, (*kernel, shape[-1], features), fan_in, fan_out)}
+        params = {"w": initialise(w_init, kw, (*kernel, shape[-1], features), fan_in, fan_out,
+                                  available(param_dtype, where))}
         if use_bias:
-            params["b"] = b_init(kb, (features,), fan_in, fan_out)
+            params["b"] = initialise(b_init, kb, (features,), fan_in, fan_out, param_dtype)
         return params, {}
 
     def output_shape(input_shape):
@@ -186,27 +190,32 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
             grads["b"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
         return grads, dx
 
-    return Layer(f"conv{ndim}d", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer(f"conv{ndim}d", init, forward, backward, output_shape), dtype)
 
 
 def Conv2D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
-           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None, param_dtype="float32",
+           dtype=None) -> Layer:
     """2-D convolution over NHWC images: params ``{"w": (kh, kw, in, features), "b": (features,)}``.
 
     ``kernel_size``, ``stride`` and ``dilation`` are an int or an (h, w) pair; ``padding`` is
     "SAME" (output ceil(n / stride), as ``lax``), "VALID", an int, or ((top, bottom), (left,
     right)). ``impl`` forces the "gemm" or "xla" formulation (default: per backend and
-    input channels, see the module docstring).
+    input channels, see the module docstring). ``param_dtype``: the params' dtype; ``dtype``:
+    the computation's (None: the input's), see ``funcnn._dtypes``.
     Raises ``ValueError`` for a non-4-D input, a channel count other than the kernel's, or a
     window larger than the padded input.
     """
-    return _conv(2, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)
+    return _conv(2, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+                 param_dtype, dtype)
 
 
 def Conv1D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
-           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None, param_dtype="float32",
+           dtype=None) -> Layer:
     """1-D convolution over (batch, length, channels): params ``{"w": (k, in, features), "b": (features,)}``.
 
     Same arguments and errors as ``Conv2D`` with one spatial axis (``padding`` pairs: ((lo, hi),)).
     """
-    return _conv(1, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)
+    return _conv(1, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+                 param_dtype, dtype)
