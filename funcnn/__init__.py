@@ -15,6 +15,7 @@ from funcnn.layers import (
     GELU, Embedding, GroupNorm, LayerNorm, MultiHeadAttention, PositionalEmbedding, RMSNorm,
 )
 from funcnn.manual_vjp import with_manual_vjp
+from funcnn.precision import Policy, with_policy
 from funcnn.regularization import Penalty
 from funcnn.runs import load_run
 
@@ -22,10 +23,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvgPool1D", "AvgPool2D", "BatchNorm", "BayesDense", "Conv1D", "Conv2D", "Dense", "Dropout", "Flatten",
-    "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "ReLU",
+    "GRU", "GlobalAvgPool", "Identity", "LSTM", "Layer", "MaxPool1D", "MaxPool2D", "Penalty", "Policy", "ReLU",
     "Sigmoid", "SimpleRNN", "Softmax", "Step", "Tanh", "bayes", "check", "check_backward", "check_layer",
     "check_loss", "data", "initializers", "load_run", "losses", "models", "neurons", "per_example_grads", "perceptron",
-    "regularization", "serial", "train", "value_and_grad", "with_manual_vjp",
+    "regularization", "serial", "train", "value_and_grad", "with_manual_vjp", "with_policy",
 ]
 __all__ += ["check_custom_jvp", "check_custom_vjp", "check_model", "debug"]  # the checker (issue 10)
 __all__ += ["Embedding", "GELU", "GroupNorm", "LayerNorm", "MultiHeadAttention", "PositionalEmbedding", "RMSNorm",

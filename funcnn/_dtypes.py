@@ -11,11 +11,21 @@ the cast is linear, so its backward is the cast back,
     y = f(cast_c(theta), cast_c(x))  =>  dtheta = cast_p(df/dtheta_c), dx = cast_x(df/dx_c),
 
 which is exactly what autodiff of the same cast forward returns: gradients come back in
-each param's own dtype and dx in the input's dtype. Casting to the same dtype is a no-op.
+each param's own dtype and dx in the input's dtype. Casting to the same dtype is a no-op:
+when params and input already are in the compute dtype, the wrapped layer is the layer
+itself (same cache, same backward).
+
+Every built-in layer takes both (parameter-free layers only ``dtype``): its constructor
+validates them with ``layer_dtypes``, its ``init`` draws each param with
+``initialise(init, ..., param_dtype)`` and it returns ``with_compute_dtype(Layer(...), dtype)``.
+Statistics that accumulate (BatchNorm's, softmax's sums) run in ``stat_dtype(d)``: float32
+at least, since a bfloat16 mean of m values keeps 8 bits and an fp16 variance overflows at
+256^2 (the fp16 BatchNorm NaN of Haiku's mixed-precision notes).
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
@@ -35,6 +45,37 @@ def float_dtype(value, arg: str, where: str, *, allow_none: bool = False):
         want = "a floating dtype (float16, bfloat16, float32, float64)" + (" or None" if allow_none else "")
         raise TypeError(f"{where}: {arg} must be {want}, got {value!r}")
     return dt
+
+
+def layer_dtypes(param_dtype, dtype, where: str):
+    """A layer constructor's validated ``(param_dtype, dtype)``; ``dtype`` may be None."""
+    return float_dtype(param_dtype, "param_dtype", where), float_dtype(dtype, "dtype", where, allow_none=True)
+
+
+def available(dtype, where: str):
+    """``dtype``, or a ``ValueError`` if it is 64-bit while JAX runs in 32-bit mode (where it
+    would silently become float32)."""
+    if dtype is not None and jax.dtypes.canonicalize_dtype(dtype) != dtype:
+        raise ValueError(f"{where}: {np.dtype(dtype).name} needs 64-bit JAX; run under "
+                         f"`with jax.enable_x64(True):` (or set jax_enable_x64)")
+    return dtype
+
+
+def initialise(init, key, shape, fan_in, fan_out, dtype):
+    """``init(key, shape, fan_in, fan_out, dtype)``: a param drawn in ``dtype``. An
+    initialiser written without the ``dtype`` argument draws in its own dtype, then is cast."""
+    try:
+        inspect.signature(init).bind(key, shape, fan_in, fan_out, dtype)
+        takes_dtype = True
+    except (TypeError, ValueError):
+        takes_dtype = False
+    value = init(key, shape, fan_in, fan_out, dtype) if takes_dtype else init(key, shape, fan_in, fan_out)
+    return jnp.asarray(value).astype(dtype)
+
+
+def stat_dtype(dtype):
+    """The dtype statistics are accumulated in: ``dtype`` or float32, whichever is wider."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _is_float(x) -> bool:
@@ -60,9 +101,11 @@ def cast_like(tree, reference):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CastCache:
-    """A layer's cache, plus (static) the compute dtype and the input's leaf dtypes."""
+    """A layer's cache, plus (static) the wrapper it belongs to, the compute dtype and the
+    input's leaf dtypes."""
 
     inner: Any
+    owner: int = dataclasses.field(metadata=dict(static=True))
     compute: Any = dataclasses.field(metadata=dict(static=True))
     x_dtypes: tuple = dataclasses.field(metadata=dict(static=True))
     x_treedef: Any = dataclasses.field(metadata=dict(static=True))
@@ -78,16 +121,26 @@ def compute_dtype(dtype, x):
     return None  # integer input (Embedding): params keep their own dtype
 
 
+def _all_in(tree, dtype) -> bool:
+    return all(jnp.result_type(a) == dtype for a in jax.tree_util.tree_leaves(tree) if _is_float(a))
+
+
 def with_compute_dtype(layer, dtype=None):
     """``layer`` computing in ``dtype`` (None: the input's float dtype); see the module doc."""
+    owner = object()
+
     def forward(params, state, x, *, key=None, train=False):
         c = compute_dtype(dtype, x)
+        if c is None or (_all_in(params, c) and _all_in(x, c)):
+            return layer.forward(params, state, x, key=key, train=train)
         leaves, treedef = jax.tree_util.tree_flatten(x)
         y, state, cache = layer.forward(cast_floats(params, c), state, cast_floats(x, c), key=key, train=train)
         x_dtypes = tuple(np.dtype(jnp.result_type(l)).name for l in leaves)
-        return y, state, CastCache(cache, None if c is None else np.dtype(c).name, x_dtypes, treedef)
+        return y, state, CastCache(cache, id(owner), np.dtype(c).name, x_dtypes, treedef)
 
     def backward(params, cache, dy):
+        if not (isinstance(cache, CastCache) and cache.owner == id(owner)):
+            return layer.backward(params, cache, dy)
         c = cache.compute
         dparams, dx = layer.backward(cast_floats(params, c), cache.inner, cast_floats(dy, c))
         if dx is not None:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import _interrupt
+from funcnn import _interrupt, precision
 from funcnn._interrupt import Interrupted
 from funcnn.gradients import MODES, value_and_grad
 
@@ -131,6 +131,9 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         params = optax.apply_updates(params, updates)
         applied = jnp.bool_(True)  # loss scaling sets this False on a skipped step: the guard ignores it
         return (params, state, opt_state), (value, _nonfinite_flags(xb, value, grads, params) & applied)
+
+    if isinstance(optimizer, precision.LossScaled):  # fp16: the loss is scaled by opt_state.scale
+        step = precision.loss_scaled_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
 
     def schedule(n, key):
         n_batches = n // batch_size
@@ -253,7 +256,8 @@ def _check_data(model, loss, x, y, split):
 
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
         penalty=None, progress=True, params=None, state=None, scan=None,
-        checkpoint_dir=None, checkpoint_every=1, keep=2, resume=False, mesh=None) -> FitResult:
+        checkpoint_dir=None, checkpoint_every=1, keep=2, resume=False, mesh=None,
+        policy=None) -> FitResult:
     """Train ``model`` on ``data``; returns trained params, state and a history.
 
     ``data``: a ``funcnn.data.Dataset``, ``(x, y)`` or ``(x_train, y_train, x_test, y_test)``.
@@ -274,6 +278,8 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training, each
     batch sharded over it, params/state/optimizer state replicated (``funcnn.parallel``;
     ``batch_size`` must divide by the number of data shards).
+    ``policy``: a ``funcnn.Policy`` (or its string) to train under, e.g. "bf16-mixed"
+    (``funcnn.precision``; float16 compute adds dynamic loss scaling).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
@@ -286,6 +292,8 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
         _check_data(model, loss, x_te, y_te, "test")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(x_tr):
         raise ValueError(f"fit: batch_size must be an integer in [1, {len(x_tr)}], got {batch_size!r}")
+    if policy is not None:  # issue 13: the model, loss and optimiser under the policy
+        model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     key, k_init = jax.random.split(key)
     if params is None:
         params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))

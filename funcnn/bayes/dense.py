@@ -25,6 +25,8 @@ The prior N(0, prior_sigma^2) does not enter the forward pass; it enters the los
 through the KL term of the ELBO (``funcnn.bayes.kl``). It is kept in the layer's
 state as ``{"prior_sigma": scalar}`` (a constant, threaded and never trained), so
 ``kl_penalty(state, n_data)`` finds every Bayesian layer of a model and its prior.
+``param_dtype`` (params and that state) and ``dtype`` (computation) as every layer's
+(``funcnn._dtypes``).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 
 from funcnn import initializers
 from funcnn._sharding import batch_outer
+from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
 from funcnn._validate import batch_input, input_rank, positive_int
 from funcnn.layer import Layer
 
@@ -61,7 +64,7 @@ def sample(params, key):
 
 
 def BayesDense(features: int, prior_sigma: float = 1.0, *, sigma_init: float = 0.05,
-               w_init="glorot_uniform", b_init="zeros") -> Layer:
+               w_init="glorot_uniform", b_init="zeros", param_dtype="float32", dtype=None) -> Layer:
     """A dense layer with a mean-field Gaussian posterior over its weights and biases.
 
     Params ``{"w_mu": (features, in), "w_rho": (features, in), "b_mu": (features,),
@@ -79,13 +82,14 @@ def BayesDense(features: int, prior_sigma: float = 1.0, *, sigma_init: float = 0
     rho_init = softplus_inverse(_positive(sigma_init, "sigma_init"))
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "BayesDense")
     what = "features; add Flatten() before BayesDense"
 
     def init(key, input_shape):
         (n_in,) = input_rank(input_shape, 1, "BayesDense", what)
         kw, kb = jax.random.split(key)
-        w_mu = w_init(kw, (features, n_in), n_in, features)
-        b_mu = b_init(kb, (features,), n_in, features)
+        w_mu = initialise(w_init, kw, (features, n_in), n_in, features, available(param_dtype, "BayesDense"))
+        b_mu = initialise(b_init, kb, (features,), n_in, features, param_dtype)
         params = {"w_mu": w_mu, "w_rho": jnp.full_like(w_mu, rho_init),
                   "b_mu": b_mu, "b_rho": jnp.full_like(b_mu, rho_init)}
         return params, {"prior_sigma": jnp.asarray(prior_sigma, w_mu.dtype)}
@@ -117,4 +121,4 @@ def BayesDense(features: int, prior_sigma: float = 1.0, *, sigma_init: float = 0
                  "b_mu": db, "b_rho": db * eps_b * jax.nn.sigmoid(params["b_rho"])}
         return grads, dy @ w
 
-    return Layer("bayes_dense", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer("bayes_dense", init, forward, backward, output_shape), dtype)

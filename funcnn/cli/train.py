@@ -8,6 +8,7 @@ run), ``checkpoints/`` (orbax, every epoch), ``model/`` (the trained params and 
 orbax), ``metrics.json`` (strict JSON, non-finite values as null) and ``curves.png``.
 ``--resume DIR`` continues an interrupted run with its recorded arguments. Ctrl-C or
 SIGTERM checkpoints, prints one line and exits 130 / 143; a non-finite step exits 1.
+``--precision`` picks a ``funcnn.Policy`` preset; ``fp64`` runs under ``jax.enable_x64``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = ("softmax_cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "exponential", "step", "cosine")
+PRECISIONS = ("fp32", "fp64", "bf16-mixed", "fp16-mixed", "fp16")
 
 
 def register(sub) -> None:
@@ -42,6 +44,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--grad", choices=("manual", "autodiff"), default="manual")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, fp64 (all float64), bf16-mixed or fp16-mixed (float32 params; fp16: loss scaling)")
     p.add_argument("--l2", type=nonnegative_float, default=0.0)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default=None, help="output folder, new or empty (default runs/<timestamp>)")
@@ -90,7 +94,7 @@ def first_step_gradient_gap(model, loss, params, state, x, y, key, l2):
 
 
 RUN_ARGS = ("data", "model", "hidden", "activation", "loss", "optimizer", "lr", "schedule", "epochs",
-            "batch_size", "grad", "l2", "seed")
+            "batch_size", "grad", "l2", "seed", "precision")
 
 
 def _validate(args):
@@ -158,6 +162,7 @@ def _versions():
 
 def run(args: argparse.Namespace) -> int:
     from funcnn._interrupt import Interrupted, catching_signals
+    from funcnn.precision import context
     from funcnn.train import NonFiniteError
 
     from funcnn import parallel
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--devices: {str(e).split(': ', 1)[1]}") from None
     try:
-        with catching_signals():
+        with catching_signals(), context(args.precision):  # fp64: the whole run in 64-bit JAX
             if args.model == "gpt" or args.data == "pydoc":
                 return gpt.run(args)
             return _train(args, resuming, mesh)
@@ -190,6 +195,7 @@ def _train(args, resuming, mesh):
     from funcnn import losses, models
     from funcnn.checkpoint import json_safe, save_tree
     from funcnn.plot import training_curves
+    from funcnn.precision import Policy, prepare
     from funcnn.train import fit
 
     d = datasets.load(args.data, seed=args.seed)
@@ -207,7 +213,9 @@ def _train(args, resuming, mesh):
     key = jax.random.key(args.seed)
 
     k_init = jax.random.split(key)[1]
-    params, state = model.init(k_init, d.x_train.shape[1:])
+    policy = Policy.parse(args.precision)
+    policy_model, policy_loss, _ = prepare(model, loss, optimizer, policy)
+    params, state = policy_model.init(k_init, d.x_train.shape[1:])
     layers = [" ".join([name] + [f"{p}{list(np.shape(v))}" for p, v in params[name].items()]) for name in params]
     out = args.out
     run_record = {"command": "train", "args": {k: getattr(args, k) for k in RUN_ARGS},
@@ -221,20 +229,21 @@ def _train(args, resuming, mesh):
         (out / "run.json").write_text(json.dumps(json_safe(run_record), indent=2, allow_nan=False))
 
     xb, yb = jnp.asarray(d.x_train[: args.batch_size]), jnp.asarray(d.y_train[: args.batch_size])
-    gap = first_step_gradient_gap(model, loss, params, state, xb, yb, key, args.l2)
+    gap = first_step_gradient_gap(policy_model, policy_loss, params, state, xb, yb, key, args.l2)
 
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
                  grad=args.grad, l2=args.l2, progress=not args.no_progress and jax.process_index() == 0,
-                 params=params, state=state, mesh=mesh, resume=resuming,
+                 params=params, state=state, mesh=mesh, resume=resuming, policy=policy,
                  checkpoint_dir=out / "checkpoints" if jax.process_count() == 1 else None)
     if jax.process_index() != 0:  # multi-host: every process trains, process 0 reports
         return 0
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
-          f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients")
+          f"hidden {','.join(map(str, args.hidden))} {args.activation}, {args.grad} gradients, "
+          f"precision {args.precision} ({policy})")
     print(f"train accuracy {h['train_acc'][-1]:.4f}  test accuracy {h['test_acc'][-1]:.4f}  "
           f"test loss {h['test_loss'][-1]:.4f}")
-    print(f"first-step gradients, manual vs autodiff (float32): max relative difference {gap:.2e}")
+    print(f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}")
     save_tree(out / "model", {"params": result.params, "state": result.state})
     metrics = {"args": run_record["args"], "first_step_grad_rel_diff": gap, "history": h,
                "final": {k: v[-1] for k, v in h.items()}}

@@ -13,12 +13,17 @@ Softmax over the last axis, y_i = e^{x_i} / sum_j e^{x_j}, has the full Jacobian
 J_ij = y_i (delta_ij - y_j), so its vector-Jacobian product is
 
     dx_i = sum_j dy_j J_ji = y_i (dy_i - sum_j dy_j y_j).
+
+Every activation takes ``dtype`` (the computation's, None: the input's; no params, so no
+``param_dtype``). Softmax's sums run in float32 at least (``funcnn._dtypes.stat_dtype``);
+y and dx come back in x's dtype.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from funcnn._dtypes import float_dtype, stat_dtype, with_compute_dtype
 from funcnn.layer import Layer
 
 
@@ -35,8 +40,9 @@ def _check_float(x, name):
         raise TypeError(f"{name}: x must be a floating-point array, got dtype {jnp.result_type(x)}")
 
 
-def _elementwise(name, f, local_grad):
+def _elementwise(name, f, local_grad, dtype=None):
     """A parameter-free layer ``y = f(x)`` with ``dx = dy * local_grad(x, y)``."""
+    dtype = float_dtype(dtype, "dtype", name, allow_none=True)
 
     def forward(params, state, x, *, key=None, train=False):
         _check_float(x, name)
@@ -47,43 +53,45 @@ def _elementwise(name, f, local_grad):
         x, y = cache
         return {}, dy * local_grad(x, y)
 
-    return Layer(name, _no_params, forward, backward, _same_shape)
+    return with_compute_dtype(Layer(name, _no_params, forward, backward, _same_shape), dtype)
 
 
-def Sigmoid() -> Layer:
-    return _elementwise("sigmoid", jax.nn.sigmoid, lambda x, y: y * (1 - y))
+def Sigmoid(*, dtype=None) -> Layer:
+    return _elementwise("sigmoid", jax.nn.sigmoid, lambda x, y: y * (1 - y), dtype)
 
 
-def Tanh() -> Layer:
-    return _elementwise("tanh", jnp.tanh, lambda x, y: 1 - y * y)
+def Tanh(*, dtype=None) -> Layer:
+    return _elementwise("tanh", jnp.tanh, lambda x, y: 1 - y * y, dtype)
 
 
-def ReLU() -> Layer:
-    return _elementwise("relu", jax.nn.relu, lambda x, y: (x > 0).astype(x.dtype))
+def ReLU(*, dtype=None) -> Layer:
+    return _elementwise("relu", jax.nn.relu, lambda x, y: (x > 0).astype(x.dtype), dtype)
 
 
-def Step() -> Layer:
+def Step(*, dtype=None) -> Layer:
     """Hardlim: 1 where x >= 0, else 0. Its derivative is zero almost everywhere, so no
     gradient flows through it (which is why the perceptron uses its own rule)."""
-    return _elementwise("step", lambda x: (x >= 0).astype(x.dtype), lambda x, y: jnp.zeros_like(x))
+    return _elementwise("step", lambda x: (x >= 0).astype(x.dtype), lambda x, y: jnp.zeros_like(x), dtype)
 
 
-def Identity() -> Layer:
-    return _elementwise("identity", lambda x: x, lambda x, y: jnp.ones_like(x))
+def Identity(*, dtype=None) -> Layer:
+    return _elementwise("identity", lambda x: x, lambda x, y: jnp.ones_like(x), dtype)
 
 
-def Softmax() -> Layer:
-    """Softmax over the last axis (max-shifted, so large logits do not overflow)."""
+def Softmax(*, dtype=None) -> Layer:
+    """Softmax over the last axis (max-shifted, so large logits do not overflow), its sums
+    in float32 at least."""
+    dtype = float_dtype(dtype, "dtype", "softmax", allow_none=True)
 
     def forward(params, state, x, *, key=None, train=False):
         _check_float(x, "softmax")
-        y = jax.nn.softmax(x, axis=-1)
-        return y, state, y
+        y = jax.nn.softmax(x.astype(stat_dtype(x.dtype)), axis=-1)
+        return y.astype(x.dtype), state, y
 
     def backward(params, y, dy):
-        return {}, y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))
+        return {}, (y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))).astype(dy.dtype)
 
-    return Layer("softmax", _no_params, forward, backward, _same_shape)
+    return with_compute_dtype(Layer("softmax", _no_params, forward, backward, _same_shape), dtype)
 
 
 ACTIVATIONS = {

@@ -24,6 +24,14 @@ with the *unbiased* batch variance var * m / (m - 1) in the running variance. Ev
 mode normalises with the running statistics, so y is affine in x:
 dx = gamma dy / sqrt(running_var + eps). The state is threaded, never
 differentiated: its update is under ``jax.lax.stop_gradient``.
+
+Precision: the statistics, xhat and the affine map run in float32 at least
+(``stat_dtype``), whatever the compute dtype: a float16 variance of activations
+around 256 overflows (the fp16 BatchNorm NaN Haiku's mixed-precision docs show) and a
+bfloat16 mean keeps 8 bits. y and dx come back in x's dtype. The running statistics are
+stored in ``param_dtype`` or float32, whichever is wider: an exponential average updated
+by (1 - momentum) * batch loses the update in bfloat16, so with ``param_dtype`` bfloat16 or
+float16 (and only then) params and state differ in width, on purpose.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ import jax.numpy as jnp
 
 from funcnn import initializers
 from funcnn._validate import example_shape
+from funcnn._dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
 from funcnn.layer import Layer
 
 
@@ -59,7 +68,8 @@ def _broadcast_shape(ndim, ax, features):
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
-              gamma_init="ones", beta_init="zeros", axis_name=None) -> Layer:
+              gamma_init="ones", beta_init="zeros", axis_name=None, param_dtype="float32",
+              dtype=None) -> Layer:
     """Normalise each feature over the batch, then scale by ``gamma`` and shift by ``beta``.
 
     Args:
@@ -69,7 +79,10 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         counts from the end). ``-1`` suits (N, F) and NHWC (N, H, W, C); ``1`` suits
         NCHW. It may not be the batch axis.
       gamma_init, beta_init: initialisers (a name from ``funcnn.initializers`` or a
-        callable ``init(key, shape, fan_in, fan_out)``) of the scale and the shift.
+        callable ``init(key, shape, fan_in, fan_out[, dtype])``) of the scale and the shift.
+      param_dtype: the params' dtype; the running statistics are in it or float32,
+        whichever is wider (module docstring).
+      dtype: the computation's (None: the input's); statistics run in float32 at least.
       axis_name: inside ``shard_map`` over a batch split along this mesh axis, use the
         statistics of the global batch: the means and the backward's sums are averaged
         over the axis (``lax.pmean``; the shards must be of equal size). ``None`` (the
@@ -92,6 +105,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         raise TypeError(f"BatchNorm: axis must be an int, got {axis!r}")
     gamma_init = initializers.get(gamma_init, "gamma_init")
     beta_init = initializers.get(beta_init, "beta_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "BatchNorm")
 
     def _global_mean(local):
         """The mean over the shards of ``axis_name`` (identity without one)."""
@@ -114,9 +128,11 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
         shape = example_shape(input_shape, "BatchNorm")
         features = shape[feature_axis(len(shape) + 1) - 1]
         kg, kb = jax.random.split(key)
-        params = {"gamma": gamma_init(kg, (features,), features, features),
-                  "beta": beta_init(kb, (features,), features, features)}
-        return params, {"mean": jnp.zeros((features,)), "var": jnp.ones((features,))}
+        params = {"gamma": initialise(gamma_init, kg, (features,), features, features,
+                                      available(param_dtype, "BatchNorm")),
+                  "beta": initialise(beta_init, kb, (features,), features, features, param_dtype)}
+        sd = stat_dtype(param_dtype)
+        return params, {"mean": jnp.zeros((features,), sd), "var": jnp.ones((features,), sd)}
 
     def output_shape(input_shape):
         feature_axis(len(input_shape) + 1)
@@ -132,7 +148,9 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
                 f"BatchNorm: x must have {features} features on axis {axis}, got shape {x.shape}"
             )
         bshape = _broadcast_shape(x.ndim, ax, features)
-        gamma, beta = params["gamma"].reshape(bshape), params["beta"].reshape(bshape)
+        out_dtype, sd = x.dtype, stat_dtype(x.dtype)
+        x = x.astype(sd)
+        gamma, beta = params["gamma"].reshape(bshape).astype(sd), params["beta"].reshape(bshape).astype(sd)
         if isinstance(train, jax.core.Tracer):
             raise TypeError("BatchNorm: train must be a Python bool, got a traced value; "
                             "mark it static under jit (static_argnames='train')")
@@ -156,22 +174,25 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
             cache = _BatchStats(xhat, inv_std)
         else:
             mean, var = jax.lax.stop_gradient((state["mean"], state["var"]))
-            inv_std = jax.lax.rsqrt(var + eps).reshape(bshape)
-            xhat = (x - mean.reshape(bshape)) * inv_std
+            inv_std = jax.lax.rsqrt(var.astype(sd) + eps).reshape(bshape)
+            xhat = (x - mean.astype(sd).reshape(bshape)) * inv_std
             new_state = state
             cache = _RunningStats(xhat, inv_std)
-        return gamma * xhat + beta, new_state, cache
+        return (gamma * xhat + beta).astype(out_dtype), new_state, cache
 
     def backward(params, cache, dy):
         ax = feature_axis(dy.ndim)
         reduce = tuple(i for i in range(dy.ndim) if i != ax)
         bshape = _broadcast_shape(dy.ndim, ax, dy.shape[ax])
+        dx_dtype, dy = dy.dtype, dy.astype(cache.xhat.dtype)
         dbeta = jnp.sum(dy, axis=reduce)
         dgamma = jnp.sum(dy * cache.xhat, axis=reduce)
         if isinstance(cache, _BatchStats):  # the mean and variance depend on x too
             m = dy.size // dy.shape[ax]
             sum_dy, sum_dy_xhat = _global_mean((dbeta, dgamma))  # m: values per feature per shard
             dy = dy - (sum_dy.reshape(bshape) + cache.xhat * sum_dy_xhat.reshape(bshape)) / m
-        return {"gamma": dgamma, "beta": dbeta}, params["gamma"].reshape(bshape) * cache.inv_std * dy
+        gamma = params["gamma"].reshape(bshape).astype(dy.dtype)
+        dparams = {"gamma": dgamma.astype(params["gamma"].dtype), "beta": dbeta.astype(params["beta"].dtype)}
+        return dparams, (gamma * cache.inv_std * dy).astype(dx_dtype)
 
-    return Layer("batchnorm", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer("batchnorm", init, forward, backward, output_shape), dtype)

@@ -48,6 +48,7 @@ from jax import lax
 
 from funcnn import autotune, initializers
 from funcnn._sharding import batch_conv_general_dilated, batch_dot_general
+from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
 from funcnn._validate import input_rank, positive_int
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
@@ -189,7 +190,8 @@ def choose(x_shape, w_shape, dtype, g, impl=None) -> str:
     return autotune.choose("conv", key, fns, args, fallback=fallback, impl=impl, work=work)
 
 
-def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl) -> Layer:
+def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+          param_dtype="float32", dtype=None) -> Layer:
     """The N-d convolution layer behind ``Conv1D`` and ``Conv2D``."""
     where = f"Conv{ndim}D"
     positive_int(features, "features", where)
@@ -202,6 +204,7 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
                          f"'all' or a positive int (e.g. 'xla/8'), got {impl!r}")
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, where)
     what = SPATIAL_NAMES[ndim][len("(batch, "):-1]
 
     def geom(spatial):
@@ -212,9 +215,10 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
         geom(shape[:-1])
         fan_in, fan_out = math.prod(kernel) * shape[-1], math.prod(kernel) * features
         kw, kb = jax.random.split(key)
-        params = {"w": w_init(kw, (*kernel, shape[-1], features), fan_in, fan_out)}
+        params = {"w": initialise(w_init, kw, (*kernel, shape[-1], features), fan_in, fan_out,
+                                  available(param_dtype, where))}
         if use_bias:
-            params["b"] = b_init(kb, (features,), fan_in, fan_out)
+            params["b"] = initialise(b_init, kb, (features,), fan_in, fan_out, param_dtype)
         return params, {}
 
     def output_shape(input_shape):
@@ -239,28 +243,33 @@ def _conv(ndim, features, kernel_size, stride, padding, dilation, use_bias, w_in
             grads["b"] = dy.sum(axis=tuple(range(dy.ndim - 1)))
         return grads, dx
 
-    return Layer(f"conv{ndim}d", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer(f"conv{ndim}d", init, forward, backward, output_shape), dtype)
 
 
 def Conv2D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
-           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None, param_dtype="float32",
+           dtype=None) -> Layer:
     """2-D convolution over NHWC images: params ``{"w": (kh, kw, in, features), "b": (features,)}``.
 
     ``kernel_size``, ``stride`` and ``dilation`` are an int or an (h, w) pair; ``padding`` is
     "SAME" (output ceil(n / stride), as ``lax``), "VALID", an int, or ((top, bottom), (left,
     right)). ``impl`` forces the "gemm" or "xla" formulation, or one chunking of it ("xla/8":
     chunks of 8 examples, "gemm/all": the whole batch); default: measured per shape and
-    backend (``funcnn.autotune``, see the module docstring).
+    backend (``funcnn.autotune``, see the module docstring). ``param_dtype``: the params' dtype; ``dtype``:
+    the computation's (None: the input's), see ``funcnn._dtypes``.
     Raises ``ValueError`` for a non-4-D input, a channel count other than the kernel's, or a
     window larger than the padded input.
     """
-    return _conv(2, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)
+    return _conv(2, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+                 param_dtype, dtype)
 
 
 def Conv1D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, use_bias: bool = True,
-           w_init="glorot_uniform", b_init="zeros", impl: str | None = None) -> Layer:
+           w_init="glorot_uniform", b_init="zeros", impl: str | None = None, param_dtype="float32",
+           dtype=None) -> Layer:
     """1-D convolution over (batch, length, channels): params ``{"w": (k, in, features), "b": (features,)}``.
 
     Same arguments and errors as ``Conv2D`` with one spatial axis (``padding`` pairs: ((lo, hi),)).
     """
-    return _conv(1, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl)
+    return _conv(1, features, kernel_size, stride, padding, dilation, use_bias, w_init, b_init, impl,
+                 param_dtype, dtype)

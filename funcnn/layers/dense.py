@@ -17,11 +17,16 @@ import jax
 from funcnn import initializers
 from funcnn._sharding import batch_outer
 from funcnn._validate import batch_input, cotangent, input_rank, positive_int
+from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
 from funcnn.layer import Layer
 
 
-def Dense(features: int, w_init="glorot_uniform", b_init="zeros") -> Layer:
+def Dense(features: int, w_init="glorot_uniform", b_init="zeros", *, param_dtype="float32",
+          dtype=None) -> Layer:
     """``y = x @ w.T + b`` with params ``{"w": (features, in), "b": (features,)}``.
+
+    ``param_dtype``: the params' dtype; ``dtype``: the computation's (None: the input's),
+    see ``funcnn._dtypes``.
 
     Raises ``ValueError`` if ``features`` is not a positive integer or the input is
     not a batch of vectors of the size the layer was built for.
@@ -29,12 +34,13 @@ def Dense(features: int, w_init="glorot_uniform", b_init="zeros") -> Layer:
     positive_int(features, "features", "Dense")
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "Dense")
 
     def init(key, input_shape):
         (n_in,) = input_rank(input_shape, 1, "Dense", "features; add Flatten() before Dense")
         kw, kb = jax.random.split(key)
-        w = w_init(kw, (features, n_in), n_in, features)
-        b = b_init(kb, (features,), n_in, features)
+        w = initialise(w_init, kw, (features, n_in), n_in, features, available(param_dtype, "Dense"))
+        b = initialise(b_init, kb, (features,), n_in, features, param_dtype)
         return {"w": w, "b": b}, {}
 
     def output_shape(input_shape):
@@ -49,4 +55,4 @@ def Dense(features: int, w_init="glorot_uniform", b_init="zeros") -> Layer:
         cotangent(dy, (*x.shape[:-1], features), "Dense")
         return {"w": batch_outer(dy, x), "b": dy.sum(axis=0)}, dy @ params["w"]
 
-    return Layer("dense", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer("dense", init, forward, backward, output_shape), dtype)

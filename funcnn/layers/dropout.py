@@ -6,7 +6,8 @@ Training mode draws a Bernoulli mask m with P(m = 1) = 1 - rate and computes
 
 and the backward applies the same mask: dx = dy * m / (1 - rate). Eval mode (and
 ``rate == 0``) is the identity. The mask comes from the ``key`` argument only, so a
-fixed key gives a fixed, differentiable function.
+fixed key gives a fixed, differentiable function. ``dtype``: the computation's (None: the
+input's).
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from funcnn._dtypes import float_dtype, with_compute_dtype
 from funcnn.layer import Layer
 
 
-def Dropout(rate: float) -> Layer:
+def Dropout(rate: float, *, dtype=None) -> Layer:
     """Drop each unit with probability ``rate`` in training mode.
 
     Raises ``ValueError`` for a rate outside [0, 1) and, in training mode, when no
@@ -27,6 +29,7 @@ def Dropout(rate: float) -> Layer:
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
         raise ValueError(f"Dropout: rate must be a number in [0, 1) (the fraction dropped), got {rate!r}")
     keep = 1.0 - rate
+    dtype = float_dtype(dtype, "dtype", "Dropout", allow_none=True)
 
     def init(key, input_shape):
         return {}, {}
@@ -50,4 +53,4 @@ def Dropout(rate: float) -> Layer:
     def backward(params, scale, dy):
         return {}, dy if scale is None else dy * scale
 
-    return Layer("dropout", init, forward, backward, tuple)
+    return with_compute_dtype(Layer("dropout", init, forward, backward, tuple), dtype)

@@ -1,13 +1,17 @@
-"""Flatten: (N, d1, ..., dk) -> (N, d1*...*dk). Its backward reshapes dy back."""
+"""Flatten: (N, d1, ..., dk) -> (N, d1*...*dk). Its backward reshapes dy back.
+``dtype`` (None: the input's) casts x, as every layer's does."""
 from __future__ import annotations
 
 import math
 
 from funcnn._validate import example_shape
+from funcnn._dtypes import float_dtype, with_compute_dtype
 from funcnn.layer import Layer
 
 
-def Flatten() -> Layer:
+def Flatten(*, dtype=None) -> Layer:
+    dtype = float_dtype(dtype, "dtype", "Flatten", allow_none=True)
+
     def init(key, input_shape):
         return {}, {}
 
@@ -22,4 +26,4 @@ def Flatten() -> Layer:
     def backward(params, shape, dy):
         return {}, dy.reshape(shape)
 
-    return Layer("flatten", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer("flatten", init, forward, backward, output_shape), dtype)

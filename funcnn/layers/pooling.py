@@ -21,6 +21,8 @@ shares back, all fused by XLA into a few elementwise loops. This avoids XLA's
 order of magnitude slower on CPU for 2x2 pooling (README, "Convolutional networks").
 
 ``GlobalAvgPool`` maps (N, *S, C) to (N, C): Y = mean over S, dX = dY / |S| broadcast.
+
+Every pooling layer takes ``dtype``: the computation's (None: the input's).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn._validate import example_shape, input_rank
+from funcnn._dtypes import float_dtype, with_compute_dtype
 from funcnn.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
                                          scatter_windows, window_slices)
@@ -72,7 +75,7 @@ def _avg_backward(x, y, dy, g):
 _KINDS = {"max": (_max_forward, _max_backward), "avg": (_avg_forward, _avg_backward)}
 
 
-def _pool(kind, ndim, window, stride, padding) -> Layer:
+def _pool(kind, ndim, window, stride, padding, dtype=None) -> Layer:
     where = f"{kind.capitalize()}Pool{ndim}D"
     window = as_tuple(window, ndim, "window", where)
     stride = window if stride is None else as_tuple(stride, ndim, "stride", where)
@@ -106,36 +109,38 @@ def _pool(kind, ndim, window, stride, padding) -> Layer:
         x, y = cache
         return {}, pool_backward(x, y, dy, geom(x.shape[1:-1]))
 
-    return Layer(f"{kind}pool{ndim}d", init, forward, backward, output_shape)
+    dtype = float_dtype(dtype, "dtype", f"{kind.title()}Pool{ndim}D", allow_none=True)
+    return with_compute_dtype(Layer(f"{kind}pool{ndim}d", init, forward, backward, output_shape), dtype)
 
 
-def MaxPool2D(window, stride=None, padding="VALID") -> Layer:
+def MaxPool2D(window, stride=None, padding="VALID", *, dtype=None) -> Layer:
     """Max over (h, w) windows of NHWC input, per channel; ``stride`` defaults to ``window``.
 
     ``window``/``stride``: an int or an (h, w) pair; ``padding``: "VALID", "SAME", an int or
     ((top, bottom), (left, right)), each side smaller than the window. Raises ``ValueError``
     for a non-4-D input or a window larger than the padded input."""
-    return _pool("max", 2, window, stride, padding)
+    return _pool("max", 2, window, stride, padding, dtype)
 
 
-def AvgPool2D(window, stride=None, padding="VALID") -> Layer:
+def AvgPool2D(window, stride=None, padding="VALID", *, dtype=None) -> Layer:
     """Mean over (h, w) windows of NHWC input, per channel, padding excluded from the mean.
     Arguments as ``MaxPool2D``."""
-    return _pool("avg", 2, window, stride, padding)
+    return _pool("avg", 2, window, stride, padding, dtype)
 
 
-def MaxPool1D(window, stride=None, padding="VALID") -> Layer:
+def MaxPool1D(window, stride=None, padding="VALID", *, dtype=None) -> Layer:
     """Max over windows of (batch, length, channels) input. Arguments as ``MaxPool2D``."""
-    return _pool("max", 1, window, stride, padding)
+    return _pool("max", 1, window, stride, padding, dtype)
 
 
-def AvgPool1D(window, stride=None, padding="VALID") -> Layer:
+def AvgPool1D(window, stride=None, padding="VALID", *, dtype=None) -> Layer:
     """Mean over windows of (batch, length, channels) input. Arguments as ``AvgPool2D``."""
-    return _pool("avg", 1, window, stride, padding)
+    return _pool("avg", 1, window, stride, padding, dtype)
 
 
-def GlobalAvgPool() -> Layer:
+def GlobalAvgPool(*, dtype=None) -> Layer:
     """Mean over every spatial axis: (N, *S, C) -> (N, C) (e.g. NHWC or (N, L, C))."""
+    dtype = float_dtype(dtype, "dtype", "GlobalAvgPool", allow_none=True)
 
     def init(key, input_shape):
         if len(example_shape(input_shape, "GlobalAvgPool")) < 2:
@@ -158,4 +163,4 @@ def GlobalAvgPool() -> Layer:
         dx = jnp.broadcast_to(dy.reshape(dy.shape[0], *(1,) * len(spatial), dy.shape[-1]) / math.prod(spatial), shape)
         return {}, dx
 
-    return Layer("global_avg_pool", init, forward, backward, output_shape)
+    return with_compute_dtype(Layer("global_avg_pool", init, forward, backward, output_shape), dtype)

@@ -32,6 +32,10 @@ Initial state: ``x`` is either the sequence batch alone (the state starts at zer
 or a pair ``(x, state0)`` with ``state0 = h0`` (SimpleRNN, GRU) or ``(h0, c0)``
 (LSTM), each (batch, hidden). The backward's input gradient has the same
 structure: ``dx`` or ``(dx, dstate0)``.
+
+Precision: every param (weights and biases) is drawn in ``param_dtype`` and the layer
+computes in ``dtype`` (None: the input's), so under x64 the leaves never mix widths and
+the scan's carry has one dtype (see ``funcnn._dtypes``).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import jax.numpy as jnp
 from funcnn import autotune, initializers
 from funcnn._sharding import batch_dot_general
 from funcnn._validate import example_shape, positive_int
+from funcnn._dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
 from funcnn.layer import Layer
 
 
@@ -52,7 +57,7 @@ class Cell(NamedTuple):
     * ``gates``: G / H, the number of gate blocks stacked in ``w_ih`` and ``w_hh``.
     * ``n_states``: 1 when the carry is ``h``, 2 when it is ``(h, c)``.
     * ``input_bias``: the params key of the bias added to the input projection.
-    * ``bias_init(key, G)``: the bias leaves as a dict.
+    * ``bias_init(key, G, dtype)``: the bias leaves as a dict.
     * ``scan(params, xp, carry0, unroll) -> (hs (T, B, H), cache)``: the forward recursion.
     * ``reverse_scan(params, cache, h_prev, dys, dcarry, unroll) -> (dA_x, dA_h, dcarry0)``:
       BPTT; ``dys`` is (T, B, H) or ``None`` (only the last state is an output, its
@@ -137,23 +142,28 @@ UNROLLS = (1, 2, 4)  # candidate scan unrolls (those <= T)
 
 
 def stacked_orthogonal(key, gates: int, hidden: int, dtype=jnp.float32):
-    """``gates`` independent orthogonal (H, H) blocks stacked into (gates*H, H)."""
+    """``gates`` independent orthogonal (H, H) blocks stacked into (gates*H, H) (the QR in
+    float32 at least, then cast to ``dtype``)."""
     ortho = jax.nn.initializers.orthogonal()
-    return jnp.concatenate([ortho(k, (hidden, hidden), dtype) for k in jax.random.split(key, gates)])
+    blocks = [ortho(k, (hidden, hidden), stat_dtype(dtype)) for k in jax.random.split(key, gates)]
+    return jnp.concatenate(blocks).astype(dtype)
 
 
-def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, recurrent_init) -> Layer:
+def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, recurrent_init,
+                    param_dtype="float32", dtype=None) -> Layer:
     """Wrap a cell into a layer over (batch, time, features) inputs (see the module doc).
 
     ``w_init`` and ``recurrent_init`` are funcnn initialisers (names or callables);
-    ``recurrent_init="orthogonal"`` draws one orthogonal (H, H) block per gate."""
+    ``recurrent_init="orthogonal"`` draws one orthogonal (H, H) block per gate.
+    ``param_dtype``/``dtype``: the params' and the computation's dtypes (module docstring)."""
     positive_int(hidden, "hidden", cell.title)
     if not isinstance(return_sequences, bool):
         raise TypeError(f"{cell.title}: return_sequences must be a bool, got {return_sequences!r}")
     w_init = initializers.get(w_init, "w_init")
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, cell.title)
     if recurrent_init == "orthogonal":
-        def recurrent_init(key, shape, fan_in, fan_out):
-            return stacked_orthogonal(key, cell.gates, hidden)
+        def recurrent_init(key, shape, fan_in, fan_out, dtype=jnp.float32):
+            return stacked_orthogonal(key, cell.gates, hidden, dtype)
     elif isinstance(recurrent_init, str) and recurrent_init not in initializers.INITIALIZERS:
         raise ValueError(f"{cell.title}: recurrent_init must be a callable, 'orthogonal' or one of "
                          f"{sorted(initializers.INITIALIZERS)}, got {recurrent_init!r}")
@@ -163,9 +173,9 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
     def init(key, input_shape):
         _, features = sequence_shape(input_shape, cell.title)
         k_ih, k_hh, k_b = jax.random.split(key, 3)
-        w_ih = w_init(k_ih, (g, features), features, g)
-        w_hh = recurrent_init(k_hh, (g, hidden), hidden, g)
-        return {"w_ih": w_ih, "w_hh": w_hh, **cell.bias_init(k_b, g)}, {}
+        w_ih = initialise(w_init, k_ih, (g, features), features, g, available(param_dtype, cell.title))
+        w_hh = initialise(recurrent_init, k_hh, (g, hidden), hidden, g, param_dtype)
+        return {"w_ih": w_ih, "w_hh": w_hh, **cell.bias_init(k_b, g, param_dtype)}, {}
 
     def output_shape(input_shape):
         time, _ = sequence_shape(input_shape, cell.title)
@@ -232,4 +242,4 @@ def recurrent_layer(cell: Cell, hidden: int, return_sequences: bool, w_init, rec
         time, batch, features = cache[0].shape
         return run_backward(params, cache, dy, choose_unroll(params, batch, time, features, cache[0].dtype))
 
-    return Layer(cell.name, init, forward, backward, output_shape)
+    return with_compute_dtype(Layer(cell.name, init, forward, backward, output_shape), dtype)

@@ -29,8 +29,8 @@ from funcnn.layer import Layer
 from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 
 
-def _bias_init(key, g):
-    return {"b_ih": jnp.zeros(g), "b_hh": jnp.zeros(g)}
+def _bias_init(key, g, dtype):
+    return {"b_ih": jnp.zeros(g, dtype), "b_hh": jnp.zeros(g, dtype)}
 
 
 def _scan(params, xp, h0, unroll=1):
@@ -75,16 +75,17 @@ _CELL = Cell("gru", "GRU", 3, 1, "b_ih", _bias_init, _scan, _reverse_scan, _bias
 
 
 def GRU(hidden: int, *, return_sequences: bool = True, w_init="glorot_uniform",
-        recurrent_init="orthogonal") -> Layer:
+        recurrent_init="orthogonal", param_dtype="float32", dtype=None) -> Layer:
     """GRU over x (batch, time, features) -> (batch, time, hidden), or (batch, hidden)
     (the last h) with ``return_sequences=False``.
 
     ``x`` may be a pair ``(x, h0)``, h0 (batch, hidden), to start from a given state
     (zero otherwise); the backward then returns ``(dx, dh0)``. ``w_ih`` starts
     Glorot-uniform, ``w_hh`` as three orthogonal blocks, both biases at zero.
+    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn._dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden`` and, at trace time, for an
     input that is not (batch, time, features) with the features it was built for
     (e.g. a 2-D array) or an initial state of the wrong shape.
     """
-    return recurrent_layer(_CELL, hidden, return_sequences, w_init, recurrent_init)
+    return recurrent_layer(_CELL, hidden, return_sequences, w_init, recurrent_init, param_dtype, dtype)

@@ -30,9 +30,9 @@ from funcnn.layer import Layer
 from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 
 
-def _bias_init(key, g):
+def _bias_init(key, g, dtype):
     h = g // 4
-    return {"b": jnp.zeros(g).at[h:2 * h].set(1.0)}
+    return {"b": jnp.zeros(g, dtype).at[h:2 * h].set(1.0)}
 
 
 def _scan(params, xp, carry0, unroll=1):
@@ -80,17 +80,18 @@ _CELL = Cell("lstm", "LSTM", 4, 2, "b", _bias_init, _scan, _reverse_scan, _bias_
 
 
 def LSTM(hidden: int, *, return_sequences: bool = True, w_init="glorot_uniform",
-         recurrent_init="orthogonal") -> Layer:
+         recurrent_init="orthogonal", param_dtype="float32", dtype=None) -> Layer:
     """LSTM over x (batch, time, features) -> (batch, time, hidden), or (batch, hidden)
     (the last h) with ``return_sequences=False``.
 
     ``x`` may be a pair ``(x, (h0, c0))``, h0 and c0 each (batch, hidden), to start
     from a given state (zero otherwise); the backward then returns ``(dx, (dh0, dc0))``.
     ``w_ih`` starts Glorot-uniform, ``w_hh`` as four orthogonal blocks, ``b`` at zero
-    except the forget gate's, at 1.
+    except the forget gate's, at 1. ``param_dtype``/``dtype``: storage and computation
+    dtypes (``funcnn._dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden`` and, at trace time, for an
     input that is not (batch, time, features) with the features it was built for
     (e.g. a 2-D array) or an initial state of the wrong shape.
     """
-    return recurrent_layer(_CELL, hidden, return_sequences, w_init, recurrent_init)
+    return recurrent_layer(_CELL, hidden, return_sequences, w_init, recurrent_init, param_dtype, dtype)

@@ -25,8 +25,8 @@ from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 
 
-def _bias_init(key, g):
-    return {"b": jnp.zeros(g)}
+def _bias_init(key, g, dtype):
+    return {"b": jnp.zeros(g, dtype)}
 
 
 def _bias_grads(da_x, da_h):
@@ -63,13 +63,15 @@ def _cell(activation: str) -> Cell:
 
 
 def SimpleRNN(hidden: int, activation: str = "tanh", *, return_sequences: bool = True,
-              w_init="glorot_uniform", recurrent_init="orthogonal") -> Layer:
+              w_init="glorot_uniform", recurrent_init="orthogonal", param_dtype="float32",
+              dtype=None) -> Layer:
     """Elman RNN over x (batch, time, features) -> (batch, time, hidden), or
     (batch, hidden) (the last h) with ``return_sequences=False``.
 
     ``x`` may be a pair ``(x, h0)``, h0 (batch, hidden), to start from a given state
     (zero otherwise); the backward then returns ``(dx, dh0)``. ``activation`` is one
     of ``ACTIVATIONS``; ``w_ih`` starts Glorot-uniform, ``w_hh`` orthogonal, ``b`` zero.
+    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn._dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden``, an unknown activation and, at
     trace time, an input that is not (batch, time, features) with the features it was
@@ -77,4 +79,5 @@ def SimpleRNN(hidden: int, activation: str = "tanh", *, return_sequences: bool =
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"SimpleRNN: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return recurrent_layer(_cell(activation), hidden, return_sequences, w_init, recurrent_init)
+    return recurrent_layer(_cell(activation), hidden, return_sequences, w_init, recurrent_init,
+                           param_dtype, dtype)
