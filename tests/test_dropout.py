@@ -26,7 +26,7 @@ def test_mask_statistics(rate):
     n = y.size
     # kept units are scaled by exactly 1 / (1 - rate), dropped ones are exactly 0
     kept = y != 0
-    assert_close(y[kept], 1.0 / keep, RTOL_F32)
+    assert_close(y[kept], np.full(np.shape(y[kept]), 1.0 / keep), RTOL_F32)
     # the kept fraction is 1 - rate, within 5 binomial standard deviations
     assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * rate / n)
     # the mean is preserved: E[y] = x = 1, Var[y] = rate / keep

@@ -51,7 +51,7 @@ def test_l2_excludes_biases_and_adds_its_gradient():
     x, y = jnp.ones((2, 4)), jnp.array([0, 1])
     _, g0, _ = fn.value_and_grad(model, losses.softmax_cross_entropy)(params, state, x, y)
     v1, g1, _ = fn.value_and_grad(model, losses.softmax_cross_entropy, l2=0.5)(params, state, x, y)
-    assert_close(g1["0_dense"]["w"] - g0["0_dense"]["w"], 0.5 * params["0_dense"]["w"], RTOL_F32)
+    assert_close(g1["0_dense"]["w"], g0["0_dense"]["w"] + 0.5 * params["0_dense"]["w"], RTOL_F32)
     np.testing.assert_array_equal(g1["0_dense"]["b"], g0["0_dense"]["b"])
 
 

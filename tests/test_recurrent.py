@@ -182,10 +182,10 @@ def test_manual_grads_match_autodiff_in_float32_under_jit_and_vmap():
     loss = fn.losses.softmax_cross_entropy
     _, g_manual, _ = jax.jit(fn.value_and_grad(model, loss, mode="manual"))(params, state, x, y)
     _, g_auto, _ = jax.jit(fn.value_and_grad(model, loss, mode="autodiff"))(params, state, x, y)
-    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), g_manual, g_auto)
+    assert_close(g_manual, g_auto, RTOL_F32)
     per_example = jax.jit(fn.per_example_grads(model, loss))(params, state, x, y)[1]
     mean = jax.tree_util.tree_map(lambda g: g.mean(axis=0), per_example)
-    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), mean, g_manual)
+    assert_close(mean, g_manual, RTOL_F32)
 
 
 def test_with_manual_vjp_passes_initial_state_gradient():
@@ -200,7 +200,7 @@ def test_with_manual_vjp_passes_initial_state_gradient():
 
     g_manual = jax.grad(lambda s: objective(bridged.apply, s))(s0)
     g_auto = jax.grad(lambda s: objective(layer.apply, s))(s0)
-    jax.tree_util.tree_map(lambda a, b: assert_close(a, b, RTOL_F32), g_manual, g_auto)
+    assert_close(g_manual, g_auto, RTOL_F32)
 
 
 @pytest.mark.parametrize("name", BASE)
