@@ -25,8 +25,7 @@ def test_residual_is_x_plus_f_and_its_backward_adds_dy():
     x = normal(1, (3, 4))
     y, _ = block.apply(params, state, x)
     f_y, _ = block.children[0][1].apply(params["0_serial"], state["0_serial"], x)
-    assert_close(y, x + f_y, RTOL_F32)
-    check_at(block, (4,), normal(1, (3, 4)))
+    assert_close(y, x + f_y, RTOL_F32)  # its backward: checked in funcnn check's catalog
 
 
 def test_fan_out_parallel_fan_in_sum_is_f_plus_g():
@@ -38,8 +37,7 @@ def test_fan_out_parallel_fan_in_sum_is_f_plus_g():
     x = normal(1, (4, 5))
     y, _ = model.apply(params, state, x)
     want = f.apply(p["0_dense"], {}, x)[0] + g.apply(p["1_serial"], state["1_parallel"]["1_serial"], x)[0]
-    assert_close(y, want, RTOL_F32)
-    check_at(model, (5,), x)
+    assert_close(y, want, RTOL_F32)  # its backward: checked in funcnn check's catalog
 
 
 def test_parallel_takes_and_returns_tuples_and_fan_in_concat_splits_back():

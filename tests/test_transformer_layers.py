@@ -62,7 +62,8 @@ TORCH = {
     "rmsnorm": lambda t, p, x: t.nn.functional.rms_norm(x, (x.shape[-1],), p["gamma"], 1e-5),
     "groupnorm(2)": lambda t, p, x: t.nn.functional.group_norm(
         x.permute(0, 3, 1, 2), 2, p["gamma"], p["beta"], 1e-5).permute(0, 2, 3, 1),
-    "groupnorm(1)": lambda t, p, x: t.nn.functional.group_norm(x.permute(0, 2, 1), 1, p["gamma"], p["beta"], 1e-5).permute(0, 2, 1),
+    "groupnorm(1)": lambda t, p, x: t.nn.functional.group_norm(
+        x.permute(0, 2, 1), 1, p["gamma"], p["beta"], 1e-5).permute(0, 2, 1),
     "groupnorm(C)": lambda t, p, x: t.nn.functional.group_norm(
         x.permute(0, 3, 1, 2), 3, p["gamma"], p["beta"], 1e-5).permute(0, 2, 3, 1),
     "embedding": lambda t, p, x: t.nn.functional.embedding(x, p["w"]),
@@ -210,7 +211,7 @@ def test_param_dtype_and_dtype():
     y, _, cache = layer.forward(params, state, normal(1, (2, 4)))
     grads, _ = layer.backward(params, cache, jnp.ones_like(y))
     assert y.dtype == jnp.float32 and grads["gamma"].dtype == jnp.bfloat16
-    emb = fn.Embedding(5, 3, param_dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32, dtype=jnp.bfloat16)
+    emb = fn.Embedding(5, 3, dtype=jnp.bfloat16)
     y, _ = emb.apply(*emb.init(jax.random.key(0), (2,)), jnp.array([[0, 4]]))
     assert y.dtype == jnp.bfloat16
 

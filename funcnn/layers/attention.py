@@ -27,7 +27,9 @@ dx = d[Q K V] w_in.
 Cache: x (B, T, D), [Q K V] (B, T, 3D), O (B, T, D) and ell (B, H, T): B T (5D + H)
 numbers, linear in T (the attention matrix, B H T^2 numbers, is recomputed in the
 backward instead of stored). For B = 1, D = 128, H = 4: 41,216 numbers at T = 64 and
-659,456 at T = 1024 (2.6 MB in float32), against 4.2 million for P alone.
+659,456 at T = 1024 (2.6 MB in float32), against 4.2 million for P alone. (The
+forward and the backward still form S, P and dS, T x T per head, while they run:
+there is no FlashAttention tiling; what is linear in T is what is kept between them.)
 
 The scores, the softmax (max-shifted) and the products with P run in at least
 float32 (float16/bfloat16 inputs are upcast inside; O and dx are cast back).
@@ -70,7 +72,8 @@ def MultiHeadAttention(heads: int, *, causal: bool = False, w_init="glorot_unifo
     Params ``{"w_in": (3D, D), "b_in": (3D,), "w_out": (D, D), "b_out": (D,)}`` as in
     ``torch.nn.MultiheadAttention`` (Glorot-uniform weights, zero biases by default) in
     ``param_dtype``; ``dtype`` is the compute dtype (None: the input's). ``causal=True``
-    lets position i attend to positions j <= i only. The module docstring gives the
+    lets position i attend to positions j <= i only. The scores and the softmax run in at
+    least float32 (half-precision inputs are upcast inside). The module docstring gives the
     backward and what the cache holds (linear in T).
 
     Raises ``ValueError`` for a non-positive ``heads``, D not divisible by ``heads`` or an

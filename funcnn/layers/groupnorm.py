@@ -35,7 +35,8 @@ def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init="ones", beta_init="z
     """Normalise each example over groups of channels (channels last), then per-channel affine.
 
     Input (batch, ..., C) with C divisible by ``groups`` -> the same shape; params
-    ``{"gamma": (C,), "beta": (C,)}`` in ``param_dtype``; ``dtype`` is the compute dtype.
+    ``{"gamma": (C,), "beta": (C,)}`` in ``param_dtype``; ``dtype`` is the compute dtype, the
+    statistics always in at least float32 (half-precision inputs are upcast inside).
     Equal to ``torch.nn.GroupNorm(groups, C)`` on the NCHW transpose.
 
     Raises ``ValueError`` for a non-positive ``groups`` or eps, or channels not divisible

@@ -29,7 +29,8 @@ def RMSNorm(eps: float = 1e-5, *, gamma_init="ones", param_dtype=jnp.float32, dt
     """Divide each example by the root mean square of its last axis, then scale by ``gamma``.
 
     Input (batch, ..., D) -> the same shape; params ``{"gamma": (D,)}`` in ``param_dtype``;
-    ``dtype`` is the compute dtype (None: the input's). Equal to
+    ``dtype`` is the compute dtype (None: the input's); the statistic runs in at least
+    float32 (half-precision inputs are upcast inside, the output cast back). Equal to
     ``torch.nn.functional.rms_norm(x, (D,), gamma, eps)``.
 
     Raises ``ValueError`` for a non-positive eps or a last axis that is not D,
