@@ -37,7 +37,7 @@ def ids(key, batch=3, t=CONTEXT):
 
 
 def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64():
-    model = tiny(layers=2)
+    model = tiny()
     loss = lm.next_char_cross_entropy
     with jax.enable_x64(True):
         params, state = random_params(model, jax.random.key(0), jnp.float64)
