@@ -89,8 +89,10 @@ def main(argv=None):
             print(f"{setup:12s} {prec:10s} test acc {acc:.4f}  {1e3 * t:7.2f} ms/step  grad gap {gap:.1e}")
 
     lines = [f"Backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); batch {BATCH}, Adam(1e-3); "
-             f"{'quick run' if args.quick else 'epochs: ' + ', '.join(f'{k} {v[3]}' for k, v in SETUPS.items())}.",
-             "", "| model | precision | test accuracy | vs fp32 (points) | ms / step | max manual-vs-autodiff grad diff |",
+             + ("quick run." if args.quick else
+              "epochs: " + ", ".join(f"{k} {v[3]}" for k, v in SETUPS.items()) + "."),
+             "", "| model | precision | test accuracy | vs fp32 (points) | ms / step "
+             "| max manual-vs-autodiff grad diff |",
              "|---|---|---|---|---|---|"]
     for (setup, prec), (acc, t, gap) in rows.items():
         delta = 100 * (acc - rows[setup, "fp32"][0])
