@@ -15,12 +15,18 @@ and raises the first failure as a ``ValueError`` naming the check. Pass ``fn``
 un-jitted: a function already traced by its own ``jax.jit`` may reuse a trace made
 without the checks. It costs a little run time, so it is a debugging
 tool: wrap a step while hunting a bad batch, drop the wrapper for speed.
+
+``first_nonfinite(model, params, state, x, y, loss)`` (``funcnn/_nonfinite.py``) runs one
+forward and backward pass layer by layer and names the first non-finite value: ``fit``'s
+guard (``funcnn.train.NonFiniteError``) says which step went wrong, this says which layer.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
+
+from funcnn._nonfinite import first_nonfinite  # noqa: F401  (re-exported)
 
 _local = threading.local()
 

@@ -30,8 +30,8 @@ Runs you can trust (``checkpoint_dir``, ``resume``, the guard, interrupts):
   epoch come back with it, and are looked at once per epoch (no host round-trip per
   step). The first flagged step raises ``NonFiniteError`` naming the epoch, the step and
   the value; the params of that epoch are dropped and the last checkpoint kept.
-  Hook for loss scaling: a step that skips its update sets ``applied = False`` in
-  ``make_epoch``'s ``step``; the guard ignores such steps' flags;
+  With float16 loss scaling a skipped step (non-finite gradients, scale halved) is not a
+  failure and reports no flag, until the scale has fallen to 1 (``make_step``);
 * SIGINT/SIGTERM are recorded (``funcnn._interrupt``) and acted on between epochs (between
   steps when stepping): a checkpoint of the last full epoch is written, then
   ``Interrupted`` (a ``KeyboardInterrupt``) is raised.
@@ -115,12 +115,24 @@ def _nonfinite_flags(xb, value, grads, new_params):
     return jnp.stack([~jnp.all(jnp.isfinite(v)) for v in watched])
 
 
-def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, penalty=None, scan=True):
-    """An ``epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state,
-    mean_loss, nonfinite)`` running every full batch of a shuffled pass: one jit-compiled
-    ``lax.scan`` (``scan=True``), or one jit-compiled step called per batch (``scan=False``).
-    ``nonfinite``: bool (n_batches, len(guard_names(params))), which watched values of which
-    step were non-finite (the guard: see the module docstring)."""
+def make_step(model, loss, optimizer, *, grad="manual", l2=0.0, penalty=None):
+    """One training step, ``step((params, state, opt_state), (x, y, key)) -> (carry, (loss,
+    nonfinite))``: the gradient (manual or autodiff), the optax update, and the guard's flags
+    (``guard_names``). For a ``precision.loss_scaling`` optimiser (float16) it is the
+    loss-scaled step: a step skipped for non-finite gradients changed nothing and reports no
+    flag, unless the scale has already fallen to 1 (then nothing is left to try and the guard
+    fires)."""
+    if isinstance(optimizer, precision.LossScaled):
+        scaled = precision.loss_scaled_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
+
+        def scaled_step(carry, batch):
+            carry, value = scaled(carry, batch)
+            params, _, opt_state = carry
+            watch = opt_state.finite | (opt_state.scale <= 1.0)
+            no_grads = jax.tree_util.tree_map(jnp.zeros_like, params)  # finite whenever applied
+            return carry, (value, _nonfinite_flags(batch[0], value, no_grads, params) & watch)
+
+        return scaled_step
     vg = value_and_grad(model, loss, mode=grad, l2=l2, penalty=penalty)
 
     def step(carry, batch):
@@ -129,11 +141,18 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         value, grads, state = vg(params, state, xb, yb, key=kb, train=True)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        applied = jnp.bool_(True)  # loss scaling sets this False on a skipped step: the guard ignores it
-        return (params, state, opt_state), (value, _nonfinite_flags(xb, value, grads, params) & applied)
+        return (params, state, opt_state), (value, _nonfinite_flags(xb, value, grads, params))
 
-    if isinstance(optimizer, precision.LossScaled):  # fp16: the loss is scaled by opt_state.scale
-        step = precision.loss_scaled_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
+    return step
+
+
+def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, penalty=None, scan=True):
+    """An ``epoch(params, state, opt_state, x, y, key) -> (params, state, opt_state,
+    mean_loss, nonfinite)`` running every full batch of a shuffled pass: one jit-compiled
+    ``lax.scan`` (``scan=True``), or one jit-compiled step called per batch (``scan=False``).
+    ``nonfinite``: bool (n_batches, len(guard_names(params))), which watched values of which
+    step were non-finite (the guard: see the module docstring)."""
+    step = make_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
 
     def schedule(n, key):
         n_batches = n // batch_size
@@ -182,14 +201,8 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual",
 
     from funcnn import autotune
 
-    vg = value_and_grad(model, loss, mode=grad)
     optimizer = optimizer or optax.sgd(1e-3)
-
-    def step(carry, batch):
-        (p, s, o), (xb, yb, kb) = carry, batch
-        value, grads, s = vg(p, s, xb, yb, key=kb, train=True)
-        updates, o = optimizer.update(grads, o, p)
-        return (optax.apply_updates(p, updates), s, o), value
+    step = make_step(model, loss, optimizer, grad=grad)
 
     idx = np.arange(steps * batch_size) % len(x)
     xs, ys = (jnp.asarray(np.asarray(a)[idx]).reshape(steps, batch_size, *np.shape(a)[1:]) for a in (x, y))
