@@ -90,7 +90,8 @@ def residual(f: Layer, *, name: str = "residual") -> Layer:
         y, s = f.apply(params[k], state[k], x, key=key, train=train)
         return _add(x, y), {k: s}
 
-    return Layer(name, init, forward, backward, output_shape, apply, children=((k, f),))
+    return Layer(name, init, forward, backward, output_shape, apply, children=((k, f),),
+                 feed=lambda x, key: ((x, key),))
 
 
 def parallel(*layers: Layer, name: str = "parallel") -> Layer:
@@ -141,7 +142,8 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
             ys.append(y)
         return tuple(ys), new_state
 
-    return Layer(name, init, forward, backward, output_shape, apply, children=tuple(zip(names, layers)))
+    return Layer(name, init, forward, backward, output_shape, apply, children=tuple(zip(names, layers)),
+                 feed=lambda x, key: tuple(zip(_tuple_input(x, n, "parallel"), _split(key, n))))
 
 
 def fan_out(n: int) -> Layer:

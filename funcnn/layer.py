@@ -42,10 +42,11 @@ class Layer:
     ``children`` is optional too: a combinator (``serial``, ``residual``, ``parallel``,
     ...) lists its sublayers as ``(key, child_layer)`` pairs in forward order, where
     ``key`` is the child's key in the combinator's params and state dicts
-    (``params[key]``, ``state[key]``; e.g. ``"0_dense"``). ``check_model`` recurses
-    through it: children of ``serial`` are checked at the previous child's output,
-    children of any other combinator at the combinator's own input (what ``residual``
-    and ``parallel`` feed them); see ``funcnn.check.model``. Leaf layers leave it ``()``.
+    (``params[key]``, ``state[key]``; e.g. ``"0_dense"``). A combinator other than
+    ``serial`` also says what each child receives: ``feed(x, key) -> ((x_1, key_1), ...)``,
+    one (input, PRNG key) pair per child (``residual``: its own input and key; ``parallel``:
+    the i-th part of its tuple input and the i-th split key). ``check_model`` walks a model
+    through these (``funcnn.check.model``). Leaf layers leave both empty.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Layer:
     output_shape: Callable[[Shape], Shape]
     apply_fn: Callable[..., tuple[Any, State]] | None = None
     children: tuple = ()
+    feed: Callable[..., tuple] | None = None
 
     def apply(self, params, state, x, *, key=None, train=False):
         """Run the layer: ``(y, new_state)``. ``x`` has a leading batch axis."""

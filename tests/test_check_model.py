@@ -67,3 +67,18 @@ def test_builtin_models_pass_with_dropout_and_batchnorm():
     report = fn.check_model(model, (3,), batch=4, max_fd=64)
     report.assert_ok()
     assert report.first_wrong is None and len(report.rows) == 6
+
+
+def test_blame_inside_parallel_branches_follows_the_feed():
+    """``parallel`` feeds branch i the i-th part of its tuple input (``Layer.feed``): the
+    wrong LayerNorm in the second branch is checked at that input and blamed."""
+    def model(second):
+        return fn.serial(fn.Dense(4), fn.fan_out(2), fn.parallel(fn.Dense(4), fn.serial(fn.Tanh(), second)),
+                         fn.fan_in_sum())
+
+    right = fn.check_model(model(ex.LayerNorm()), (3,), fd=False)
+    right.assert_ok()
+    assert "2_parallel/1_serial/1_layernorm" in [r.path for r in right.rows]
+    assert all(r.report is not None for r in right.rows)  # every branch checked, none skipped
+    wrong = fn.check_model(model(ex.LayerNorm(forget_gain_in_dx=True)), (3,), fd=False)
+    assert wrong.first_wrong == "2_parallel/1_serial/1_layernorm"

@@ -8,8 +8,10 @@ through ``Layer.children``:
 
 * children of ``serial`` (recognised by its ``forward``) are run in order, each on the
   previous child's output, with the key ``serial`` gives it (so dropout masks match);
+* children of a combinator with ``Layer.feed`` (``residual``, ``parallel``) are checked
+  at the input and key it feeds each of them;
 * children of any other combinator are checked at the combinator's own input and key,
-  which is what ``residual``/``parallel``-style combinators feed them; the combinator
+  which is what ``residual``-style combinators feed them; the combinator
   is also checked as a whole, so a wrong combination rule is caught even if a child
   in fact receives something else (that child is then checked at an input it may not
   see in the network -- still a valid check of its backward, but not the network's
@@ -117,6 +119,9 @@ def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
             for (k, child), ck in zip(layer.children, keys):
                 entries += _walk(child, params[k], state[k], h, ck, train, f"{path}{k}/", point, check_kwargs)
                 h = child.forward(params[k], state[k], h, key=ck, train=train)[0]
+        elif layer.feed is not None:  # the combinator says what each child receives
+            for (k, child), (h, ck) in zip(layer.children, layer.feed(x, key)):
+                entries += _walk(child, params[k], state[k], h, ck, train, f"{path}{k}/", point, check_kwargs)
         else:
             for k, child in layer.children:
                 try:
