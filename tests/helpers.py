@@ -29,16 +29,25 @@ RTOL_BF16 = 3e-2
 FLOOR_FRAC = 1e-3
 
 
+def _leaves(tree):
+    """The float64 leaves of a pytree; a flat list of numbers is one array."""
+    if isinstance(tree, (list, tuple)) and tree and all(isinstance(v, (int, float)) for v in tree):
+        return [np.asarray(tree, np.float64)]
+    return [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]
+
+
 def rel_error(a, b, *, floor_frac: float = FLOOR_FRAC) -> float:
     """max_j |a_j - b_j| / max(|a_j|, |b_j|, floor) over every leaf of two pytrees;
-    the floor is ``floor_frac`` times the largest magnitude over all leaves of both."""
-    la = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(a)]
-    lb = [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(b)]
+    the floor is ``floor_frac`` times the largest magnitude over all leaves of both.
+    A scalar leaf is compared with every element of the other (``x`` vs ``1.0``)."""
+    la, lb = _leaves(a), _leaves(b)
     if len(la) != len(lb):
         raise AssertionError(f"trees differ: {len(la)} leaves vs {len(lb)}")
-    for x, y in zip(la, lb):
+    for i, (x, y) in enumerate(zip(la, lb)):
         if x.shape != y.shape:
-            raise AssertionError(f"shapes differ: {x.shape} vs {y.shape}")
+            if x.ndim and y.ndim:
+                raise AssertionError(f"shapes differ: {x.shape} vs {y.shape}")
+            la[i], lb[i] = np.broadcast_arrays(x, y)
     scale = max([float(np.max(np.abs(x))) for x in la + lb if x.size] + [0.0])
     floor = max(floor_frac * scale, 1e-300)
     worst = 0.0

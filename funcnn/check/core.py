@@ -123,7 +123,7 @@ def _is_user_rule(eqn):
     if eqn.primitive.name not in CUSTOM_CALLS:
         return False
     src = _rule_source(eqn).replace("\\", "/")
-    return not ("/jax/" in src or "/jaxlib/" in src)
+    return not ("/jax/_src/" in src or "/jaxlib/" in src)
 
 
 def user_rules(jaxpr) -> list[str]:
