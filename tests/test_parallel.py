@@ -63,6 +63,7 @@ def test_cli_trains_on_two_devices(tmp_path):
     (["--devices", "4096"], "--devices: expected at most the"),
 ])
 def test_cli_refuses_bad_device_flags_in_one_line(tmp_path, capsys, flags, expected):
+    jax.devices()  # the backend runs (one device), so --devices cannot change this process's devices
     out = tmp_path / "never"
     code = main(["train", *flags, "--out", str(out)])
     lines = capsys.readouterr().err.strip().splitlines()

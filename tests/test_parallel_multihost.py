@@ -18,10 +18,10 @@ def _free_port():
 
 def test_two_processes_of_two_devices_end_like_one_process_of_four(tmp_path):
     coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen(command("multihost_worker.py", coordinator, 2, i, tmp_path / f"p{i}.npz"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**ENV, "JAX_NUM_CPU_DEVICES": "2"}) for i in range(2)]
-    ref = run("multihost_worker.py", "-", 0, 0, tmp_path / "ref.npz", timeout=300, JAX_NUM_CPU_DEVICES="4")
+    procs = [subprocess.Popen(command("multihost_worker.py", 2, coordinator, 2, i, tmp_path / f"p{i}.npz"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+             for i in range(2)]
+    ref = run("multihost_worker.py", 4, "-", 0, 0, tmp_path / "ref.npz", timeout=300)
     outs = []
     try:
         outs = [p.communicate(timeout=300) for p in procs]
