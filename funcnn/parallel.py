@@ -40,7 +40,6 @@ import types
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from funcnn.gradients import value_and_grad
@@ -166,22 +165,24 @@ def shard_batch(batch, mesh, local_rows=None):
 
 def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual", l2=0.0, penalty=None):
     """The data-parallel ``epoch(params, state, opt_state, x, y, key) -> (params, state,
-    opt_state, mean_loss)`` of ``fit(..., mesh=mesh)``.
+    opt_state, mean_loss, nonfinite)`` of ``fit(..., mesh=mesh)``.
 
-    The shuffle and the per-step keys are those of ``funcnn.train.make_epoch`` (they
-    depend on the key only, not on the mesh); each batch is sharded over ``"data"``,
-    params/state/optimizer state are replicated and one compiled step runs per batch.
-    Inputs and outputs are ordinary arrays of this process (``to_local``), so the rest
-    of ``fit`` (evaluation, history) is unchanged.
+    The step is ``funcnn.train.make_step`` (the same gradient, update, loss scaling and
+    non-finite flags as on one device), the shuffle and the per-step keys those of
+    ``funcnn.train.make_epoch`` (they depend on the key only, not on the mesh); each batch
+    is sharded over ``"data"``, params/state/optimizer state are replicated and one
+    compiled step runs per batch. Inputs and outputs are ordinary arrays of this process
+    (``to_local``), so the rest of ``fit`` (evaluation, guard, checkpoints) is unchanged.
     """
+    from funcnn import _interrupt
+    from funcnn.train import make_step
+
     data_shards(mesh, batch_size)
-    vg = value_and_grad(model, loss, mode=grad, l2=l2, penalty=penalty)
+    train_step = make_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
 
     @jax.jit
-    def step(params, state, opt_state, xb, yb, key_data):
-        value, grads, state = vg(params, state, xb, yb, key=jax.random.wrap_key_data(key_data), train=True)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, value
+    def step(carry, xb, yb, key_data):
+        return train_step(carry, (xb, yb, jax.random.wrap_key_data(key_data)))
 
     def epoch(params, state, opt_state, x, y, key):
         x, y = np.asarray(x), np.asarray(y)
@@ -189,13 +190,16 @@ def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual
         with jax.set_mesh(mesh):
             carry = replicate((params, state, opt_state), mesh)
             keys = replicate(jax.random.key_data(keys), mesh)
-            losses = []
+            losses, flags = [], []
             for i in range(idx.shape[0]):
+                _interrupt.check()  # a signal stops between steps; the epoch is dropped
                 xb, yb = shard_batch((x[idx[i]], y[idx[i]]), mesh)
-                *carry, value = step(*carry, xb, yb, keys[i])
+                carry, (value, bad) = step(carry, xb, yb, keys[i])
                 losses.append(value)
+                flags.append(bad)
             mean = float(np.mean([np.asarray(v.addressable_data(0)) for v in losses]))
-        return (*to_local(tuple(carry)), mean)
+            flags = np.stack([np.asarray(f.addressable_data(0)) for f in flags])
+        return (*to_local(tuple(carry)), mean, flags)
 
     return epoch
 

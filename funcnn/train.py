@@ -330,16 +330,17 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
                                  f"different key; pass the key of that run")
             if done > epochs:
                 raise ValueError(f"fit: resume: {checkpoint_dir} is at epoch {done}, past epochs={epochs}")
-    if scan is None:
-        scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad,
-                                optimizer=optimizer)
-    epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
-                       scan=scan)
-    if mesh is not None:  # data parallelism: the same schedule, batches sharded over "data"
+    if mesh is not None:  # data parallelism: the same schedule and step, batches sharded over "data"
         from funcnn.parallel import make_sharded_epoch
 
         epoch = make_sharded_epoch(model, loss, optimizer, mesh, batch_size=batch_size, grad=grad, l2=l2,
                                    penalty=penalty)
+    else:
+        if scan is None:
+            scan = not scan_is_slow(model, loss, params, state, x_tr, y_tr, batch_size=batch_size, grad=grad,
+                                    optimizer=optimizer)
+        epoch = make_epoch(model, loss, optimizer, batch_size=batch_size, grad=grad, l2=l2, penalty=penalty,
+                           scan=scan)
     predict = predictor(model)
     x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
     names = guard_names(params)

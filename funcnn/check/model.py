@@ -133,7 +133,7 @@ def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
                 entries += _walk(child, params[k], state[k], x, key, train, f"{path}{k}/", point, check_kwargs)
     forward, backward = _layer_fns(layer, state, key, train)
     kwargs = dict(check_kwargs)
-    kwargs["max_fd"] = max(kwargs.get("max_fd", 512), int(jnp.size(x)))  # every input element: kinks
+    kwargs["max_fd"] = max([kwargs.get("max_fd", 512)] + [int(np.size(h)) for h in jax.tree_util.tree_leaves(x)])  # kinks
     report = check_backward(forward, backward, params, x, key=jax.random.key(1), name=layer.name,
                             argnames=["params", "x"], point=point, **kwargs)
     entries.append((path.rstrip("/") or "(model)", layer.name, report, ""))
