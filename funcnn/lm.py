@@ -109,43 +109,88 @@ def evaluator(model, x, y, *, chunk=64):
 
 
 def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, grad="manual", eval_every=100,
-             eval_windows=None, seed=0, params=None, progress=False) -> LMResult:
+             eval_windows=None, seed=0, params=None, progress=False, policy=None, checkpoint_dir=None, keep=2,
+             resume=False) -> LMResult:
     """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with ``optimizer``
     (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
-    ``corpus.validation`` over at most ``eval_windows`` windows (module docstring)."""
+    ``corpus.validation`` over at most ``eval_windows`` windows (module docstring).
+
+    The step is ``funcnn.train.make_step`` (so ``policy`` works as in ``fit``, float16 with
+    loss scaling). As in ``fit``: ``checkpoint_dir`` keeps an orbax checkpoint at every
+    evaluation (``resume=True`` continues from the newest, with the same batches: bitwise the
+    same run); the non-finite guard is checked at every evaluation and raises
+    ``funcnn.train.NonFiniteError`` naming the first bad step and value; SIGINT/SIGTERM
+    (inside ``_interrupt.catching_signals``) stop between steps with ``Interrupted``, the last
+    evaluation's checkpoint kept."""
+    from funcnn import _interrupt, precision
+    from funcnn.train import NonFiniteError, guard_names
+    from funcnn.train import make_step as train_step
+
     for value, arg in ((context, "context"), (steps, "steps"), (batch_size, "batch_size"),
                        (eval_every, "eval_every")):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"train_lm: {arg} must be a positive integer, got {value!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("train_lm: resume=True needs checkpoint_dir (the folder of the run to continue)")
+    optimizer = optimizer or optax.adam(1e-3)
+    loss = next_char_cross_entropy
+    if policy is not None:
+        model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     if params is None:
         params, _ = model.init(jax.random.key(seed), (context,))
-    optimizer = optimizer or optax.adam(1e-3)
+    state = _state(model, context)
     opt_state = optimizer.init(params)
-    step = make_step(model, optimizer, grad)
+    step = jax.jit(train_step(model, loss, optimizer, grad=grad))
     validation = evaluator(model, *text.eval_windows(corpus.validation, context, eval_windows))
     history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
+    names, done, checkpoints = guard_names(params), 0, None
+    if checkpoint_dir is not None:
+        from funcnn.checkpoint import Checkpoints
+
+        checkpoints = Checkpoints(checkpoint_dir, keep=keep)
+        latest = checkpoints.latest()
+        if latest is not None and not resume:
+            checkpoints.close()
+            raise ValueError(f"train_lm: checkpoint_dir {str(checkpoint_dir)!r} already holds checkpoints (newest: "
+                             f"step {latest}); pass resume=True to continue that run, or a new folder")
+        if latest is not None:
+            (params, opt_state), done, history = checkpoints.restore(latest, (params, opt_state))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="train", unit="step")
-    t0, since = time.perf_counter(), []
-    for i, (x, y) in enumerate(batches(corpus.train, context=context, batch_size=batch_size, steps=steps,
-                                       seed=seed), start=1):
-        params, opt_state, value = step(params, opt_state, x, y)
-        since.append(value)
-        if i % eval_every == 0 or i == steps:
-            history["step"].append(i)
-            history["train_loss"].append(float(jnp.mean(jnp.stack(since))))
-            history["val_loss"].append(validation(params))
-            history["seconds"].append(time.perf_counter() - t0)
-            since = []
+        bar = tqdm(total=steps, initial=done, desc="train", unit="step")
+    t0, since, flags = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0), [], []
+    try:
+        for i, (x, y) in enumerate(batches(corpus.train, context=context, batch_size=batch_size, steps=steps,
+                                           seed=seed), start=1):
+            if i <= done:  # resumed: the same batches, already trained on
+                continue
+            _interrupt.check(done)  # a signal stops here; the last evaluation's checkpoint is kept
+            (params, _, opt_state), (value, bad) = step((params, state, opt_state), (x, y, None))
+            since.append(value)
+            flags.append(bad)
+            if i % eval_every == 0 or i == steps:
+                bad = np.asarray(jnp.stack(flags))  # the guard: one transfer per evaluation
+                if bad.any():
+                    first, which = np.argwhere(bad)[0]
+                    raise NonFiniteError(None, done + int(first) + 1, names[which], who="train_lm")
+                history["step"].append(i)
+                history["train_loss"].append(float(jnp.mean(jnp.stack(since))))
+                history["val_loss"].append(validation(params))
+                history["seconds"].append(time.perf_counter() - t0)
+                since, flags, done = [], [], i
+                if checkpoints is not None:
+                    checkpoints.save(i, (params, opt_state), history)
+                if bar is not None:
+                    bar.set_postfix(val_loss=f"{history['val_loss'][-1]:.3f}")
             if bar is not None:
-                bar.set_postfix(val_loss=f"{history['val_loss'][-1]:.3f}")
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if checkpoints is not None:
+            checkpoints.close()
     return LMResult(params, history)
 
 

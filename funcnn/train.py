@@ -51,11 +51,13 @@ from funcnn.gradients import MODES, value_and_grad
 
 
 class NonFiniteError(FloatingPointError):
-    """A training step produced a non-finite value: ``epoch``, ``step`` (1-based), ``where``."""
+    """A training step produced a non-finite value: ``epoch`` (``None`` for a run counted in steps),
+    ``step`` (1-based), ``where``."""
 
-    def __init__(self, epoch: int, step: int, where: str):
+    def __init__(self, epoch: int | None, step: int, where: str, *, who: str = "fit"):
         self.epoch, self.step, self.where = epoch, step, where
-        super().__init__(f"fit: non-finite value at epoch {epoch}, step {step}: {where} "
+        at = f"step {step}" if epoch is None else f"epoch {epoch}, step {step}"
+        super().__init__(f"{who}: non-finite value at {at}: {where} "
                          f"(training stopped; the last good checkpoint is kept)")
 
 

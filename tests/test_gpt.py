@@ -143,10 +143,30 @@ def test_train_lm_lowers_the_validation_loss():
 
     corpus = text.load_pydoc(0)
     model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
-    h = lm.train_lm(model, corpus, context=CONTEXT, steps=30, batch_size=8, optimizer=optax.adam(1e-2),
-                    eval_every=15, eval_windows=16, seed=0).history
+    kw = dict(context=CONTEXT, batch_size=8, optimizer=optax.adam(1e-2), eval_every=15, eval_windows=16, seed=0)
+    whole = lm.train_lm(model, corpus, steps=30, **kw)
+    h = whole.history
     assert h["step"] == [15, 30] and len(h["train_loss"]) == len(h["val_loss"]) == 2
     assert h["val_loss"][-1] < np.log(corpus.vocab_size) - 1.0  # well below the uniform guess, log 103 = 4.6
+
+
+def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_path):
+    import optax
+
+    from funcnn import text
+
+    corpus = text.load_pydoc(0)
+    model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
+    kw = dict(context=CONTEXT, batch_size=8, optimizer=optax.adam(1e-2), eval_every=5, eval_windows=4, seed=0)
+    whole = lm.train_lm(model, corpus, steps=10, **kw)
+    lm.train_lm(model, corpus, steps=5, checkpoint_dir=tmp_path / "ck", **kw)  # "killed" after step 5
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        lm.train_lm(model, corpus, steps=10, checkpoint_dir=tmp_path / "ck", **kw)
+    resumed = lm.train_lm(model, corpus, steps=10, checkpoint_dir=tmp_path / "ck", resume=True, **kw)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params), jax.tree_util.tree_leaves(resumed.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.history["val_loss"] == whole.history["val_loss"]
+    assert resumed.history["train_loss"] == whole.history["train_loss"]
 
 
 GPT_FLAGS = ["--model", "gpt", "--data", "pydoc", "--steps", "4", "--context", "8", "--layers", "1", "--heads", "2",
@@ -171,6 +191,15 @@ def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     assert main(["sample", str(out), "--prompt", "def ", "--length", "30", "--temperature", "0.5"]) == 0
     sampled = capsys.readouterr().out
     assert sampled.startswith("def ") and len(sampled) == len("def ") + 30 + 1  # + print's newline
+
+    # a run killed after its first checkpoint (step 2) continues with its recorded arguments
+    import shutil
+
+    shutil.rmtree(out / "params")
+    shutil.rmtree(out / "checkpoints" / "4")
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["history"]["step"] == [2, 4] and resumed["history"]["val_loss"] == metrics["history"]["val_loss"]
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -2,16 +2,18 @@
 
 Called from ``funcnn train`` (which owns the shared flags); adds the GPT flags. Trains
 for ``--steps`` steps (or ``--epochs`` passes' worth of windows), prints the
-validation loss per evaluation, and writes the run (``run.json`` + ``params/``, read
-by ``funcnn sample``), ``metrics.json`` and ``curves.png`` into ``--out``.
+validation loss per evaluation, and writes the run into ``--out``: ``run.json`` (first,
+with every argument: ``funcnn train --resume DIR`` continues from it),
+``checkpoints/`` (orbax, at every evaluation), ``params/`` (read by ``funcnn sample``),
+``metrics.json`` and ``curves.png``. ``--precision`` works as for the other models.
 """
 from __future__ import annotations
 
-import datetime
 import json
-from pathlib import Path
 
 from funcnn.cli.args import UsageError, positive_int
+
+GPT_ARGS = ("steps", "context", "layers", "heads", "width", "eval_every", "eval_windows")
 
 
 def add_arguments(p) -> None:
@@ -36,6 +38,8 @@ def _validate(args):
         raise UsageError(f"--loss: gpt trains with softmax_cross_entropy, got {args.loss!r}")
     if args.l2:
         raise UsageError(f"--l2: not supported with --model gpt, got {args.l2}")
+    if args.devices is not None or args.coordinator is not None:
+        raise UsageError("--devices: data parallelism is not wired into --model gpt yet; drop --devices/--coordinator")
     if args.width % args.heads:
         raise UsageError(f"--width: expected a multiple of --heads ({args.heads}), got {args.width}")
 
@@ -45,7 +49,9 @@ def run(args) -> int:
     import jax
 
     from funcnn import lm, models, text
-    from funcnn.cli.train import first_step_gradient_gap, make_optimizer
+    from funcnn.checkpoint import json_safe
+    from funcnn.cli.train import RUN_ARGS, _versions, first_step_gradient_gap, make_optimizer
+    from funcnn.precision import Policy, prepare
 
     corpus = text.load_pydoc(args.seed)
     if args.context >= len(corpus.validation):
@@ -54,29 +60,41 @@ def run(args) -> int:
     steps = args.steps or args.epochs * (len(corpus.train) // (args.batch_size * args.context))
     config = {"context": args.context, "layers": args.layers, "heads": args.heads, "width": args.width}
     model = models.gpt(corpus.vocab_size, **config)
-    params, state = model.init(jax.random.key(args.seed), (args.context,))
+    optimizer = make_optimizer(args.optimizer, args.lr, args.schedule, steps)
+    policy = Policy.parse(args.precision)
+    policy_model, policy_loss, _ = prepare(model, lm.next_char_cross_entropy, optimizer, policy)
+    params, state = policy_model.init(jax.random.key(args.seed), (args.context,))
     x, y = next(lm.batches(corpus.train, context=args.context, batch_size=args.batch_size, steps=1,
                            seed=args.seed))
-    gap = first_step_gradient_gap(model, lm.next_char_cross_entropy, params, state, x, y, None, 0.0)
+    gap = first_step_gradient_gap(policy_model, policy_loss, params, state, x, y, None, 0.0)
 
-    out = args.out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out
+    arg_dict = {k: getattr(args, k) for k in (*RUN_ARGS, *GPT_ARGS)}
+    if args.resume is None:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"command": "train", "model": "gpt", "config": config, "vocab": corpus.vocab, "args": arg_dict,
+                  "data": {"name": "pydoc", "seed": args.seed, "train": len(corpus.train),
+                           "validation": len(corpus.validation)}, "versions": _versions()}
+        (out / "run.json").write_text(json.dumps(json_safe(record), indent=2, allow_nan=False))
     result = lm.train_lm(model, corpus, context=args.context, steps=steps, batch_size=args.batch_size,
-                         optimizer=make_optimizer(args.optimizer, args.lr, args.schedule, steps), grad=args.grad,
-                         eval_every=args.eval_every, eval_windows=args.eval_windows, seed=args.seed,
-                         params=params, progress=not args.no_progress)
+                         optimizer=optimizer, grad=args.grad, eval_every=args.eval_every,
+                         eval_windows=args.eval_windows, seed=args.seed, params=params,
+                         progress=not args.no_progress, policy=policy, checkpoint_dir=out / "checkpoints",
+                         resume=args.resume is not None)
     h = result.history
     print(f"data pydoc: {len(corpus.train)} train / {len(corpus.validation)} validation characters, "
           f"vocabulary {corpus.vocab_size}; model gpt {args.layers} layers x {args.heads} heads, width "
-          f"{args.width}, context {args.context}; {args.grad} gradients, {steps} steps of {args.batch_size}")
+          f"{args.width}, context {args.context}; {args.grad} gradients, {steps} steps of {args.batch_size}, "
+          f"precision {args.precision}")
     for s, tr, va in zip(h["step"], h["train_loss"], h["val_loss"]):
         print(f"step {s:6d}  train loss {tr:.4f}  validation loss {va:.4f} nats/char")
-    print(f"first-step gradients, manual vs autodiff (float32): max relative difference {gap:.2e}")
-    arg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    print(f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}")
     lm.save_run(out, config=config, vocab=corpus.vocab, params=result.params,
-                extra={"data": "pydoc", "seed": args.seed, "args": arg_dict, "history": h})
+                extra={"command": "train", "data": "pydoc", "seed": args.seed, "args": arg_dict, "history": h,
+                       "versions": _versions()})
     metrics = {"args": arg_dict, "first_step_grad_rel_diff": gap, "history": h,
                "final": {k: v[-1] for k, v in h.items()}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=list))
+    (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     _plot(h, out / "curves.png", f"gpt on pydoc ({args.grad} backward)")
     print(f"wrote {out / 'run.json'}, {out / 'params'}, {out / 'metrics.json'} and {out / 'curves.png'}")
     return 0

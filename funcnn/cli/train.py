@@ -122,17 +122,20 @@ def _resumed_args(args):
     """The recorded arguments of the run in ``--resume DIR``; no other training flag allowed."""
     run_dir = args.resume
     defaults = build_defaults()
-    given = [k for k in (*RUN_ARGS, "out") if getattr(args, k) != defaults[k]]
+    given = [k for k in (*RUN_ARGS, *gpt.GPT_ARGS, "out") if getattr(args, k) != defaults[k]]
     if given:
         raise UsageError(f"--resume: continues with the run's recorded arguments; drop --{given[0].replace('_', '-')}")
     if not (run_dir / "run.json").is_file():
         raise UsageError(f"--resume: expected a run folder written by funcnn train (with run.json), got {str(run_dir)!r}")
-    if (run_dir / "model").exists():
+    if (run_dir / "model").exists() or (run_dir / "params").exists():
         raise UsageError(f"--resume: the run in {str(run_dir)!r} is complete; see: funcnn evaluate {run_dir}")
     try:
         recorded = json.loads((run_dir / "run.json").read_text())["args"]
         for k in RUN_ARGS:
             setattr(args, k, tuple(recorded[k]) if k == "hidden" else recorded[k])
+        if recorded["model"] == "gpt":
+            for k in gpt.GPT_ARGS:
+                setattr(args, k, recorded[k])
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--resume: {str(run_dir / 'run.json')!r} is not a funcnn run record ({e})") from None
     args.out = run_dir
@@ -179,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
                 return gpt.run(args)
             return _train(args, resuming, mesh)
     except Interrupted as e:
-        print(f"interrupted at epoch {e.epoch}; resume with: funcnn train --resume {args.out}", file=sys.stderr)
+        unit = "step" if args.model == "gpt" else "epoch"
+        print(f"interrupted at {unit} {e.epoch}; resume with: funcnn train --resume {args.out}", file=sys.stderr)
         return e.exit_code
     except NonFiniteError as e:
         print(f"funcnn train: {e}", file=sys.stderr)
