@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import _interrupt, precision
+from funcnn import _interrupt, losses, precision
 from funcnn._interrupt import Interrupted
 from funcnn.gradients import MODES, value_and_grad
 
@@ -267,6 +267,10 @@ def _check_data(model, loss, x, y, split):
         if lo < 0 or hi >= classes:
             raise ValueError(f"fit: y_{split} must hold class labels in [0, {classes}) (the model has {classes} "
                              f"outputs), got labels from {lo} to {hi}")
+    try:  # the loss's own target checks (BCE targets in [0, 1], shapes, ...)
+        losses.validate_targets(loss, model.output_shape(tuple(np.shape(x)[1:])), y)
+    except ValueError as e:
+        raise ValueError(f"fit: y_{split}: {e}") from None
 
 
 def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual", l2=0.0,
