@@ -50,7 +50,7 @@ CLI = [  # (argv, setup, expected text in the one line)
     (["train", "--epochs", "0"], None, "argument --epochs: expected a positive integer"),
     (["train", "--epochs", "2.5"], None, "argument --epochs: expected a positive integer"),
     (["train", "--optimizer", "lbfgs"], None, "argument --optimizer: invalid choice"),
-    (["train", "--model", "transformer"], None, "--model: expected one of cnn, mlp"),
+    (["train", "--model", "transformer"], None, "--model: expected one of cnn, gpt, mlp"),
     (["train", "--l2", "-1"], None, "argument --l2: expected a number >= 0"),
     (["train", "--l2", "nan"], None, "argument --l2: expected a number >= 0"),
     (["train", "--seed", "-1"], None, "argument --seed: expected an integer seed in [0, 4294967295]"),

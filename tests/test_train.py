@@ -43,7 +43,7 @@ def test_datasets_load_offline(name, shape):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; known: blobs, digits, mnist1d, mnist5k, moons, xor"):
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; known: blobs, digits, mnist1d, mnist5k, moons, pydoc, xor"):
         fn.data.load("cifar")
 
 

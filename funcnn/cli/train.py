@@ -222,7 +222,7 @@ def _train(args, resuming, mesh):
     params, state = policy_model.init(k_init, d.x_train.shape[1:])
     layers = [" ".join([name] + [f"{p}{list(np.shape(v))}" for p, v in params[name].items()]) for name in params]
     out = args.out
-    run_record = {"command": "train", "args": {k: getattr(args, k) for k in RUN_ARGS},
+    run_record = {"command": "train", "args": {**{k: getattr(args, k) for k in RUN_ARGS}, "devices": args.devices},
                   "model": {"builder": args.model, "input_shape": list(d.x_train.shape[1:]),
                             "outputs": d.num_classes, "hidden": list(args.hidden), "activation": args.activation,
                             "layers": layers},
