@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn import layers as L
 from funcnn import losses, models
@@ -134,6 +135,8 @@ MODEL_CASES: list[ModelCase] = [
     ModelCase("model:mlp", lambda: models.build("mlp", (3, 3, 1), 3, hidden=(6, 5), activation="tanh"), (3, 3, 1)),
     ModelCase("model:cnn", lambda: models.build("cnn", (4, 4, 1), 3, hidden=(5,)), (4, 4, 1),
               {"batch": 2, "max_fd": 64}),
+    ModelCase("model:gpt", lambda: models.gpt(7, context=4, layers=1, heads=2, width=8), (4,),
+              {"x": np.array([[1, 6, 0, 3], [5, 2, 4, 1]], np.int32), "max_fd": 64}),
 ]
 
 
