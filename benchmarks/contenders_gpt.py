@@ -253,19 +253,7 @@ def torch_step(threads=None):
     def loss_fn(logits, y):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
 
-    run = torch_stepper(model, loss_fn, torch.optim.Adam(model.parameters(), 1e-3), x, y)
-    if threads is None:
-        return run
-
-    def run_with_threads():
-        default = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return run()
-        finally:
-            torch.set_num_threads(default)
-
-    return run_with_threads
+    return torch_stepper(model, loss_fn, torch.optim.Adam(model.parameters(), 1e-3), x, y, threads=threads)
 
 
 def contenders():

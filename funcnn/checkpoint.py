@@ -94,6 +94,20 @@ class Checkpoints:
         self._manager.close()
 
 
+def open_run(directory, template, *, keep: int, resume: bool, who: str, unit: str):
+    """``(checkpoints, restored)`` for a run checkpointed in ``directory``: ``restored`` is
+    ``(tree, done, history)`` of the newest checkpoint (into ``template``) when resuming, else
+    ``None``. Checkpoints already there without ``resume`` are refused: a new run never
+    overwrites another. ``who``/``unit`` name the caller and what a step folder counts."""
+    checkpoints = Checkpoints(directory, keep=keep)
+    latest = checkpoints.latest()
+    if latest is not None and not resume:
+        checkpoints.close()
+        raise ValueError(f"{who}: checkpoint_dir {str(directory)!r} already holds checkpoints (newest: {unit} "
+                         f"{latest}); pass resume=True to continue that run, or a new folder")
+    return checkpoints, None if latest is None else checkpoints.restore(latest, template)
+
+
 def _is_key(x):
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 

@@ -145,16 +145,12 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
     history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
     names, done, checkpoints = guard_names(params), 0, None
     if checkpoint_dir is not None:
-        from funcnn.checkpoint import Checkpoints
+        from funcnn.checkpoint import open_run
 
-        checkpoints = Checkpoints(checkpoint_dir, keep=keep)
-        latest = checkpoints.latest()
-        if latest is not None and not resume:
-            checkpoints.close()
-            raise ValueError(f"train_lm: checkpoint_dir {str(checkpoint_dir)!r} already holds checkpoints (newest: "
-                             f"step {latest}); pass resume=True to continue that run, or a new folder")
-        if latest is not None:
-            (params, opt_state), done, history = checkpoints.restore(latest, (params, opt_state))
+        checkpoints, restored = open_run(checkpoint_dir, (params, opt_state), keep=keep, resume=resume,
+                                         who="train_lm", unit="step")
+        if restored is not None:
+            (params, opt_state), done, history = restored
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -320,17 +320,12 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
     done, checkpoints = 0, None
     if checkpoint_dir is not None:
-        from funcnn.checkpoint import Checkpoints
+        from funcnn.checkpoint import open_run
 
-        checkpoints = Checkpoints(checkpoint_dir, keep=keep)
-        latest = checkpoints.latest()
-        if latest is not None and not resume:
-            checkpoints.close()
-            raise ValueError(f"fit: checkpoint_dir {str(checkpoint_dir)!r} already holds checkpoints (newest: epoch "
-                             f"{latest}); pass resume=True to continue that run, or a new folder")
-        if latest is not None:
-            (params, state, opt_state, saved_key), done, history = checkpoints.restore(
-                latest, (params, state, opt_state, key))
+        checkpoints, restored = open_run(checkpoint_dir, (params, state, opt_state, key), keep=keep, resume=resume,
+                                         who="fit", unit="epoch")
+        if restored is not None:
+            (params, state, opt_state, saved_key), done, history = restored
             if not np.array_equal(jax.random.key_data(saved_key), jax.random.key_data(key)):
                 raise ValueError(f"fit: resume: the checkpoints in {checkpoint_dir} were written by a run with a "
                                  f"different key; pass the key of that run")
