@@ -5,7 +5,8 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "funcnn"
-LAYER_CODE = sorted(p for d in ("layers", "bayes") for p in (ROOT / d).rglob("*.py")) + [ROOT / "losses.py", ROOT / "regularization.py"]
+LAYER_CODE = sorted(p for d in ("layers", "bayes") for p in (ROOT / d).rglob("*.py")) + [ROOT / f for f in (
+    "losses.py", "regularization.py", "combinators.py", "models.py", "_dtypes.py", "_sharding.py", "layer.py")]
 AUTODIFF = re.compile(r"\b(jax\.(grad|vjp|jvp|linearize|value_and_grad|jacfwd|jacrev|hessian)|custom_vjp)\b")
 
 
