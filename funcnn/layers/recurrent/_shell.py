@@ -26,7 +26,9 @@ The scans' ``unroll`` (steps per loop iteration: fewer loop overheads against a 
 body) is measured, not guessed: the first time a layer is traced at a shape,
 ``funcnn.autotune`` times forward + backward with each of ``UNROLLS`` and keeps the
 fastest (op ``"recurrent"``; force with ``FUNCNN_IMPL=recurrent:unroll1``). Every unroll
-computes the same steps in the same order: the results are identical.
+computes the same steps in the same order; XLA fuses an unrolled body differently (e.g.
+contracting a multiply and an add into one FMA), so float32 results may differ in the last
+bits (measured: 1e-7 of values of order 1), never by more than float rounding.
 
 Initial state: ``x`` is either the sequence batch alone (the state starts at zero)
 or a pair ``(x, state0)`` with ``state0 = h0`` (SimpleRNN, GRU) or ``(h0, c0)``
