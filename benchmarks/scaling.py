@@ -1,11 +1,14 @@
 """Data-parallel scaling: step time and throughput on 1, 2, 4, 8 devices.
 
-    python benchmarks/scaling.py [--rounds 10] [--models mlp,cnn,lstm] [--readme]
+    python benchmarks/scaling.py [--rounds 10] [--models mlp,cnn,lstm,gpt] [--readme] [--quick]
 
 One training step (forward, manual or autodiff backward, Adam update) of the MLP, the
-CNN and the LSTM, with the batch sharded over a mesh ``("data",)`` of D devices and
+CNN, the LSTM and a small GPT (2 layers x 4 heads, width 64, context 32, next-character
+cross-entropy over a 103-character vocabulary, as on pydoc; an example is a window of 32
+characters), with the batch sharded over a mesh ``("data",)`` of D devices and
 the parameters replicated (``funcnn.parallel``): CPU devices are virtual
 (``jax_num_cpu_devices``), set before JAX starts; on a GPU host, its GPUs.
+``--quick`` (a check that it runs): 2 rounds on 1 and 2 devices, printed, nothing written.
 
 * strong scaling: the global batch B is fixed; efficiency = t_1 / (D t_D);
 * weak scaling: b examples per device, global batch D b; efficiency = t_1 / t_D.
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import machine, time_interleaved, versions, write_section  # noqa: E402
 
 from funcnn import layers as L  # noqa: E402
-from funcnn import losses, models, parallel  # noqa: E402
+from funcnn import lm, losses, models, parallel  # noqa: E402
 from funcnn.gradients import value_and_grad  # noqa: E402
 from funcnn.layer import serial  # noqa: E402
 
@@ -41,22 +44,40 @@ STRONG_BATCH = 256  # global batch of strong scaling
 WEAK_BATCH = 32  # examples per device of weak scaling
 
 
+VOCAB = 103  # the pydoc corpus's characters
+GPT_CONTEXT = 32
+
+
+def _classes(key, batch, shape):
+    """Normal inputs of ``shape`` and labels of 10 classes."""
+    k_x, k_y = jax.random.split(key)
+    return (np.asarray(jax.random.normal(k_x, (batch, *shape))),
+            np.asarray(jax.random.randint(k_y, (batch,), 0, 10), np.int32))
+
+
+def _characters(key, batch, shape):
+    """Windows of character ids and their next-character targets."""
+    ids = np.asarray(jax.random.randint(key, (batch, shape[0] + 1), 0, VOCAB), np.int32)
+    return ids[:, :-1], ids[:, 1:]
+
+
 def _models():
+    """name -> (model, example shape, batch(key, n, shape) -> (x, y), loss)."""
+    ce = losses.softmax_cross_entropy
     return {
-        "mlp": (models.mlp((28, 28, 1), 10, hidden=(256, 256)), (28, 28, 1)),
-        "cnn": (models.cnn((28, 28, 1), 10, hidden=(128,)), (28, 28, 1)),
-        "lstm": (serial(L.LSTM(64, return_sequences=False), L.Dense(10)), (20, 16)),
+        "mlp": (models.mlp((28, 28, 1), 10, hidden=(256, 256)), (28, 28, 1), _classes, ce),
+        "cnn": (models.cnn((28, 28, 1), 10, hidden=(128,)), (28, 28, 1), _classes, ce),
+        "lstm": (serial(L.LSTM(64, return_sequences=False), L.Dense(10)), (20, 16), _classes, ce),
+        "gpt": (models.gpt(VOCAB, context=GPT_CONTEXT, layers=2, heads=4, width=64), (GPT_CONTEXT,), _characters,
+                lm.next_char_cross_entropy),
     }
 
 
-def _stepper(model, shape, mode, mesh, batch):
-    loss = losses.softmax_cross_entropy
+def _stepper(model, shape, data, loss, mode, mesh, batch):
     vg = value_and_grad(model, loss, mode=mode)
     opt = optax.adam(1e-3)
     params, state = model.init(jax.random.key(0), shape)
-    k_x, k_y = jax.random.split(jax.random.key(1))
-    x = np.asarray(jax.random.normal(k_x, (batch, *shape)))
-    y = np.asarray(jax.random.randint(k_y, (batch,), 0, 10), np.int32)
+    x, y = data(jax.random.key(1), batch, shape)
 
     @jax.jit
     def step(carry, x, y):
@@ -80,20 +101,28 @@ def _stepper(model, shape, mode, mesh, batch):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--models", default="mlp,cnn,lstm")
+    p.add_argument("--models", default=",".join(_models()))
     p.add_argument("--readme", action="store_true", help="also replace the table in README.md")
+    p.add_argument("--quick", action="store_true", help="2 rounds on 1 and 2 devices, printed only")
     args = p.parse_args(argv)
-    counts = [d for d in (1, 2, 4, 8) if d <= len(jax.devices())]
+    unknown = sorted(set(args.models.split(",")) - set(_models()))
+    if unknown:
+        p.error(f"--models: expected names from {','.join(_models())}, got {','.join(unknown)}")
+    if args.quick and args.readme:
+        p.error("--quick: a check that the script runs, it writes nothing; drop --readme")
+    rounds = 2 if args.quick else args.rounds
+    counts = [d for d in ((1, 2) if args.quick else (1, 2, 4, 8)) if d <= len(jax.devices())]
     rows = []
     for name in args.models.split(","):
-        model, shape = _models()[name]
+        model, shape, data, loss = _models()[name]
         contenders = {}
         for scaling in ("strong", "weak"):
             for mode in ("manual", "autodiff"):
                 for d in counts:
                     batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
-                    contenders[(scaling, mode, d)] = _stepper(model, shape, mode, parallel.data_mesh(d), batch)
-        times = {k: np.median(v) for k, v in time_interleaved(contenders, rounds=args.rounds).items()}
+                    contenders[(scaling, mode, d)] = _stepper(model, shape, data, loss, mode, parallel.data_mesh(d),
+                                                              batch)
+        times = {k: np.median(v) for k, v in time_interleaved(contenders, rounds=rounds).items()}
         for (scaling, mode, d), t in times.items():
             t1 = times[(scaling, mode, 1)]
             batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
@@ -102,18 +131,23 @@ def main(argv=None):
                         f"{eff:.2f} |")
         print("\n".join(rows[-len(times):]), flush=True)
     dev = jax.devices()[0]
-    command = f"python benchmarks/scaling.py --rounds {args.rounds}"
+    command = f"python benchmarks/scaling.py --rounds {rounds}" + (
+        "" if args.models == ",".join(_models()) else f" --models {args.models}") + (" --quick" if args.quick else "")
     text = "\n".join([
         f"### Data-parallel scaling ({dev.platform}, {len(jax.devices())} devices)",
         "",
         f"Measured on {machine()}; {versions()}. Reproduce: `{command}`; median of "
-        f"{args.rounds} interleaved rounds. Strong: global batch {STRONG_BATCH}, efficiency "
-        f"t1 / (D tD); weak: {WEAK_BATCH} examples per device, efficiency t1 / tD.",
+        f"{rounds} interleaved rounds. Strong: global batch {STRONG_BATCH}, efficiency "
+        f"t1 / (D tD); weak: {WEAK_BATCH} examples per device, efficiency t1 / tD. GPT: 2 layers x 4 heads, "
+        f"width 64, an example is a window of {GPT_CONTEXT} characters.",
         "",
         "| model | scaling | backward | devices | global batch | ms/step | examples/s | efficiency |",
         "|---|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]) + "\n"
+    if args.quick:
+        print(text)
+        return
     key = f"scaling-{dev.platform}"
     write_section(ROOT / "benchmarks" / "results" / "scaling.md", key, text)
     if args.readme:

@@ -18,6 +18,10 @@ such a contraction, so that this is stated once:
   replicated, ``P()``) and JAX inserts the all-reduce;
 * a kernel gradient written as a convolution whose contracted feature axis is the
   batch (``batch_conv_general_dilated``): replicated under explicit axes, likewise;
+* an embedding, a gather of the rows of a replicated table at batch-sharded ids
+  (``batch_take``: the rows come out sharded as the ids are), and its gradient, a
+  scatter-add of batch-sharded rows into a replicated table (``batch_scatter_add``:
+  each device adds its own rows, the D partial tables are all-reduced, ``P()``);
 * inside ``shard_map`` (manual axes) each device contracts its local shard; the caller
   all-reduces (``funcnn.parallel.shard_map_value_and_grad`` does, with ``lax.pmean``).
 """
@@ -33,15 +37,19 @@ def _explicit_mesh() -> bool:
     return not mesh.empty and AxisType.Explicit in mesh.axis_types
 
 
+def _spec(a) -> tuple:
+    """The ``PartitionSpec`` of ``a`` under explicit axes, one entry per axis."""
+    spec = tuple(jax.typeof(a).sharding.spec)
+    return spec + (None,) * (a.ndim - len(spec))
+
+
 def _explicit_out_spec(lhs, rhs, dimension_numbers):
     """The output ``PartitionSpec`` of the contraction under explicit axes, or ``None``
     when no explicit mesh is in context (then XLA/GSPMD decides, as without a mesh)."""
     if not _explicit_mesh():
         return None
     (lc, rc), (lb, rb) = dimension_numbers
-    lspec, rspec = (tuple(jax.typeof(a).sharding.spec) for a in (lhs, rhs))
-    lspec += (None,) * (lhs.ndim - len(lspec))
-    rspec += (None,) * (rhs.ndim - len(rspec))
+    lspec, rspec = _spec(lhs), _spec(rhs)
     if not any(lspec[i] is not None for i in lc) and not any(rspec[i] is not None for i in rc):
         return None  # no sharded contracting axis: the default rule is unambiguous
     batch = [lspec[i] for i in lb]
@@ -72,3 +80,20 @@ def batch_conv_general_dilated(lhs, rhs, *args, **kwargs):
     if "out_sharding" not in kwargs and _explicit_mesh():
         kwargs["out_sharding"] = PartitionSpec()
     return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def batch_take(table, ids):
+    """``table[ids]`` along axis 0 (``jnp.take``'s semantics: negative ids wrap, ids past
+    the end give NaN rows): (V, F), (...) -> (..., F). Under explicit axes the rows are
+    sharded as ``ids`` is (a batch-sharded gather from a replicated table needs no
+    communication)."""
+    out_sharding = PartitionSpec(*_spec(ids), None) if _explicit_mesh() else None
+    return table.at[ids].get(mode="fill", out_sharding=out_sharding)
+
+
+def batch_scatter_add(target, ids, updates):
+    """``target`` with ``updates[n]`` added to row ``ids[n]`` for every n (repeated ids
+    add up): (V, F), (N,), (N, F) -> (V, F); a sum over the batch, so under explicit axes
+    the result is replicated, ``P()`` (the all-reduce of the per-device partial tables)."""
+    out_sharding = PartitionSpec() if _explicit_mesh() else None
+    return target.at[ids].add(updates, out_sharding=out_sharding)

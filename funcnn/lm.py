@@ -12,6 +12,13 @@ NumPy generator seeded by ``seed``, so another framework can replay the same bat
 with ``batches``), one jit-compiled step per batch, the validation loss over fixed
 non-overlapping windows every ``eval_every`` steps and after the last.
 
+Data parallelism (``mesh=``, ``funcnn.parallel``): the same batches, drawn on the host
+whatever the number of devices, each sharded over the mesh's ``"data"`` axis (every
+process puts only its own rows on its devices); params and optimizer state replicated.
+The loss is a mean over the B*T positions, so with D shards of B/D windows
+L = (1/D) sum_d L_d and the gradient is the mean of the shards' gradients: the batch
+contractions of the backward (``funcnn._sharding``) are where it is all-reduced.
+
 Sampling (``sample``): autoregressive. The model sees a window of ``context`` ids;
 while the text is shorter than the window it sits at positions 0..n-1 and the rest of
 the window is padding that causal attention keeps out of positions < n; afterwards the
@@ -23,6 +30,7 @@ training arguments and history) and the final params as an orbax checkpoint in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -33,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import losses, models, text
+from funcnn import losses, models, parallel, text
 from funcnn.gradients import MODES, value_and_grad
 from funcnn.losses import Loss
 
@@ -110,7 +118,7 @@ def evaluator(model, x, y, *, chunk=64):
 
 def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, grad="manual", eval_every=100,
              eval_windows=None, seed=0, params=None, progress=False, policy=None, checkpoint_dir=None, keep=2,
-             resume=False) -> LMResult:
+             resume=False, mesh=None) -> LMResult:
     """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with ``optimizer``
     (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
     ``corpus.validation`` over at most ``eval_windows`` windows (module docstring).
@@ -121,7 +129,14 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
     same run); the non-finite guard is checked at every evaluation and raises
     ``funcnn.train.NonFiniteError`` naming the first bad step and value; SIGINT/SIGTERM
     (inside ``_interrupt.catching_signals``) stop between steps with ``Interrupted``, the last
-    evaluation's checkpoint kept."""
+    evaluation's checkpoint kept.
+
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training (module
+    docstring), ``batch_size`` divisible by its number of data shards; the same ``seed``
+    gives the same parameters on any number of devices, to float32 rounding. Evaluation,
+    checkpoints and the guard run on this process's copy of the replicated parameters
+    (several processes: every one calls, the checkpoint folder must be one they all see,
+    orbax writes from process 0)."""
     from funcnn import _interrupt, precision
     from funcnn.train import NonFiniteError, guard_names
     from funcnn.train import make_step as train_step
@@ -132,6 +147,7 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
             raise ValueError(f"train_lm: {arg} must be a positive integer, got {value!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("train_lm: resume=True needs checkpoint_dir (the folder of the run to continue)")
+    place = _Placement(mesh, batch_size)
     optimizer = optimizer or optax.adam(1e-3)
     loss = next_char_cross_entropy
     if policy is not None:
@@ -157,22 +173,25 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
 
         bar = tqdm(total=steps, initial=done, desc="train", unit="step")
     t0, since, flags = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0), [], []
+    carry = place.replicate((params, state, opt_state))
     try:
         for i, (x, y) in enumerate(batches(corpus.train, context=context, batch_size=batch_size, steps=steps,
                                            seed=seed), start=1):
             if i <= done:  # resumed: the same batches, already trained on
                 continue
             _interrupt.check(done)  # a signal stops here; the last evaluation's checkpoint is kept
-            (params, _, opt_state), (value, bad) = step((params, state, opt_state), (x, y, None))
+            with place.context():
+                carry, (value, bad) = step(carry, (*place.shard((x, y)), None))
             since.append(value)
             flags.append(bad)
             if i % eval_every == 0 or i == steps:
-                bad = np.asarray(jnp.stack(flags))  # the guard: one transfer per evaluation
+                bad = np.asarray(jnp.stack(place.local(flags)))  # the guard: one transfer per evaluation
                 if bad.any():
                     first, which = np.argwhere(bad)[0]
                     raise NonFiniteError(None, done + int(first) + 1, names[which], who="train_lm")
+                params, _, opt_state = place.local(carry)
                 history["step"].append(i)
-                history["train_loss"].append(float(jnp.mean(jnp.stack(since))))
+                history["train_loss"].append(float(jnp.mean(jnp.stack(place.local(since)))))
                 history["val_loss"].append(validation(params))
                 history["seconds"].append(time.perf_counter() - t0)
                 since, flags, done = [], [], i
@@ -188,6 +207,29 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
         if checkpoints is not None:
             checkpoints.close()
     return LMResult(params, history)
+
+
+class _Placement:
+    """Where ``train_lm`` puts its arrays: nowhere special without a mesh; with one, the
+    carry replicated, each batch sharded over ``"data"`` (this process's rows), and back
+    to this process's single-device copies for evaluation and checkpoints."""
+
+    def __init__(self, mesh, batch_size):
+        if mesh is not None:
+            parallel.data_shards(mesh, batch_size, "train_lm")
+        self.mesh = mesh
+
+    def replicate(self, tree):
+        return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
+
+    def shard(self, batch):
+        return batch if self.mesh is None else parallel.shard_batch(batch, self.mesh)
+
+    def local(self, tree):
+        return tree if self.mesh is None else parallel.to_local(tree)
+
+    def context(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
 
 def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):
@@ -216,15 +258,17 @@ def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):
 
 def save_run(out, *, config: dict, vocab: str, params, extra: dict | None = None) -> None:
     """Write ``out/run.json`` (``config`` = gpt's keyword sizes, ``vocab``, ``extra``) and
-    ``out/params`` (orbax)."""
+    ``out/params`` (orbax). Several processes (``jax.distributed``): every one calls it,
+    process 0 writes."""
     import orbax.checkpoint as ocp
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({"model": "gpt", "config": config, "vocab": vocab,
-                                              **(extra or {})}, indent=2))
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(out / "params", params)
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({"model": "gpt", "config": config, "vocab": vocab,
+                                                  **(extra or {})}, indent=2))
+    with ocp.StandardCheckpointer() as ckpt:  # host arrays: each process holds them all, process 0 writes
+        ckpt.save(out / "params", jax.tree_util.tree_map(np.asarray, params))
 
 
 def load_run(run_dir):

@@ -1,10 +1,11 @@
-"""One process of the multi-host test (``tests/test_parallel.py``): ``python
+"""One process of the multi-host test (``tests/test_parallel_multihost.py``): ``python
 tests/multihost_worker.py DEVICES COORDINATOR NUM_PROCESSES PROCESS_ID OUT.npz`` sets
 DEVICES CPU devices and joins the program (``funcnn.parallel.setup``, as ``funcnn train
 --devices --coordinator --num-processes --process-id`` does; gloo collectives), trains a
-tiny MLP for two epochs on a mesh over the devices of every process, and, on process 0
-only, writes the final parameters. With NUM_PROCESSES 0 it runs alone (no
-``jax.distributed``), the reference."""
+tiny MLP for two epochs (``fit``) and a tiny GPT for four steps (``lm.train_lm``) on a mesh
+over the devices of every process, and, on process 0 only, writes the final parameters
+(the GPT's keyed ``gpt...``). With NUM_PROCESSES 0 it runs alone (no ``jax.distributed``),
+the reference."""
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,13 @@ import numpy as np
 import optax
 
 from funcnn import layers as L
-from funcnn import losses, parallel
+from funcnn import lm, losses, models, parallel, text
 from funcnn.layer import serial
 from funcnn.train import fit
+
+
+def _leaves(tree, prefix=""):
+    return {prefix + jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def main(devices, coordinator, num_processes, process_id, out):
@@ -30,12 +35,14 @@ def main(devices, coordinator, num_processes, process_id, out):
     model = serial(L.Dense(8), L.BatchNorm(), L.Tanh(), L.Dropout(0.2), L.Dense(3))
     result = fit(model, losses.softmax_cross_entropy, optax.sgd(0.1, momentum=0.9), (x, y), epochs=2,
                  batch_size=16, key=jax.random.key(0), progress=False, mesh=mesh)
-    leaves = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
-              jax.tree_util.tree_leaves_with_path((result.params, result.state))}
+    corpus = text.load_pydoc(0)
+    gpt = lm.train_lm(models.gpt(corpus.vocab_size, context=8, layers=1, heads=2, width=16), corpus, context=8,
+                      steps=4, batch_size=8, optimizer=optax.sgd(0.1, momentum=0.9), eval_every=2, eval_windows=4,
+                      mesh=mesh)
     print(f"process {jax.process_index()} of {jax.process_count()}: {len(jax.devices())} devices, "
-          f"loss {result.history['loss']}", flush=True)
+          f"loss {result.history['loss']}, gpt validation loss {gpt.history['val_loss']}", flush=True)
     if jax.process_index() == 0:
-        np.savez(out, **leaves)
+        np.savez(out, **_leaves((result.params, result.state)), **_leaves(gpt.params, "gpt"))
 
 
 if __name__ == "__main__":

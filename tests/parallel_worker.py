@@ -5,7 +5,7 @@ have started it already with one device; so each check runs here, in its own
 process, after ``jax_num_cpu_devices`` is set, and prints one JSON object
 ``{"check name": relative error, ...}`` (``tests/helpers.rel_error``) that the test
 asserts on. Usage: ``python tests/parallel_worker.py SECTION...`` with sections
-``layers``, ``fit``, ``shard_map``.
+``layers``, ``fit``, ``shard_map``, ``lm``.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from helpers import rel_error  # noqa: E402
 
 import funcnn  # noqa: E402
 from funcnn import layers as L  # noqa: E402
-from funcnn import losses, parallel  # noqa: E402
-from funcnn.check.catalog import LAYER_CASES  # noqa: E402
+from funcnn import lm, losses, models, parallel, text  # noqa: E402
+from funcnn.check.catalog import LAYER_CASES, LayerCase  # noqa: E402
 from funcnn.layer import serial  # noqa: E402
 
 BATCH = 8
@@ -36,8 +36,16 @@ BATCH = 8
 # its compilation; the elementwise layers have nothing to shard-specific to get wrong)
 CASES = ("mlp", "conv2d(3x3,SAME)", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "maxpool2d(3,s2,SAME)",
          "avgpool2d(3,s2,SAME)", "batchnorm(NHWC)", "dropout(0.3)", "gru(T=4,h0,last)", "lstm(T=3,h0,c0)",
-         "bayes_dense")
-AUTO_TOO = ("mlp", "lstm(T=3,h0,c0)")  # Auto axes, and the mesh against one device
+         "bayes_dense",
+         # the GPT's layers (issue 14): sums over batch and time, a gather and a scatter-add over the batch
+         "layernorm(B T D)", "embedding", "gelu", "positional_embedding(T<max_len)", "attention(2 heads causal)")
+AUTO_TOO = ("mlp", "lstm(T=3,h0,c0)", "embedding", "model:gpt")  # Auto axes, and the mesh against one device
+VOCAB = 7  # of the catalog's embedding case and of the GPT below
+EXTRA = [  # not in the catalog: token_dense (GPT's MLP) and a whole GPT
+    LayerCase("token_dense", lambda: models.token_dense(5, w_init="he_normal"), (4, 3)),
+    LayerCase("model:gpt", lambda: models.gpt(VOCAB, context=4, layers=1, heads=2, width=8), (4,),
+              {"x": jnp.zeros((2, 4), jnp.int32), "perturb": 0.1}),  # no LayerNorm gain 1, no bias 0
+]
 
 
 def _mesh(n, kind):
@@ -45,11 +53,28 @@ def _mesh(n, kind):
 
 
 def _layer_grads(layer, params, state, x, r, key, train):
-    """(manual (dparams, dx), autodiff (dparams, dx)) of <layer(x), r>."""
+    """(manual (dparams, dx), autodiff (dparams, dx)) of <layer(x), r>; integer ids (an
+    embedding, a GPT) have no dx: (dparams,) both."""
     y, _, cache = layer.forward(params, state, x, key=key, train=train)
     manual = layer.backward(params, cache, r)
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.integer):
+        _, vjp = jax.vjp(lambda p: layer.apply(p, state, x, key=key, train=train)[0], params)
+        return manual[:1], vjp(r)
     _, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, key=key, train=train)[0], params, x)
     return manual, vjp(r)
+
+
+def _batch(k_x, case):
+    """A batch of BATCH inputs for ``case``: normal floats, or integer ids in [0, VOCAB)."""
+    if "x" not in case.options:
+        return jax.random.normal(k_x, (BATCH, *case.input_shape), jnp.float64)
+
+    def draw(a):
+        if jnp.issubdtype(a.dtype, jnp.integer):
+            return jax.random.randint(k_x, (BATCH, *a.shape[1:]), 0, VOCAB)
+        return jax.random.normal(k_x, (BATCH, *a.shape[1:]), jnp.float64)
+
+    return jax.tree_util.tree_map(draw, case.options["x"])
 
 
 def check_layers():
@@ -57,17 +82,18 @@ def check_layers():
     autodiff under the mesh; for AUTO_TOO also under Auto axes, and against one device."""
     out = {}
     with jax.enable_x64(True):
-        for case in (c for c in LAYER_CASES if c.name in CASES):
+        for case in [c for c in LAYER_CASES if c.name in CASES] + EXTRA:
             layer = case.make()
             train = case.options.get("train", True)
             k_init, k_x, k_r, k_fwd = jax.random.split(jax.random.key(0), 4)
             params, state = layer.init(k_init, case.input_shape)
             params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
-            if "x" in case.options:
-                x = jax.tree_util.tree_map(
-                    lambda a: jax.random.normal(k_x, (BATCH, *a.shape[1:]), jnp.float64), case.options["x"])
-            else:
-                x = jax.random.normal(k_x, (BATCH, *case.input_shape), jnp.float64)
+            if "perturb" in case.options:
+                leaves, treedef = jax.tree_util.tree_flatten(params)
+                noise = [jax.random.normal(k, a.shape, a.dtype) for k, a in
+                         zip(jax.random.split(k_init, len(leaves)), leaves)]
+                params = treedef.unflatten([a + case.options["perturb"] * n for a, n in zip(leaves, noise)])
+            x = _batch(k_x, case)
             y, _ = layer.apply(params, state, x, key=k_fwd, train=train)
             r = jax.random.normal(k_r, y.shape, jnp.float64)
             grads = jax.jit(_layer_grads, static_argnums=(0, 6))
@@ -150,7 +176,53 @@ def check_shard_map():
     return out
 
 
-SECTIONS = {"layers": check_layers, "fit": check_fit, "shard_map": check_shard_map}
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+               for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _without_key_bias(params):
+    """The GPT's params less each attention's key bias b_in[D:2D], whose gradient is zero up to
+    rounding (softmax is unchanged by adding q . b_k to a whole row of scores)."""
+    def drop(path, a):
+        if jax.tree_util.keystr(path).endswith("['b_in']"):
+            d = a.shape[0] // 3
+            return np.concatenate([np.asarray(a)[:d], np.asarray(a)[2 * d:]])
+        return a
+
+    return jax.tree_util.tree_map_with_path(drop, params)
+
+
+def check_lm():
+    """train_lm(mesh=...) on 1, 2, 4 devices against train_lm without a mesh, float32, the
+    same seed (the same batches): params and the loss history; SGD with momentum, and Adam
+    (all params but the key biases, see ``_without_key_bias``)."""
+    out = {}
+    corpus = text.load_pydoc(0)
+    model = models.gpt(corpus.vocab_size, context=8, layers=1, heads=2, width=16)
+    kw = dict(context=8, steps=6, batch_size=8, eval_every=3, eval_windows=4, seed=0)
+    for name, opt in (("sgd", optax.sgd(0.1, momentum=0.9)), ("adam", optax.adam(1e-2))):
+        ref = lm.train_lm(model, corpus, optimizer=opt, **kw)
+        for n in (1, 2, 4) if name == "sgd" else (4,):
+            r = lm.train_lm(model, corpus, optimizer=opt, mesh=_mesh(n, "Explicit"), **kw)
+            if name == "sgd":
+                out[f"lm/{name}/{n}/params"] = rel_error(r.params, ref.params)
+            else:
+                out[f"lm/{name}/{n}/params_but_key_bias"] = rel_error(_without_key_bias(r.params),
+                                                                     _without_key_bias(ref.params))
+            out[f"lm/{name}/{n}/history"] = rel_error([*r.history["train_loss"], *r.history["val_loss"]],
+                                                      [*ref.history["train_loss"], *ref.history["val_loss"]])
+            out[f"lm/{name}/{n}/max_abs_param_diff"] = _max_abs_diff(r.params, ref.params)
+            out[f"lm/{name}/{n}/steps"] = r.history["step"]
+    try:
+        lm.train_lm(model, corpus, mesh=_mesh(4, "Explicit"), **{**kw, "batch_size": 6})
+        out["lm/bad_batch_size"] = "no error"
+    except ValueError as e:
+        out["lm/bad_batch_size"] = str(e)
+    return out
+
+
+SECTIONS = {"layers": check_layers, "fit": check_fit, "shard_map": check_shard_map, "lm": check_lm}
 
 if __name__ == "__main__":
     results = {}

@@ -76,6 +76,15 @@ CLI = [  # (argv, setup, expected text in the one line)
     (["train", "--resume", "done"], "complete", "--resume: the run in 'done' is complete"),
     (["train", "--resume", "bad"], "corrupt", "is not a funcnn run record"),
     (["train", "--frobnicate"], None, "unrecognized arguments: --frobnicate"),
+    (["train", "--devices", "2", "--batch-size", "3"], None, "--batch-size: expected a multiple of the 2 devices "
+                                                             "(--devices 2), got 3"),
+    (["train", "--model", "gpt", "--data", "pydoc", "--devices", "4", "--batch-size", "6"], None,
+     "--batch-size: expected a multiple of the 4 devices (--devices 4), got 6"),
+    (["train", "--model", "gpt", "--data", "pydoc", "--devices", "2", "--coordinator", "h:1", "--num-processes", "2",
+      "--process-id", "1", "--batch-size", "6"], None, "--batch-size: expected a multiple of the 4 devices "
+                                                       "(--devices 2 x --num-processes 2), got 6"),
+    (["train", "--model", "gpt", "--data", "pydoc", "--coordinator", "h:1"], None,
+     "--coordinator, --num-processes and --process-id: expected all three or none"),
     (["evaluate", "nowhere"], None, "DIR: expected a run folder written by funcnn train"),
     (["evaluate", "emptydir"], "empty", "DIR: expected a run folder written by funcnn train"),
     (["evaluate", "bad"], "corrupt", "is not a funcnn run record"),
@@ -166,6 +175,14 @@ def _nan_at(a, i):
     return a
 
 
+def _train_lm(**kw):
+    from funcnn import lm, text
+
+    corpus = text.load_pydoc(0)
+    return lm.train_lm(models.gpt(corpus.vocab_size, context=4, layers=1, heads=1, width=4), corpus, context=4,
+                       steps=1, batch_size=2, **kw)
+
+
 K = jax.random.key(0)
 API = [  # (call, exception type, expected text)
     (lambda: fn.Dense(3).init(K, 4), TypeError, "Dense: input_shape must be a tuple of positive integers"),
@@ -222,6 +239,9 @@ API = [  # (call, exception type, expected text)
     (lambda: fn.load_run("nowhere"), ValueError, "load_run: expected a run folder written by funcnn train"),
     (lambda: losses.get("hinge"), ValueError, "loss must be one of"),
     (lambda: models.build("transformer", (2,), 2), ValueError, "model must be one of"),
+    (lambda: _train_lm(mesh="data"), TypeError, "train_lm: mesh must be a jax.sharding.Mesh, got str"),
+    (lambda: _train_lm(mesh=jax.make_mesh((1,), ("model",))), ValueError,
+     "train_lm: mesh must have a 'data' axis, got axes ('model',)"),
 ]
 
 

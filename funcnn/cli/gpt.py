@@ -5,7 +5,9 @@ for ``--steps`` steps (or ``--epochs`` passes' worth of windows), prints the
 validation loss per evaluation, and writes the run into ``--out``: ``run.json`` (first,
 with every argument: ``funcnn train --resume DIR`` continues from it),
 ``checkpoints/`` (orbax, at every evaluation), ``params/`` (read by ``funcnn sample``),
-``metrics.json`` and ``curves.png``. ``--precision`` works as for the other models.
+``metrics.json`` and ``curves.png``. ``--precision`` works as for the other models, and so do
+``--devices``/``--coordinator``/``--num-processes``/``--process-id`` (data parallelism:
+``funcnn.lm.train_lm(mesh=)``).
 """
 from __future__ import annotations
 
@@ -38,13 +40,14 @@ def _validate(args):
         raise UsageError(f"--loss: gpt trains with softmax_cross_entropy, got {args.loss!r}")
     if args.l2:
         raise UsageError(f"--l2: not supported with --model gpt, got {args.l2}")
-    if args.devices is not None or args.coordinator is not None:
-        raise UsageError("--devices: data parallelism is not wired into --model gpt yet; drop --devices/--coordinator")
     if args.width % args.heads:
         raise UsageError(f"--width: expected a multiple of --heads ({args.heads}), got {args.width}")
 
 
-def run(args) -> int:
+def run(args, mesh=None) -> int:
+    """Train and write the run; ``mesh``: data parallelism (``funcnn.parallel.setup``, from
+    ``--devices``/``--coordinator``): every process trains and checkpoints, process 0 writes
+    and prints."""
     _validate(args)
     import jax
 
@@ -69,8 +72,9 @@ def run(args) -> int:
     gap = first_step_gradient_gap(policy_model, policy_loss, params, state, x, y, None, 0.0)
 
     out = args.out
-    arg_dict = {k: getattr(args, k) for k in (*RUN_ARGS, *GPT_ARGS)}
-    if args.resume is None:
+    primary = jax.process_index() == 0
+    arg_dict = {**{k: getattr(args, k) for k in (*RUN_ARGS, *GPT_ARGS)}, "devices": args.devices}
+    if args.resume is None and primary:
         out.mkdir(parents=True, exist_ok=True)
         record = {"command": "train", "model": "gpt", "config": config, "vocab": corpus.vocab, "args": arg_dict,
                   "data": {"name": "pydoc", "seed": args.seed, "train": len(corpus.train),
@@ -79,9 +83,14 @@ def run(args) -> int:
     result = lm.train_lm(model, corpus, context=args.context, steps=steps, batch_size=args.batch_size,
                          optimizer=optimizer, grad=args.grad, eval_every=args.eval_every,
                          eval_windows=args.eval_windows, seed=args.seed, params=params,
-                         progress=not args.no_progress, policy=policy, checkpoint_dir=out / "checkpoints",
-                         resume=args.resume is not None)
+                         progress=not args.no_progress and primary, policy=policy,
+                         checkpoint_dir=out / "checkpoints", resume=args.resume is not None, mesh=mesh)
     h = result.history
+    extra = {"command": "train", "data": "pydoc", "seed": args.seed, "args": arg_dict, "history": h,
+             "versions": _versions()}
+    lm.save_run(out, config=config, vocab=corpus.vocab, params=result.params, extra=extra)  # every process calls
+    if not primary:
+        return 0
     print(f"data pydoc: {len(corpus.train)} train / {len(corpus.validation)} validation characters, "
           f"vocabulary {corpus.vocab_size}; model gpt {args.layers} layers x {args.heads} heads, width "
           f"{args.width}, context {args.context}; {args.grad} gradients, {steps} steps of {args.batch_size}, "
@@ -89,9 +98,6 @@ def run(args) -> int:
     for s, tr, va in zip(h["step"], h["train_loss"], h["val_loss"]):
         print(f"step {s:6d}  train loss {tr:.4f}  validation loss {va:.4f} nats/char")
     print(f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}")
-    lm.save_run(out, config=config, vocab=corpus.vocab, params=result.params,
-                extra={"command": "train", "data": "pydoc", "seed": args.seed, "args": arg_dict, "history": h,
-                       "versions": _versions()})
     metrics = {"args": arg_dict, "first_step_grad_rel_diff": gap, "history": h,
                "final": {k: v[-1] for k, v in h.items()}}
     (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))

@@ -9,6 +9,10 @@ orbax), ``metrics.json`` (strict JSON, non-finite values as null) and ``curves.p
 ``--resume DIR`` continues an interrupted run with its recorded arguments. Ctrl-C or
 SIGTERM checkpoints, prints one line and exits 130 / 143; a non-finite step exits 1.
 ``--precision`` picks a ``funcnn.Policy`` preset; ``fp64`` runs under ``jax.enable_x64``.
+``--devices``/``--coordinator`` train data-parallel (``funcnn.parallel``), for every model;
+with several processes every one trains and takes part in each orbax save (``checkpoints/``,
+``model/``; process 0 writes them, into a folder every process sees, so ``--resume`` works
+the same), and only process 0 prints and writes ``run.json``, ``metrics.json`` and the plot.
 """
 from __future__ import annotations
 
@@ -98,24 +102,36 @@ RUN_ARGS = ("data", "model", "hidden", "activation", "loss", "optimizer", "lr", 
 
 
 def _validate(args):
-    """Every check that needs no data, before anything is loaded or written."""
+    """Every check that needs no data, before anything is loaded or written (and before
+    JAX starts: ``--devices`` must be known by then)."""
     from funcnn import models
 
-    if args.resume is not None:
-        return _resumed_args(args)
-    if args.model not in models.MODELS:
-        raise UsageError(f"--model: expected one of {', '.join(sorted(models.MODELS))}, got {args.model!r}")
-    if args.model == "cnn" and args.data not in ("digits", "mnist5k"):
-        raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
     multi = (args.coordinator, args.num_processes, args.process_id)
     if any(v is not None for v in multi) and any(v is None for v in multi):
         raise UsageError("--coordinator, --num-processes and --process-id: expected all three or none")
     if args.process_id is not None and args.process_id >= args.num_processes:
         raise UsageError(f"--process-id: expected 0..{args.num_processes - 1}, got {args.process_id}")
-    if args.out is None:
-        args.out = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    args.out = check_out_dir(args.out)
+    if args.resume is not None:
+        args = _resumed_args(args)
+    else:
+        if args.model not in models.MODELS:
+            raise UsageError(f"--model: expected one of {', '.join(sorted(models.MODELS))}, got {args.model!r}")
+        if args.model == "cnn" and args.data not in ("digits", "mnist5k"):
+            raise UsageError(f"--model: cnn needs an image dataset (digits or mnist5k), got {args.data!r}")
+        if args.out is None:
+            args.out = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = check_out_dir(args.out)
+    if args.devices is not None:
+        _check_batch_divides(args.batch_size, args.devices * (args.num_processes or 1),
+                             f"--devices {args.devices}" + (f" x --num-processes {args.num_processes}"
+                                                            if args.num_processes else ""))
     return args
+
+
+def _check_batch_divides(batch_size, devices, where):
+    """Data parallelism splits each batch evenly over the devices of every process."""
+    if batch_size % devices:
+        raise UsageError(f"--batch-size: expected a multiple of the {devices} devices ({where}), got {batch_size}")
 
 
 def _resumed_args(args):
@@ -176,10 +192,15 @@ def run(args: argparse.Namespace) -> int:
         mesh = parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
     except ValueError as e:
         raise UsageError(f"--devices: {str(e).split(': ', 1)[1]}") from None
+    if mesh is not None:  # e.g. --coordinator without --devices: every local device of every process
+        import jax
+
+        _check_batch_divides(args.batch_size, mesh.size,
+                             f"{mesh.size // jax.process_count()} devices x {jax.process_count()} processes")
     try:
         with catching_signals(), context(args.precision):  # fp64: the whole run in 64-bit JAX
             if args.model == "gpt" or args.data == "pydoc":
-                return gpt.run(args)
+                return gpt.run(args, mesh)
             return _train(args, resuming, mesh)
     except Interrupted as e:
         unit = "step" if args.model == "gpt" else "epoch"
@@ -205,8 +226,6 @@ def _train(args, resuming, mesh):
     d = datasets.load(args.data, seed=args.seed)
     if args.batch_size > len(d.x_train):
         raise UsageError(f"--batch-size: expected at most {len(d.x_train)} (the training set), got {args.batch_size}")
-    if mesh is not None and args.batch_size % mesh.size:
-        raise UsageError(f"--batch-size: expected a multiple of the {mesh.size} devices, got {args.batch_size}")
     loss = losses.get(args.loss)
     if args.loss == "mse":
         eye = np.eye(d.num_classes, dtype=np.float32)
@@ -228,7 +247,8 @@ def _train(args, resuming, mesh):
                             "layers": layers},
                   "data": {"name": args.data, "seed": args.seed, "train": len(d.x_train), "test": len(d.x_test)},
                   "versions": _versions()}
-    if not resuming:
+    primary = jax.process_index() == 0  # several processes: every one trains and checkpoints, process 0 writes
+    if not resuming and primary:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(json_safe(run_record), indent=2, allow_nan=False))
 
@@ -236,10 +256,11 @@ def _train(args, resuming, mesh):
     gap = first_step_gradient_gap(policy_model, policy_loss, params, state, xb, yb, key, args.l2)
 
     result = fit(model, loss, optimizer, d, epochs=args.epochs, batch_size=args.batch_size, key=key,
-                 grad=args.grad, l2=args.l2, progress=not args.no_progress and jax.process_index() == 0,
+                 grad=args.grad, l2=args.l2, progress=not args.no_progress and primary,
                  params=params, state=state, mesh=mesh, resume=resuming, policy=policy,
-                 checkpoint_dir=out / "checkpoints" if jax.process_count() == 1 else None)
-    if jax.process_index() != 0:  # multi-host: every process trains, process 0 reports
+                 checkpoint_dir=out / "checkpoints")
+    save_tree(out / "model", {"params": result.params, "state": result.state})  # orbax: every process calls
+    if not primary:  # multi-host: every process trains, process 0 reports
         return 0
     h = result.history
     print(f"data {args.data}: {len(d.x_train)} train / {len(d.x_test)} test, model {args.model} "
@@ -248,7 +269,6 @@ def _train(args, resuming, mesh):
     print(f"train accuracy {h['train_acc'][-1]:.4f}  test accuracy {h['test_acc'][-1]:.4f}  "
           f"test loss {h['test_loss'][-1]:.4f}")
     print(f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}")
-    save_tree(out / "model", {"params": result.params, "state": result.state})
     metrics = {"args": run_record["args"], "first_step_grad_rel_diff": gap, "history": h,
                "final": {k: v[-1] for k, v in h.items()}}
     (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))

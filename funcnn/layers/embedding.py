@@ -20,6 +20,7 @@ import numpy as np
 
 from funcnn import initializers
 from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._sharding import batch_scatter_add, batch_take
 from funcnn._validate import positive_int
 from funcnn.layer import Layer
 
@@ -37,8 +38,10 @@ def Embedding(vocab: int, features: int, *, w_init=standard_normal, param_dtype=
     in ``param_dtype``; ``dtype`` is the compute (output) dtype, None keeping ``param_dtype``.
 
     Raises ``TypeError`` for non-integer ids and ``ValueError`` for ids outside [0, vocab)
-    when their values are concrete (under ``jit`` they are not checked: out-of-range rows
-    are clamped by the gather, as in ``jnp.take``).
+    when their values are concrete (under ``jit`` they are not checked: as in ``jnp.take``,
+    negative ids wrap around and ids >= vocab give rows of NaN). Under a mesh with
+    ``Explicit`` axes the gather and the backward's scatter-add state their shardings
+    (``funcnn._sharding.batch_take``, ``batch_scatter_add``).
     """
     positive_int(vocab, "vocab", "Embedding")
     positive_int(features, "features", "Embedding")
@@ -60,12 +63,12 @@ def Embedding(vocab: int, features: int, *, w_init=standard_normal, param_dtype=
             lo, hi = int(concrete.min()), int(concrete.max())
             if lo < 0 or hi >= vocab:
                 raise ValueError(f"Embedding: ids must be in [0, {vocab}), got values in [{lo}, {hi}]")
-        return jnp.take(params["w"], ids, axis=0), state, ids
+        return batch_take(params["w"], ids), state, ids
 
     def backward(params, ids, dy):
         w = params["w"]
         acc = jnp.promote_types(dy.dtype, jnp.float32)  # accumulate half-precision sums in float32
-        dw = jnp.zeros(w.shape, acc).at[ids.reshape(-1)].add(dy.reshape(-1, w.shape[1]).astype(acc))
+        dw = batch_scatter_add(jnp.zeros(w.shape, acc), ids.reshape(-1), dy.reshape(-1, w.shape[1]).astype(acc))
         return {"w": dw.astype(w.dtype)}, None
 
     return with_compute_dtype(Layer("embedding", init, forward, backward, output_shape), dtype)
