@@ -1,6 +1,6 @@
 """Data-parallel scaling: step time and throughput on 1, 2, 4, 8 devices.
 
-    python benchmarks/scaling.py [--rounds 10] [--models mlp,cnn,lstm,gpt] [--readme] [--quick]
+    python benchmarks/scaling.py [--rounds 10] [--runs 3] [--models mlp,cnn,lstm,gpt] [--readme] [--quick]
 
 One training step (forward, manual or autodiff backward, Adam update) of the MLP, the
 CNN, the LSTM and a small GPT (2 layers x 4 heads, width 64, context 32, next-character
@@ -13,13 +13,18 @@ the parameters replicated (``funcnn.parallel``): CPU devices are virtual
 * strong scaling: the global batch B is fixed; efficiency = t_1 / (D t_D);
 * weak scaling: b examples per device, global batch D b; efficiency = t_1 / t_D.
 
-Steps are timed interleaved (``harness.time_interleaved``), one model at a time. The
+Steps are timed interleaved (``harness.time_interleaved``), one model at a time; ``--runs N``
+repeats the whole measurement in N separate processes and the table gives the median over
+runs with the spread (min-max) of the runs' medians. The
 table goes to ``benchmarks/results/scaling.md`` (and the README with ``--readme``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -98,12 +103,32 @@ def _stepper(model, shape, data, loss, mode, mesh, batch):
     return run
 
 
+def measure(names, counts, rounds) -> dict:
+    """{"model|scaling|backward|devices": median seconds per step}, one model at a time."""
+    out = {}
+    for name in names:
+        model, shape, data, loss = _models()[name]
+        contenders = {}
+        for scaling in ("strong", "weak"):
+            for mode in ("manual", "autodiff"):
+                for d in counts:
+                    batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
+                    contenders[f"{name}|{scaling}|{mode}|{d}"] = _stepper(model, shape, data, loss, mode,
+                                                                          parallel.data_mesh(d), batch)
+        times = {k: float(np.median(v)) for k, v in time_interleaved(contenders, rounds=rounds).items()}
+        print(f"{name}: " + ", ".join(f"{k.split('|', 1)[1]} {1e3 * t:.2f} ms" for k, t in times.items()), flush=True)
+        out.update(times)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--models", default=",".join(_models()))
     p.add_argument("--readme", action="store_true", help="also replace the table in README.md")
     p.add_argument("--quick", action="store_true", help="2 rounds on 1 and 2 devices, printed only")
+    p.add_argument("--runs", type=int, default=1, help="separate processes to repeat the measurement in")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child run writes its medians here
     args = p.parse_args(argv)
     unknown = sorted(set(args.models.split(",")) - set(_models()))
     if unknown:
@@ -112,37 +137,45 @@ def main(argv=None):
         p.error("--quick: a check that the script runs, it writes nothing; drop --readme")
     rounds = 2 if args.quick else args.rounds
     counts = [d for d in ((1, 2) if args.quick else (1, 2, 4, 8)) if d <= len(jax.devices())]
+    if args.json:
+        Path(args.json).write_text(json.dumps(measure(args.models.split(","), counts, rounds)))
+        return
+    if args.runs > 1:
+        runs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.runs):
+                out = Path(tmp) / f"run{i}.json"
+                subprocess.run([sys.executable, __file__, "--rounds", str(rounds), "--models", args.models,
+                                "--json", str(out)] + (["--quick"] if args.quick else []), check=True)
+                runs.append(json.loads(out.read_text()))
+    else:
+        runs = [measure(args.models.split(","), counts, rounds)]
     rows = []
-    for name in args.models.split(","):
-        model, shape, data, loss = _models()[name]
-        contenders = {}
-        for scaling in ("strong", "weak"):
-            for mode in ("manual", "autodiff"):
-                for d in counts:
-                    batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
-                    contenders[(scaling, mode, d)] = _stepper(model, shape, data, loss, mode, parallel.data_mesh(d),
-                                                              batch)
-        times = {k: np.median(v) for k, v in time_interleaved(contenders, rounds=rounds).items()}
-        for (scaling, mode, d), t in times.items():
-            t1 = times[(scaling, mode, 1)]
-            batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
-            eff = t1 / (d * t) if scaling == "strong" else t1 / t
-            rows.append(f"| {name} | {scaling} | {mode} | {d} | {batch} | {1e3 * t:.2f} | {batch / t:,.0f} | "
-                        f"{eff:.2f} |")
-        print("\n".join(rows[-len(times):]), flush=True)
+    for key in runs[0]:
+        name, scaling, mode, d = key.split("|")
+        d = int(d)
+        t = np.array([r[key] for r in runs])
+        t1 = np.array([r[f"{name}|{scaling}|{mode}|1"] for r in runs])
+        batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
+        eff = t1 / (d * t) if scaling == "strong" else t1 / t
+        spread = f"{1e3 * t.min():.2f}-{1e3 * t.max():.2f}" if len(runs) > 1 else "-"
+        eff_spread = f" ({eff.min():.2f}-{eff.max():.2f})" if len(runs) > 1 else ""
+        rows.append(f"| {name} | {scaling} | {mode} | {d} | {batch} | {1e3 * np.median(t):.2f} | {spread} | "
+                    f"{batch / np.median(t):,.0f} | {np.median(eff):.2f}{eff_spread} |")
     dev = jax.devices()[0]
-    command = f"python benchmarks/scaling.py --rounds {rounds}" + (
+    command = f"python benchmarks/scaling.py --rounds {rounds} --runs {len(runs)}" + (
         "" if args.models == ",".join(_models()) else f" --models {args.models}") + (" --quick" if args.quick else "")
     text = "\n".join([
         f"### Data-parallel scaling ({dev.platform}, {len(jax.devices())} devices)",
         "",
-        f"Measured on {machine()}; {versions()}. Reproduce: `{command}`; median of "
-        f"{rounds} interleaved rounds. Strong: global batch {STRONG_BATCH}, efficiency "
+        f"Measured on {machine()}; {versions()}. Reproduce: `{command}`; per run the median of "
+        f"{rounds} interleaved rounds; ms/step and efficiency: the median over {len(runs)} separate runs "
+        f"(processes), in brackets the spread (min-max) over the runs. Strong: global batch {STRONG_BATCH}, efficiency "
         f"t1 / (D tD); weak: {WEAK_BATCH} examples per device, efficiency t1 / tD. GPT: 2 layers x 4 heads, "
         f"width 64, an example is a window of {GPT_CONTEXT} characters.",
         "",
-        "| model | scaling | backward | devices | global batch | ms/step | examples/s | efficiency |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| model | scaling | backward | devices | global batch | ms/step | spread ms | examples/s | efficiency |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]) + "\n"
     if args.quick:
