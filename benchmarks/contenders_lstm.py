@@ -22,10 +22,9 @@ NOTES = (
     "`lax.scan` over `x_t W_ih^T + h W_hh^T + b` under `jax.grad`; Flax uses "
     "`nnx.RNN(nnx.OptimizedLSTMCell)`, Equinox `vmap` of a scanned `eqx.nn.LSTMCell`, "
     "PyTorch `nn.LSTM(batch_first=True)` on CPU with its default intra-op threads (one per core), "
-    "and the same restricted to one thread. XLA:CPU runs each step's (64, 128) x (128, 512) "
-    "recurrent product on one core (about 90 GFLOP/s, that core's peak); PyTorch splits it "
-    "over both cores. Splitting the batch into independent scans, or into independent "
-    "products inside one step, did not make XLA use the second core (measured, no gain)."
+    "and the same restricted to one thread. Where funcnn manual's time goes: "
+    "`python benchmarks/lstm_profile.py` (the recurrent products themselves run faster in XLA "
+    "than in PyTorch's GEMM; the rest of each scan step is what costs)."
 )
 BATCH, TIME, FEATURES, HIDDEN, CLASSES = 64, 40, 1, 128, 10
 

@@ -15,6 +15,10 @@ the same interleaved rounds as the whole step:
 * the same two chains in PyTorch (``torch.mm`` in a Python loop) with its default
   threads (one per core) and with one thread, and PyTorch's whole ``nn.LSTM`` step.
 
+The JAX parts are timed in interleaved rounds among themselves, then the PyTorch parts among
+themselves: after a call PyTorch's OpenMP threads keep spinning for a while, which would
+slow whatever XLA runs next on the same two cores.
+
 A chain of dependent products cannot be batched into one bigger product: each waits for
 the last, so its speed is that of one small GEMM, and only a GEMM that splits one
 (64, 128) x (128, 512) product over cores goes faster. The table gives every part's
@@ -60,7 +64,8 @@ FLOPS = {  # the products each part runs (elementwise work not counted)
 
 
 def parts():
-    """{name: zero-argument callable returning something to block on}."""
+    """({name: zero-argument callable returning something to block on} of the JAX parts, the same of
+    the PyTorch parts)."""
     from funcnn.layers.recurrent import LSTM, lstm
     from funcnn.layers.recurrent._shell import time_sum_product
 
@@ -103,8 +108,7 @@ def parts():
         "XLA chain, forward products": lambda: cf(params["w_hh"], h),
         "XLA chain, backward products": lambda: cb(params["w_hh"], h),
     }
-    out.update(_torch_parts(np.asarray(params["w_hh"])))
-    return out
+    return out, _torch_parts(np.asarray(params["w_hh"]))
 
 
 def _torch_parts(w_hh):
@@ -170,7 +174,10 @@ def main(argv=None):
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.md"))
     args = p.parse_args(argv)
     if args.json:
-        Path(args.json).write_text(json.dumps(time_interleaved(parts(), rounds=args.rounds)))
+        jax_parts, torch_parts = parts()
+        times = time_interleaved(jax_parts, rounds=args.rounds)  # apart: PyTorch's idle threads spin a while
+        times.update(time_interleaved(torch_parts, rounds=args.rounds) if torch_parts else {})
+        Path(args.json).write_text(json.dumps(times))
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

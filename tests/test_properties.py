@@ -22,9 +22,13 @@ def test_dense_activation_manual_equals_autodiff(batch, n_in, n_out, act, seed):
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
         x = jax.random.normal(k2, (batch, n_in), jnp.float64)
         dy = jax.random.normal(k3, (batch, n_out), jnp.float64)
-        _, _, cache = model.forward(params, state, x)
-        g_manual = model.backward(params, cache, dy)
-        _, vjp = jax.vjp(lambda p, x: model.apply(p, state, x)[0], params, x)
-        g_auto = vjp(dy)
+
+        @jax.jit  # one compilation per example, not one per primitive
+        def both(params, x, dy):
+            _, _, cache = model.forward(params, state, x)
+            _, vjp = jax.vjp(lambda p, x: model.apply(p, state, x)[0], params, x)
+            return model.backward(params, cache, dy), vjp(dy)
+
+        g_manual, g_auto = both(params, x, dy)
         for a, b in zip(jax.tree_util.tree_leaves(g_manual), jax.tree_util.tree_leaves(g_auto)):
             assert_close(a, b, RTOL_F64)
