@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import table, table_runs, time_interleaved, write_section  # noqa: E402
 
 MODELS = ("mlp", "cnn", "lstm", "gpt")
+DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "train_step.md")
 
 
 def main(argv=None):
@@ -33,7 +34,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated contender names (default: all)")
     p.add_argument("--runs", type=int, default=1, help="separate processes to repeat the measurement in")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child run writes its times here
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_step.md"))
+    p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.runs > 1:
         return repeat(args)
@@ -67,7 +68,8 @@ def repeat(args):
             cmd = [sys.executable, __file__, args.model, "--rounds", str(args.rounds), "--json", str(out)]
             subprocess.run(cmd + (["--only", args.only] if args.only else []), check=True)
             runs.append(json.loads(out.read_text()))
-    command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds} --runs {args.runs}"
+    command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds} --runs {args.runs}" + (
+        f' --only "{args.only}"' if args.only else "") + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")
     platform = jax.devices()[0].platform
     reference = mod.REFERENCE if mod.REFERENCE in runs[0] else next(iter(runs[0]))
     text = table_runs(runs, reference, f"{mod.TITLE} ({platform})", command, getattr(mod, "NOTES", ""))
