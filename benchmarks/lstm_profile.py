@@ -27,6 +27,7 @@ median time per run, its share of the step, and the GFLOP/s of the products it r
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def report(runs: list, command: str) -> str:
     k = len(runs)
     lines = [
         f"### LSTM step profile: {C.TITLE} ({jax.devices()[0].platform})", "",
-        f"Measured on {machine()} ({load()}); {versions()}.",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
         f"Reproduce: `{command}`. {k} separate runs (processes), each {len(runs[0][names[0]])} interleaved "
         "rounds; median ms per run; share = median over runs / the manual step's; GFLOP/s of the "
         "recurrent-sized products each part runs (elementwise work not counted).", "",
