@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from harness import equinox_stepper, flax_stepper, jax_stepper, stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
 
 TITLE = "GPT 4 layers x 4 heads, width 128, context 64, vocab 103, batch 32, Adam"
 REFERENCE = "pytorch"
@@ -43,16 +43,8 @@ def funcnn_step(mode):
     from funcnn import lm
 
     model = fn.models.gpt(VOCAB, context=CONTEXT, layers=LAYERS, heads=HEADS, width=WIDTH)
-    params, _ = model.init(jax.random.key(0), (CONTEXT,))
-    tx = optax.adam(1e-3)
-    step = lm.make_step(model, tx, mode)
-    x, y = map(jnp.asarray, data())
-
-    def carry_step(carry, x, y):
-        params, opt, _ = step(carry[0], carry[1], x, y)
-        return params, opt
-
-    return stepper(carry_step, (params, tx.init(params)), x, y)
+    x, y = data()
+    return funcnn_stepper(model, x, y, mode, loss=lm.next_char_cross_entropy)
 
 
 # --------------------------------------------------------------------------- raw JAX

@@ -126,14 +126,17 @@ def stepper(step, carry, *args):
     return run
 
 
-def funcnn_stepper(model, x, y, mode):
-    """A contender running one Adam(1e-3) step of softmax cross-entropy on a funcnn
-    ``model``, with the hand-written backward (``mode="manual"``) or autodiff."""
+def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
+    """A contender running one Adam(1e-3) step of ``loss`` (default softmax cross-entropy)
+    on a funcnn ``model``, with the hand-written backward (``mode="manual"``) or autodiff.
+    ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over ``"data"``
+    (``funcnn.parallel``), every step run under the mesh."""
     import funcnn as fn
+    from funcnn import parallel
 
     params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode=mode)
+    vg = fn.value_and_grad(model, loss or fn.losses.softmax_cross_entropy, mode=mode)
 
     @jax.jit
     def step(carry, x, y):
@@ -142,7 +145,17 @@ def funcnn_stepper(model, x, y, mode):
         u, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, u), state, opt
 
-    return stepper(step, (params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    carry, batch = (params, state, tx.init(params)), (jnp.asarray(x), jnp.asarray(y))
+    if mesh is None:
+        return stepper(step, carry, *batch)
+    with jax.set_mesh(mesh):
+        run = stepper(step, parallel.replicate(carry, mesh), *parallel.shard_batch(batch, mesh))
+
+    def run_on_mesh():
+        with jax.set_mesh(mesh):
+            return run()
+
+    return run_on_mesh
 
 
 def jax_stepper(loss, params, x, y):

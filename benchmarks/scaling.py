@@ -32,16 +32,14 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)  # no effect off CPU
 
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import machine, time_interleaved, versions, write_section  # noqa: E402
+from harness import funcnn_stepper, machine, time_interleaved, versions, write_section  # noqa: E402
 
 from funcnn import layers as L  # noqa: E402
 from funcnn import lm, losses, models, parallel  # noqa: E402
-from funcnn.gradients import value_and_grad  # noqa: E402
 from funcnn.layer import serial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,28 +77,8 @@ def _models():
 
 
 def _stepper(model, shape, data, loss, mode, mesh, batch):
-    vg = value_and_grad(model, loss, mode=mode)
-    opt = optax.adam(1e-3)
-    params, state = model.init(jax.random.key(0), shape)
     x, y = data(jax.random.key(1), batch, shape)
-
-    @jax.jit
-    def step(carry, x, y):
-        params, state, opt_state = carry
-        _, grads, state = vg(params, state, x, y)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state
-
-    with jax.set_mesh(mesh):
-        box = [parallel.replicate((params, state, opt.init(params)), mesh)]
-        xs, ys = parallel.shard_batch((x, y), mesh)
-
-    def run():
-        with jax.set_mesh(mesh):
-            box[0] = step(box[0], xs, ys)
-        return box[0]
-
-    return run
+    return funcnn_stepper(model, x, y, mode, loss=loss, mesh=mesh)
 
 
 def measure(names, counts, rounds) -> dict:

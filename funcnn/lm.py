@@ -42,7 +42,6 @@ import numpy as np
 import optax
 
 from funcnn import losses, models, parallel, text
-from funcnn.gradients import MODES, value_and_grad
 from funcnn.losses import Loss
 
 
@@ -74,21 +73,6 @@ def batches(corpus_ids, *, context, batch_size, steps, seed):
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         yield text.random_windows(corpus_ids, context, batch_size, rng)
-
-
-def make_step(model, optimizer, grad="manual"):
-    """A jit-compiled ``step(params, opt_state, x, y) -> (params, opt_state, loss)``."""
-    if grad not in MODES:
-        raise ValueError(f"make_step: grad must be one of {MODES}, got {grad!r}")
-    vg = value_and_grad(model, next_char_cross_entropy, mode=grad)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        value, g, _ = vg(params, _state(model, x.shape[1]), x, y, train=True)
-        updates, opt_state = optimizer.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return step
 
 
 def _state(model, context):

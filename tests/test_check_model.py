@@ -2,8 +2,6 @@
 where the error starts, not the earlier layers the error travels to."""
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 import funcnn as fn

@@ -1,7 +1,6 @@
 """Property tests: the hand-written backward equals autodiff for random shapes."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

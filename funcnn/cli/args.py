@@ -20,82 +20,33 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _arg_type(name: str, convert, ok, expected: str):
+    """An argparse ``type``: ``convert(text)``, kept if ``ok(value)``, otherwise one line
+    "expected <expected>, got '<text>'"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
 
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """``"128,64"`` -> (128, 64); at least one entry, every entry a positive integer."""
-    try:
-        values = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 128,64, got {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 128,64, got {text!r}")
-    return values
+    parse.__name__ = name
+    return parse
 
 
 SEED_MAX = 2**32 - 1  # numpy/scikit-learn seeds are unsigned 32-bit
 
-
-def seed(text: str) -> int:
-    """An integer seed in [0, 2**32 - 1]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, {SEED_MAX}], got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, {SEED_MAX}], got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """Any finite number (no nan, no inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+positive_float = _arg_type("positive_float", float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonnegative_float = _arg_type("nonnegative_float", float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+finite_float = _arg_type("finite_float", float, math.isfinite, "a finite number")
+positive_int = _arg_type("positive_int", int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _arg_type("nonnegative_int", int, lambda v: v >= 0, "an integer >= 0")
+seed = _arg_type("seed", int, lambda v: 0 <= v <= SEED_MAX, f"an integer seed in [0, {SEED_MAX}]")
+int_list = _arg_type(  # "128,64" -> (128, 64): at least one entry, every one a positive integer
+    "int_list", lambda text: tuple(int(t) for t in text.split(",")), lambda vs: all(v > 0 for v in vs),
+    "comma-separated positive integers like 128,64")
 
 
 def check_out_dir(path, flag: str = "--out") -> Path:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._sharding import batch_outer
 from funcnn._validate import positive_int
 from funcnn.layer import Layer
@@ -82,8 +82,7 @@ def MultiHeadAttention(heads: int, *, causal: bool = False, w_init="glorot_unifo
     positive_int(heads, "heads", "MultiHeadAttention")
     if not isinstance(causal, bool):
         raise TypeError(f"MultiHeadAttention: causal must be a bool, got {causal!r}")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "MultiHeadAttention")
-    dtype = float_dtype(dtype, "dtype", "MultiHeadAttention", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "MultiHeadAttention")
     w_init = initializers.get(w_init, "w_init")
     b_init = initializers.get(b_init, "b_init")
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._sharding import batch_scatter_add, batch_take
 from funcnn._validate import positive_int
 from funcnn.layer import Layer
@@ -45,8 +45,7 @@ def Embedding(vocab: int, features: int, *, w_init=standard_normal, param_dtype=
     """
     positive_int(vocab, "vocab", "Embedding")
     positive_int(features, "features", "Embedding")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "Embedding")
-    dtype = float_dtype(dtype, "dtype", "Embedding", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "Embedding")
     w_init = initializers.get(w_init, "w_init")
 
     def init(key, input_shape):

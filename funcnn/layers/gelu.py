@@ -19,7 +19,7 @@ import math
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn.layer import Layer
 
 _C = math.sqrt(2.0 / math.pi)
@@ -45,8 +45,7 @@ def GELU(approximate: bool = False, *, param_dtype=jnp.float32, dtype=None) -> L
     """
     if not isinstance(approximate, bool):
         raise TypeError(f"GELU: approximate must be a bool, got {approximate!r}")
-    float_dtype(param_dtype, "param_dtype", "GELU")
-    dtype = float_dtype(dtype, "dtype", "GELU", allow_none=True)
+    _, dtype = layer_dtypes(param_dtype, dtype, "GELU")  # param_dtype: validated, GELU has no params
     value_and_slope = _tanh if approximate else _exact
 
     def forward(params, state, x, *, key=None, train=False):

@@ -22,12 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._validate import positive_int
 from funcnn.layer import Layer
-from funcnn.layers.layernorm import (
-    affine_grads, float_input, normalize, normalize_backward, positive_eps, stats_dtype,
-)
+from funcnn.layers.layernorm import affine_norm_backward, affine_norm_forward, float_input, positive_eps
 
 
 def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init="ones", beta_init="zeros",
@@ -44,8 +42,7 @@ def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init="ones", beta_init="z
     """
     positive_int(groups, "groups", "GroupNorm")
     eps = positive_eps(eps, "GroupNorm")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "GroupNorm")
-    dtype = float_dtype(dtype, "dtype", "GroupNorm", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "GroupNorm")
     gamma_init = initializers.get(gamma_init, "gamma_init")
     beta_init = initializers.get(beta_init, "beta_init")
 
@@ -75,18 +72,10 @@ def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init="ones", beta_init="z
         c = params["gamma"].shape[0]
         if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != c:
             raise ValueError(f"GroupNorm: x must have shape (batch, ..., {c}), got {jnp.shape(x)}")
-        sd = stats_dtype(x)
-        xhat, inv_std = normalize(grouped(x.astype(sd)), (1, 3), eps)
-        xhat = xhat.reshape(x.shape)
-        y = params["gamma"].astype(sd) * xhat + params["beta"].astype(sd)
-        return y.astype(x.dtype), state, (xhat, inv_std)
+        y, cache = affine_norm_forward(params, x, (1, 3), eps, grouped)
+        return y, state, cache
 
     def backward(params, cache, dy):
-        xhat, inv_std = cache
-        g = dy.astype(xhat.dtype)
-        dgamma, dbeta = affine_grads(g, xhat)
-        dx = normalize_backward(grouped(params["gamma"].astype(g.dtype) * g), grouped(xhat), inv_std, (1, 3))
-        return ({"gamma": dgamma.astype(params["gamma"].dtype), "beta": dbeta.astype(params["beta"].dtype)},
-                dx.reshape(dy.shape).astype(dy.dtype))
+        return affine_norm_backward(params, cache, dy, (1, 3), grouped)
 
     return with_compute_dtype(Layer("groupnorm", init, forward, backward, output_shape), dtype)

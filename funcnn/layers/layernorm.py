@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._sharding import batch_dot_general
 from funcnn.layer import Layer
 
@@ -72,6 +72,31 @@ def affine_grads(dy, xhat):
     return dgamma, jnp.sum(dy, axis=lead)
 
 
+def _same(a):
+    return a
+
+
+def affine_norm_forward(params, x, axes, eps, group=_same):
+    """y = gamma * xhat + beta, xhat = ``x`` normalised over ``axes`` of ``group(x)`` (a
+    reshape: GroupNorm's channel groups), in ``stats_dtype``; returns (y, cache)."""
+    sd = stats_dtype(x)
+    xhat, inv_std = normalize(group(x.astype(sd)), axes, eps)
+    xhat = xhat.reshape(x.shape)
+    y = params["gamma"].astype(sd) * xhat + params["beta"].astype(sd)
+    return y.astype(x.dtype), (xhat, inv_std)
+
+
+def affine_norm_backward(params, cache, dy, axes, group=_same):
+    """(dparams, dx) of ``affine_norm_forward``: dgamma, dbeta from ``affine_grads``, and
+    dx = ``normalize_backward`` of g = gamma * dy, over the same ``axes`` of ``group``."""
+    xhat, inv_std = cache
+    g = dy.astype(xhat.dtype)
+    dgamma, dbeta = affine_grads(g, xhat)
+    dx = normalize_backward(group(params["gamma"].astype(g.dtype) * g), group(xhat), inv_std, axes)
+    return ({"gamma": dgamma.astype(params["gamma"].dtype), "beta": dbeta.astype(params["beta"].dtype)},
+            dx.reshape(dy.shape).astype(dy.dtype))
+
+
 def last_axis_input(x, features, where):
     float_input(x, where)
     if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != features:
@@ -98,8 +123,7 @@ def LayerNorm(eps: float = 1e-5, *, gamma_init="ones", beta_init="zeros",
     ``TypeError`` for a non-float input or dtype.
     """
     eps = positive_eps(eps, "LayerNorm")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "LayerNorm")
-    dtype = float_dtype(dtype, "dtype", "LayerNorm", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "LayerNorm")
     gamma_init = initializers.get(gamma_init, "gamma_init")
     beta_init = initializers.get(beta_init, "beta_init")
 
@@ -115,17 +139,10 @@ def LayerNorm(eps: float = 1e-5, *, gamma_init="ones", beta_init="zeros",
 
     def forward(params, state, x, *, key=None, train=False):
         last_axis_input(x, params["gamma"].shape[0], "LayerNorm")
-        sd = stats_dtype(x)
-        xhat, inv_std = normalize(x.astype(sd), -1, eps)
-        y = params["gamma"].astype(sd) * xhat + params["beta"].astype(sd)
-        return y.astype(x.dtype), state, (xhat, inv_std)
+        y, cache = affine_norm_forward(params, x, -1, eps)
+        return y, state, cache
 
     def backward(params, cache, dy):
-        xhat, inv_std = cache
-        g = dy.astype(xhat.dtype)
-        dgamma, dbeta = affine_grads(g, xhat)
-        dx = normalize_backward(params["gamma"].astype(xhat.dtype) * g, xhat, inv_std, -1)
-        return ({"gamma": dgamma.astype(params["gamma"].dtype), "beta": dbeta.astype(params["beta"].dtype)},
-                dx.astype(dy.dtype))
+        return affine_norm_backward(params, cache, dy, -1)
 
     return with_compute_dtype(Layer("layernorm", init, forward, backward, output_shape), dtype)

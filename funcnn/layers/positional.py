@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._validate import positive_int
 from funcnn.layer import Layer
 
@@ -35,8 +35,7 @@ def PositionalEmbedding(max_len: int, features: int, *, w_init=gpt2_normal, para
     """
     positive_int(max_len, "max_len", "PositionalEmbedding")
     positive_int(features, "features", "PositionalEmbedding")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "PositionalEmbedding")
-    dtype = float_dtype(dtype, "dtype", "PositionalEmbedding", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "PositionalEmbedding")
     w_init = initializers.get(w_init, "w_init")
 
     def check_shape(shape):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import initializers
-from funcnn._dtypes import float_dtype, with_compute_dtype
+from funcnn._dtypes import layer_dtypes, with_compute_dtype
 from funcnn._sharding import batch_dot_general
 from funcnn.layer import Layer
 from funcnn.layers.layernorm import feature_count, last_axis_input, positive_eps, stats_dtype
@@ -37,8 +37,7 @@ def RMSNorm(eps: float = 1e-5, *, gamma_init="ones", param_dtype=jnp.float32, dt
     ``TypeError`` for a non-float input or dtype.
     """
     eps = positive_eps(eps, "RMSNorm")
-    param_dtype = float_dtype(param_dtype, "param_dtype", "RMSNorm")
-    dtype = float_dtype(dtype, "dtype", "RMSNorm", allow_none=True)
+    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "RMSNorm")
     gamma_init = initializers.get(gamma_init, "gamma_init")
 
     def init(key, input_shape):
