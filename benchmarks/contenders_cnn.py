@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.conv import Conv2D
 from funcnn.layers.dense import Dense
@@ -29,7 +29,7 @@ TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
 REFERENCE = "pytorch"
 BATCH, SIDE = 64, 28
 NOTES = ("funcnn manual/autodiff measure the convolution per layer shape when first traced "
-         "(`funcnn.autotune`: im2col + GEMM or `lax.conv_general_dilated`, whole batch or chunks of 8 on CPU); "
+         "(`funcnn.core.autotune`: im2col + GEMM or `lax.conv_general_dilated`, whole batch or chunks of 8 on CPU); "
          "the `(all gemm)` / `(all xla conv)` rows restrict every layer to one formulation. "
          "funcnn's max-pool backward is a "
          "fused first-arg-max mask, not XLA's `select_and_scatter` (which the JAX peers get from autodiff).")

@@ -40,7 +40,7 @@ def data(seed=0):
 # --------------------------------------------------------------------------- funcnn
 def funcnn_step(mode):
     import funcnn as fn
-    from funcnn import lm
+    from funcnn.training import lm
 
     model = fn.models.gpt(VOCAB, context=CONTEXT, layers=LAYERS, heads=HEADS, width=WIDTH)
     x, y = data()

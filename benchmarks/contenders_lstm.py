@@ -16,7 +16,7 @@ REFERENCE = "pytorch"
 NOTES = (
     "funcnn manual runs the hand-written BPTT: the input projection is one product before "
     "the forward scan, and dW_ih, dW_hh are one product each after the reverse scan; the scans' "
-    "unroll (1, 2 or 4) is measured when the layer is first traced (`funcnn.autotune`). "
+    "unroll (1, 2 or 4) is measured when the layer is first traced (`funcnn.core.autotune`). "
     "funcnn autodiff is `jax.grad` of the same forward (hoisted input projection), which "
     "accumulates the weight gradients inside the reverse scan. Raw JAX is the textbook "
     "`lax.scan` over `x_t W_ih^T + h W_hh^T + b` under `jax.grad`; Flax uses "

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.autotune import time_rounds
+from funcnn.core.autotune import time_rounds
 from funcnn.bench.report import machine, versions
 
 
@@ -130,9 +130,9 @@ def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
     """A contender running one Adam(1e-3) step of ``loss`` (default softmax cross-entropy)
     on a funcnn ``model``, with the hand-written backward (``mode="manual"``) or autodiff.
     ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over ``"data"``
-    (``funcnn.parallel``), every step run under the mesh."""
+    (``funcnn.training.distributed``), every step run under the mesh."""
     import funcnn as fn
-    from funcnn import parallel
+    from funcnn.training import distributed
 
     params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
     tx = optax.adam(1e-3)
@@ -149,7 +149,7 @@ def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
     if mesh is None:
         return stepper(step, carry, *batch)
     with jax.set_mesh(mesh):
-        run = stepper(step, parallel.replicate(carry, mesh), *parallel.shard_batch(batch, mesh))
+        run = stepper(step, distributed.replicate(carry, mesh), *distributed.shard_batch(batch, mesh))
 
     def run_on_mesh():
         with jax.set_mesh(mesh):

@@ -23,7 +23,7 @@ import numpy as np
 import scipy
 from scipy.integrate import solve_ivp
 
-from funcnn.neurons import PRESETS, fi_curve, rest_state, spike_times, rate_from_spikes
+from funcnn.science.neurons import PRESETS, fi_curve, rest_state, spike_times, rate_from_spikes
 
 P = PRESETS["hopf"]
 N, T_MAX, DT, T_SKIP = 1000, 1000.0, 0.1, 500.0

@@ -6,7 +6,7 @@ One training step (forward, manual or autodiff backward, Adam update) of the MLP
 CNN, the LSTM and a small GPT (2 layers x 4 heads, width 64, context 32, next-character
 cross-entropy over a 103-character vocabulary, as on pydoc; an example is a window of 32
 characters), with the batch sharded over a mesh ``("data",)`` of D devices and
-the parameters replicated (``funcnn.parallel``): CPU devices are virtual
+the parameters replicated (``funcnn.training.distributed``): CPU devices are virtual
 (``jax_num_cpu_devices``), set before JAX starts; on a GPU host, its GPUs.
 ``--quick`` (a check that it runs): 2 rounds on 1 and 2 devices, printed, nothing written.
 
@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import funcnn_stepper, machine, time_interleaved, versions, write_section  # noqa: E402
 
 from funcnn import layers as L  # noqa: E402
-from funcnn import lm, losses, models, parallel  # noqa: E402
-from funcnn.layer import serial  # noqa: E402
+from funcnn import losses, models  # noqa: E402
+from funcnn.training import lm, distributed
+from funcnn.core.layer import serial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG_BATCH = 256  # global batch of strong scaling
@@ -92,7 +93,7 @@ def measure(names, counts, rounds) -> dict:
                 for d in counts:
                     batch = STRONG_BATCH if scaling == "strong" else WEAK_BATCH * d
                     contenders[f"{name}|{scaling}|{mode}|{d}"] = _stepper(model, shape, data, loss, mode,
-                                                                          parallel.data_mesh(d), batch)
+                                                                          distributed.data_mesh(d), batch)
         times = {k: float(np.median(v)) for k, v in time_interleaved(contenders, rounds=rounds).items()}
         print(f"{name}: " + ", ".join(f"{k.split('|', 1)[1]} {1e3 * t:.2f} ms" for k, t in times.items()), flush=True)
         out.update(times)

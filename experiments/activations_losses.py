@@ -35,12 +35,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from funcnn import data, models  # noqa: E402
 from funcnn.gradients import value_and_grad  # noqa: E402
-from funcnn.layer import serial  # noqa: E402
+from funcnn.core.layer import serial  # noqa: E402
 from funcnn.layers.activations import Sigmoid  # noqa: E402
 from funcnn.layers.dense import Dense  # noqa: E402
 from funcnn.layers.flatten import Flatten  # noqa: E402
 from funcnn.losses import Loss, binary_cross_entropy, mse, softmax_cross_entropy  # noqa: E402
-from funcnn.train import fit  # noqa: E402
+from funcnn.training.fit import fit  # noqa: E402
 
 from _common import parse, write  # noqa: E402
 

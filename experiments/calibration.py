@@ -1,7 +1,7 @@
 """Calibration and out-of-distribution entropy: deterministic MLP, MC dropout, Bayes by Backprop.
 
 On digits (8x8) and mnist5k (28x28), three networks with one hidden layer of 128 ReLU
-units are trained with Adam on the hand-written backward (``funcnn.train.fit``):
+units are trained with Adam on the hand-written backward (``funcnn.training.fit.fit``):
 
 * a deterministic MLP (maximum likelihood: softmax cross-entropy);
 * MC dropout: dropout 0.5 on the hidden layer, kept on at test time;
@@ -9,7 +9,7 @@ units are trained with Adam on the hand-written backward (``funcnn.train.fit``):
   N(0, 1) prior on every weight and bias.
 
 Each is scored on the test set from its predictive class probabilities
-(``funcnn.bayes.predict``, Monte Carlo over dropout masks or weights; one pass for the
+(``funcnn.science.bayes.predict``, Monte Carlo over dropout masks or weights; one pass for the
 deterministic net): accuracy, NLL, Brier score and expected calibration error (15
 bins), with reliability diagrams. Out of distribution, the mean predictive entropy on
 the test digits rotated by 90 degrees and on uniform-noise images, against the
@@ -33,16 +33,16 @@ import optax
 
 from funcnn import data as datasets
 from funcnn import losses
-from funcnn.bayes import calibration as cal
-from funcnn.bayes.dense import BayesDense
-from funcnn.bayes.kl import kl_penalty
-from funcnn.bayes.predict import predict
-from funcnn.layer import serial
+from funcnn.science.bayes import calibration as cal
+from funcnn.layers.bayes_dense import BayesDense
+from funcnn.science.bayes.kl import kl_penalty
+from funcnn.science.bayes.predict import predict
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.dense import Dense
 from funcnn.layers.dropout import Dropout
 from funcnn.layers.flatten import Flatten
-from funcnn.train import fit
+from funcnn.training.fit import fit
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN = 128

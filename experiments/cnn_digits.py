@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from funcnn import data, models  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
-from funcnn.train import fit  # noqa: E402
+from funcnn.training.fit import fit  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BATCH = 64

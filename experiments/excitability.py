@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from funcnn.neurons import (  # noqa: E402
+from funcnn.science.neurons import (  # noqa: E402
     PRESETS, cycle_state, fi_curve, hodgkin_huxley, onset_current, rest_instability_current,
     saddle_node_currents,
 )

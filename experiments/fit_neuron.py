@@ -11,7 +11,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from funcnn.neurons import PRESETS, fit_parameters, simulate  # noqa: E402
+from funcnn.science.neurons import PRESETS, fit_parameters, simulate  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 NAMES = ("gCa", "gK", "phi")

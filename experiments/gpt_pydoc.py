@@ -11,7 +11,7 @@ same order, with Adam (same learning rate, betas and epsilon):
   exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``),
   on one intra-op thread (its default two threads were ~10x slower on the two shared cores).
 
-Data: ``funcnn.text.load_pydoc(seed=0)`` (contiguous 4096-character blocks, 10% of them
+Data: ``funcnn.data.text.load_pydoc(seed=0)`` (contiguous 4096-character blocks, 10% of them
 validation). The validation loss (nats/char) is measured on the same fixed validation
 windows for all three every ``EVAL_EVERY`` steps. The budget (steps x batch) is
 chosen to run in about ten minutes on two shared CPU cores; the script states it and
@@ -41,7 +41,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import _common  # noqa: E402
 from contenders_gpt import torch_gpt, torch_state_dict  # noqa: E402
 
-from funcnn import lm, models, text  # noqa: E402
+from funcnn import models  # noqa: E402
+from funcnn.data import text
+from funcnn.training import lm
 
 FULL = {"layers": 4, "heads": 4, "width": 128, "context": 64}
 QUICK = {"layers": 1, "heads": 2, "width": 32, "context": 32}
@@ -128,7 +130,7 @@ def main(argv=None):
         "",
         f"Model: `funcnn.models.gpt({corpus.vocab_size}, context={config['context']}, layers={config['layers']}, "
         f"heads={config['heads']}, width={config['width']})`, {n_params:,} parameters. Data: "
-        f"`funcnn.text.load_pydoc(seed={seed})`, {len(corpus.train):,} training / {len(corpus.validation):,} "
+        f"`funcnn.data.text.load_pydoc(seed={seed})`, {len(corpus.train):,} training / {len(corpus.validation):,} "
         f"validation characters. Budget: {steps} steps of {batch} windows of {config['context']} characters "
         f"({steps * batch * config['context']:,} characters, {steps * batch * config['context'] / len(corpus.train):.2f} "
         f"passes), Adam(lr {LR}), the same initial weights and the same batches in all three runs. Validation "

@@ -36,14 +36,14 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from funcnn.layer import serial  # noqa: E402
+from funcnn.core.layer import serial  # noqa: E402
 from funcnn.layers.activations import ReLU  # noqa: E402
 from funcnn.layers.conv import Conv1D  # noqa: E402
 from funcnn.layers.dense import Dense  # noqa: E402
 from funcnn.layers.flatten import Flatten  # noqa: E402
 from funcnn.layers.recurrent import GRU  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
-from funcnn.train import fit  # noqa: E402
+from funcnn.training.fit import fit  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 # Test accuracies reported in the mnist1d README / paper (Greydanus 2020, table 1).

@@ -8,7 +8,7 @@ precision:
 
 * the digits MLP and the mnist5k CNN: ``fit(..., policy=...)``, Adam(1e-3);
 * the GPT: ``funcnn.models.gpt(103, context=32, layers=2, heads=4, width=64)`` on the pydoc
-  corpus (``funcnn.text.load_pydoc(seed=0)``), ``lm.train_lm(..., policy=..., grad="manual")``
+  corpus (``funcnn.data.text.load_pydoc(seed=0)``), ``lm.train_lm(..., policy=..., grad="manual")``
   for GPT_STEPS steps of 64 random windows, Adam(2e-3) (the learning rate of gpt_pydoc.py).
 
 Reported per model and precision:
@@ -61,10 +61,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from _common import parse, write  # noqa: E402
 
-from funcnn import data, lm, models, precision, text  # noqa: E402
+from funcnn import data, models  # noqa: E402
+from funcnn.data import text
+from funcnn.training import lm, precision
 from funcnn.gradients import value_and_grad  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
-from funcnn.train import evaluate, fit, make_epoch  # noqa: E402
+from funcnn.training.fit import evaluate, fit, make_epoch  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 BATCH = 64

@@ -25,14 +25,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from funcnn import data  # noqa: E402
-from funcnn.layer import serial  # noqa: E402
+from funcnn.core.layer import serial  # noqa: E402
 from funcnn.layers.activations import ReLU  # noqa: E402
 from funcnn.layers.dense import Dense  # noqa: E402
 from funcnn.layers.dropout import Dropout  # noqa: E402
 from funcnn.layers.flatten import Flatten  # noqa: E402
 from funcnn.losses import softmax_cross_entropy  # noqa: E402
 from funcnn.regularization import adamw  # noqa: E402
-from funcnn.train import fit  # noqa: E402
+from funcnn.training.fit import fit  # noqa: E402
 
 from _common import parse, write  # noqa: E402
 

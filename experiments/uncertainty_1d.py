@@ -30,11 +30,11 @@ import numpy as np
 import optax
 
 from funcnn import losses
-from funcnn.bayes.dense import BayesDense
-from funcnn.bayes.kl import kl_penalty
-from funcnn.bayes.predict import predict
+from funcnn.layers.bayes_dense import BayesDense
+from funcnn.science.bayes.kl import kl_penalty
+from funcnn.science.bayes.predict import predict
 from funcnn.gradients import value_and_grad
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.dense import Dense
 from funcnn.layers.dropout import Dropout

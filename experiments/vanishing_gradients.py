@@ -43,11 +43,11 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from funcnn.layer import serial  # noqa: E402
+from funcnn.core.layer import serial  # noqa: E402
 from funcnn.layers.dense import Dense  # noqa: E402
 from funcnn.layers.recurrent import GRU, LSTM, SimpleRNN  # noqa: E402
 from funcnn.losses import mse  # noqa: E402
-from funcnn.train import fit  # noqa: E402
+from funcnn.training.fit import fit  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 CELLS = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}

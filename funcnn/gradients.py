@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 from funcnn.losses import Loss
 from funcnn.regularization import Penalty, decays_weights, l2 as l2_term
 

@@ -31,7 +31,7 @@ maximum likelihood:
 Targets are validated where their values are concrete (outside ``jit``): labels
 outside [0, C), BCE targets outside [0, 1], negative probabilities or weights raise a
 one-line ``ValueError`` instead of contributing a silent 0. Inside ``jit`` nothing can
-be inspected; wrap the step with ``funcnn.debug.checked`` to compile the same checks
+be inspected; wrap the step with ``funcnn.check.debug.checked`` to compile the same checks
 in. ``validate_targets(loss, output_shape, target)`` runs them up front (``fit`` does).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from funcnn import debug
+from funcnn.check import debug
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -67,7 +67,7 @@ class Loss:
 
 def _require(ok, message, found=None):
     """Concrete ``ok``: raise ``ValueError(message, got found())`` unless all true.
-    Traced ``ok`` (inside jit): a run-time check under ``funcnn.debug.checked``, else none."""
+    Traced ``ok`` (inside jit): a run-time check under ``funcnn.check.debug.checked``, else none."""
     if isinstance(ok, jax.core.Tracer):
         debug.require(ok, message)
     elif not bool(jnp.all(ok)):

@@ -7,12 +7,12 @@ the activation name, and returns a ``serial`` model that ends in raw logits.
 """
 from __future__ import annotations
 
-from funcnn import initializers
+from funcnn.core import initializers
 from funcnn import layers as L
-from funcnn._sharding import batch_outer
-from funcnn._validate import positive_int
+from funcnn.core.sharding import batch_outer
+from funcnn.core.validate import positive_int
 from funcnn.layers import activations
-from funcnn.layer import Layer, serial
+from funcnn.core.layer import Layer, serial
 
 
 def mlp(input_shape, outputs: int, hidden=(128, 64), activation: str = "relu") -> Layer:

@@ -2,7 +2,7 @@
 with the gain left out of dx), and derivations that are right only at initial values."""
 import jax.numpy as jnp
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 
 
 def LayerNorm(eps=1e-5, *, forget_gain_in_dx=False):

@@ -1,6 +1,6 @@
 """One process of the multi-host test (``tests/test_parallel_multihost.py``): ``python
 tests/multihost_worker.py DEVICES COORDINATOR NUM_PROCESSES PROCESS_ID OUT.npz`` sets
-DEVICES CPU devices and joins the program (``funcnn.parallel.setup``, as ``funcnn train
+DEVICES CPU devices and joins the program (``funcnn.training.distributed.setup``, as ``funcnn train
 --devices --coordinator --num-processes --process-id`` does; gloo collectives), trains a
 tiny MLP for two epochs (``fit``) and a tiny GPT for four steps (``lm.train_lm``) on a mesh
 over the devices of every process, and, on process 0 only, writes the final parameters
@@ -15,9 +15,11 @@ import numpy as np
 import optax
 
 from funcnn import layers as L
-from funcnn import lm, losses, models, parallel, text
-from funcnn.layer import serial
-from funcnn.train import fit
+from funcnn import losses, models
+from funcnn.data import text
+from funcnn.training import lm, distributed
+from funcnn.core.layer import serial
+from funcnn.training.fit import fit
 
 
 def _leaves(tree, prefix=""):
@@ -26,9 +28,9 @@ def _leaves(tree, prefix=""):
 
 def main(devices, coordinator, num_processes, process_id, out):
     if num_processes:
-        mesh = parallel.setup(devices, coordinator, num_processes, process_id)
+        mesh = distributed.setup(devices, coordinator, num_processes, process_id)
     else:
-        mesh = parallel.setup(devices)
+        mesh = distributed.setup(devices)
     k_x, k_y = jax.random.split(jax.random.key(7))
     x = np.asarray(jax.random.normal(k_x, (64, 5)))
     y = np.asarray(jax.random.randint(k_y, (64,), 0, 3), np.int32)

@@ -27,9 +27,11 @@ from helpers import rel_error  # noqa: E402
 
 import funcnn  # noqa: E402
 from funcnn import layers as L  # noqa: E402
-from funcnn import lm, losses, models, parallel, text  # noqa: E402
+from funcnn import losses, models  # noqa: E402
+from funcnn.data import text
+from funcnn.training import lm, distributed
 from funcnn.check.catalog import LAYER_CASES, LayerCase  # noqa: E402
-from funcnn.layer import serial  # noqa: E402
+from funcnn.core.layer import serial  # noqa: E402
 
 BATCH = 8
 # one case of every layer with a batch contraction or batch statistics (the cost of a check is
@@ -131,9 +133,9 @@ def check_fit():
     x, y = _xy()
     kw = dict(epochs=2, batch_size=16, key=jax.random.key(3), progress=False)
     opt = optax.sgd(0.05, momentum=0.9)  # (Adam would amplify rounding in near-zero gradients)
-    ref = funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), **kw)
+    ref = funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), **kw)
     for n, kind in ((1, "Explicit"), (2, "Explicit"), (4, "Explicit"), (8, "Explicit")):
-        r = funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(n, kind), **kw)
+        r = funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(n, kind), **kw)
         out[f"fit/{n}/{kind}/params"] = rel_error(r.params, ref.params)
         out[f"fit/{n}/{kind}/state"] = rel_error(r.state, ref.state)
         out[f"fit/{n}/{kind}/history"] = rel_error(r.history["loss"], ref.history["loss"])
@@ -141,7 +143,7 @@ def check_fit():
             float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
             for a, b in zip(jax.tree_util.tree_leaves(r.params), jax.tree_util.tree_leaves(ref.params)))
     try:
-        funcnn.train.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(4, "Explicit"),
+        funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(4, "Explicit"),
                          **{**kw, "batch_size": 10})
         out["fit/bad_batch_size"] = "no error"
     except ValueError as e:
@@ -167,10 +169,10 @@ def check_shard_map():
             params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
             x = x.astype(np.float64)
             with jax.set_mesh(mesh):
-                args = (*parallel.replicate((params, state), mesh), *parallel.shard_batch((x, y), mesh))
+                args = (*distributed.replicate((params, state), mesh), *distributed.shard_batch((x, y), mesh))
                 ref = jax.jit(funcnn.value_and_grad(make(None), losses.softmax_cross_entropy))(*args)
                 for mode in ("manual", "autodiff") if name == "mlp" else ("manual",):
-                    f = parallel.shard_map_value_and_grad(make("data"), losses.softmax_cross_entropy, mesh, mode=mode)
+                    f = distributed.shard_map_value_and_grad(make("data"), losses.softmax_cross_entropy, mesh, mode=mode)
                     got = jax.jit(f)(*args)
                     out[f"shard_map/{name}/{mode}"] = rel_error(got, ref)
     return out

@@ -1,4 +1,4 @@
-"""funcnn.autotune: the measured choice, its cache (memory and disk), forcing, and its users
+"""funcnn.core.autotune: the measured choice, its cache (memory and disk), forcing, and its users
 (the convolution's formulation, fit's scan-vs-step). No test depends on a timing: the
 timer is replaced by a fake that runs every candidate once and reports preset times."""
 import json
@@ -11,7 +11,8 @@ import pytest
 from jax import lax
 
 import funcnn as fn
-from funcnn import autotune, losses
+from funcnn import losses
+from funcnn.core import autotune
 from funcnn.layers import conv
 from funcnn.layers.conv import Conv2D
 from helpers import RTOL_F64, assert_close

@@ -176,7 +176,8 @@ def _nan_at(a, i):
 
 
 def _train_lm(**kw):
-    from funcnn import lm, text
+    from funcnn.data import text
+    from funcnn.training import lm
 
     corpus = text.load_pydoc(0)
     return lm.train_lm(models.gpt(corpus.vocab_size, context=4, layers=1, heads=1, width=4), corpus, context=4,

@@ -10,7 +10,7 @@ import pytest
 
 from funcnn.check import check_layer
 from funcnn.gradients import value_and_grad
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.batchnorm import BatchNorm
 from funcnn.layers.dense import Dense

@@ -11,10 +11,10 @@ import pytest
 
 import funcnn as fn
 from funcnn import losses
-from funcnn.bayes import calibration as cal
-from funcnn.bayes.dense import BayesDense, sample, softplus_inverse
-from funcnn.bayes.kl import elbo, gaussian_kl, gaussian_kl_grad, kl_divergence, kl_penalty
-from funcnn.bayes.predict import predict, sample_outputs
+from funcnn.science.bayes import calibration as cal
+from funcnn.layers.bayes_dense import BayesDense, sample, softplus_inverse
+from funcnn.science.bayes.kl import elbo, gaussian_kl, gaussian_kl_grad, kl_divergence, kl_penalty
+from funcnn.science.bayes.predict import predict, sample_outputs
 from funcnn.check import check_backward, check_layer, check_loss
 from funcnn.gradients import value_and_grad
 from helpers import RTOL_F32, RTOL_F64, assert_close

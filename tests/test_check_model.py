@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 import funcnn as fn
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 import check_examples as ex
 
 

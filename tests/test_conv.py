@@ -8,7 +8,7 @@ from jax import lax
 
 from funcnn.check import check_layer
 from funcnn.gradients import value_and_grad
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
 from funcnn.layers.conv import CPU_BATCH_CHUNK, GEMM_MAX_CHANNELS, MAX_CHUNKS, Conv1D, Conv2D, batch_chunks, default_impl
 from funcnn.layers.dense import Dense

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from funcnn.check import check_layer
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.dropout import Dropout
 from helpers import RTOL_F32, assert_close
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import funcnn as fn
-from funcnn import lm, models
+from funcnn import models
+from funcnn.training import lm
 from funcnn.cli import main
 from helpers import RTOL_F64, assert_close
 
@@ -139,7 +140,7 @@ def test_build_dispatches_gpt_and_gpt_refuses_bad_sizes():
 def test_train_lm_lowers_the_validation_loss():
     import optax
 
-    from funcnn import text
+    from funcnn.data import text
 
     corpus = text.load_pydoc(0)
     model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
@@ -153,7 +154,7 @@ def test_train_lm_lowers_the_validation_loss():
 def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_path):
     import optax
 
-    from funcnn import text
+    from funcnn.data import text
 
     corpus = text.load_pydoc(0)
     model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import funcnn as fn
-from funcnn import initializers
+from funcnn.core import initializers
 from helpers import RTOL_F32, assert_close
 
 

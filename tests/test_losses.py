@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from funcnn import debug, losses
+from funcnn import losses
+from funcnn.check import debug
 from helpers import RTOL_F32, RTOL_F64, assert_close
 
 

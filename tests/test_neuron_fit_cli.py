@@ -5,7 +5,7 @@ import pytest
 
 from funcnn.cli import neuron
 from funcnn.cli.args import Parser, UsageError
-from funcnn.neurons import PRESETS, fit_parameters, simulate
+from funcnn.science.neurons import PRESETS, fit_parameters, simulate
 
 
 def test_fit_recovers_parameters_from_voltage_trace():

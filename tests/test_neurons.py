@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcnn.neurons import (
+from funcnn.science.neurons import (
     PRESETS, equilibria, fi_curve, hodgkin_huxley, jacobian_eigenvalues, morris_lecar,
     initial_states, nullclines, onset_current, rest_instability_current, saddle_node_currents,
     simulate,
     simulate_adaptive, spike_times, stability,
 )
-from funcnn.neurons.hodgkin_huxley import HodgkinHuxley, xexp
+from funcnn.science.neurons.hodgkin_huxley import HodgkinHuxley, xexp
 from helpers import RTOL_F32, assert_close
 
 HOPF, SNLC, HOMO = PRESETS["hopf"], PRESETS["snlc"], PRESETS["homoclinic"]

@@ -1,4 +1,4 @@
-"""Data parallelism: the mesh-aware batch contractions (funcnn._sharding), funcnn.parallel.
+"""Data parallelism: the mesh-aware batch contractions (funcnn.core.sharding), funcnn.training.distributed.
 
 The multi-device checks run in a subprocess (``tests/parallel_worker.py``, see
 ``tests/parallel_run.py``); the one-device checks here.
@@ -14,7 +14,7 @@ import pytest
 from helpers import RTOL_F64
 from parallel_run import ENV, run
 
-from funcnn import parallel
+from funcnn.training import distributed
 from funcnn.cli import main
 
 
@@ -41,15 +41,15 @@ def test_every_backward_agrees_with_autodiff_under_a_mesh():
 
 def test_bad_meshes_and_arguments_raise_one_clear_line():
     with pytest.raises(ValueError, match="data_mesh: num_devices must be an integer in"):
-        parallel.data_mesh(len(jax.devices()) + 1)
+        distributed.data_mesh(len(jax.devices()) + 1)
     with pytest.raises(ValueError, match="data_mesh: axis_type must be"):
-        parallel.data_mesh(1, axis_type="Manual")
+        distributed.data_mesh(1, axis_type="Manual")
     with pytest.raises(ValueError, match="fit: mesh must have a 'data' axis"):
-        parallel.data_shards(jax.make_mesh((1,), ("model",)), 8)
+        distributed.data_shards(jax.make_mesh((1,), ("model",)), 8)
     with pytest.raises(TypeError, match="fit: mesh must be a jax.sharding.Mesh"):
-        parallel.data_shards("data", 8)
+        distributed.data_shards("data", 8)
     with pytest.raises(ValueError, match=r"initialize: process_id must be in \[0, 2\)"):
-        parallel.initialize("127.0.0.1:1", 2, 2)
+        distributed.initialize("127.0.0.1:1", 2, 2)
 
 
 @pytest.mark.parametrize("flags,history", [

@@ -17,7 +17,7 @@ from helpers import RTOL_F32, assert_close
 from parallel_run import ENV, command, run
 
 import funcnn
-from funcnn import lm
+from funcnn.training import lm
 
 
 def _free_port():

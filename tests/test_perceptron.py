@@ -4,7 +4,8 @@ import numpy as np
 import optax
 
 import funcnn as fn
-from funcnn import losses, perceptron
+from funcnn import losses
+from funcnn.science import perceptron
 
 
 def test_rosenblatt_converges_on_separable_blobs():

@@ -9,9 +9,11 @@ import pytest
 from helpers import RTOL_BF16, RTOL_F16, RTOL_F32, RTOL_F64, assert_close
 
 import funcnn as fn
-from funcnn import lm, losses, precision, text
-from funcnn.bayes import BayesDense
-from funcnn.train import fit
+from funcnn import losses
+from funcnn.data import text
+from funcnn.training import lm, precision
+from funcnn.science.bayes import BayesDense
+from funcnn.training.fit import fit
 
 # (name, factory(**dtypes), per-example input shape, train)
 LAYERS = [

@@ -9,16 +9,16 @@ import pytest
 
 from funcnn import data
 from funcnn.gradients import value_and_grad
-from funcnn.layer import serial
+from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU, Tanh
 from funcnn.layers.batchnorm import BatchNorm
 from funcnn.layers.dense import Dense
 from funcnn.layers.dropout import Dropout
 from funcnn.layers.flatten import Flatten
 from funcnn.losses import softmax_cross_entropy
-from funcnn.manual_vjp import with_manual_vjp
+from funcnn.core.manual_vjp import with_manual_vjp
 from funcnn.regularization import adamw, decays_all, l2, leaf_name, weight_decay_mask
-from funcnn.train import evaluate, fit
+from funcnn.training.fit import evaluate, fit
 from helpers import RTOL_F32, RTOL_F64, assert_close
 
 

@@ -14,8 +14,8 @@ import pytest
 
 import funcnn as fn
 from funcnn import losses, models
-from funcnn._nonfinite import first_nonfinite
-from funcnn.checkpoint import json_safe
+from funcnn.check.nonfinite import first_nonfinite
+from funcnn.training.checkpoint import json_safe
 from funcnn.cli import main
 
 # a tiny run: blobs (300 train), an 8-unit MLP, 3 steps per epoch

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from funcnn import data, text
+from funcnn import data
+from funcnn.data import text
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
     """Time the kernels and the model steps; returns the results as a JSON-ready dict."""
     import jax
 
-    from funcnn import autotune
+    from funcnn.core import autotune
     from funcnn.bench import kernels, report, steps
 
     log(f"funcnn bench ({setting.name}) on {report.machine()}")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn import autotune
+from funcnn.core import autotune
 
 
 def time_cases(cases: list, setting, log=print) -> list:

@@ -16,11 +16,11 @@ import numpy as np
 
 from funcnn import layers as L
 from funcnn import losses, models
-from funcnn.bayes.dense import BayesDense
+from funcnn.layers.bayes_dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
 from funcnn.check.model import check_model
-from funcnn.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
-from funcnn.layer import serial
+from funcnn.core.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
+from funcnn.core.layer import serial
 
 
 class LayerCase(NamedTuple):

@@ -23,8 +23,8 @@ def run(args) -> int:
 
     from funcnn import data as datasets
     from funcnn import losses
-    from funcnn.runs import load_run
-    from funcnn.train import evaluate
+    from funcnn.training.runs import load_run
+    from funcnn.training.fit import evaluate
 
     if args.data is not None and args.data not in datasets.LOADERS:
         raise UsageError(f"--data: expected one of {', '.join(sorted(datasets.LOADERS))}, got {args.data!r}")

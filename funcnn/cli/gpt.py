@@ -7,7 +7,7 @@ with every argument: ``funcnn train --resume DIR`` continues from it),
 ``checkpoints/`` (orbax, at every evaluation), ``params/`` (read by ``funcnn sample``),
 ``metrics.json`` and ``curves.png``. ``--precision`` works as for the other models, and so do
 ``--devices``/``--coordinator``/``--num-processes``/``--process-id`` (data parallelism:
-``funcnn.lm.train_lm(mesh=)``).
+``funcnn.training.lm.train_lm(mesh=)``).
 """
 from __future__ import annotations
 
@@ -45,16 +45,18 @@ def _validate(args):
 
 
 def run(args, mesh=None) -> int:
-    """Train and write the run; ``mesh``: data parallelism (``funcnn.parallel.setup``, from
+    """Train and write the run; ``mesh``: data parallelism (``funcnn.training.distributed.setup``, from
     ``--devices``/``--coordinator``): every process trains and checkpoints, process 0 writes
     and prints."""
     _validate(args)
     import jax
 
-    from funcnn import lm, models, text
-    from funcnn.checkpoint import json_safe
+    from funcnn import models
+    from funcnn.data import text
+    from funcnn.training import lm
+    from funcnn.training.checkpoint import json_safe
     from funcnn.cli.train import RUN_ARGS, _versions, first_step_gradient_gap, make_optimizer
-    from funcnn.precision import Policy, prepare
+    from funcnn.training.precision import Policy, prepare
 
     corpus = text.load_pydoc(args.seed)
     if args.context >= len(corpus.validation):

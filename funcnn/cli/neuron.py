@@ -78,7 +78,7 @@ def register(subparsers) -> None:
 
 
 def _model(args):
-    from funcnn.neurons import hodgkin_huxley, morris_lecar
+    from funcnn.science.neurons import hodgkin_huxley, morris_lecar
     over = dict(args.param)
     try:
         params = morris_lecar(args.preset, **over) if args.model == "ml" else hodgkin_huxley(**over)
@@ -129,7 +129,7 @@ def _plt():
 def run_simulate(args) -> int:
     import numpy as np
 
-    from funcnn.neurons import rate_from_spikes, simulate, spike_times
+    from funcnn.science.neurons import rate_from_spikes, simulate, spike_times
     params, dt = _model(args)
     t_max = _check_t(args, dt, MIN_T_SIM[args.model], 500.0 if args.model == "ml" else 100.0)
     out = _outdir(args)
@@ -156,7 +156,7 @@ def run_phase(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from funcnn.neurons import nullclines, simulate, stability
+    from funcnn.science.neurons import nullclines, simulate, stability
     params, dt = _model(args)
     t_max = _check_t(args, dt, MIN_T_SIM["ml"], 1000.0)
     out = _outdir(args)
@@ -189,7 +189,7 @@ def run_phase(args) -> int:
 def _onset(params, currents, rates, start, t_max, dt):
     import numpy as np
 
-    from funcnn.neurons import onset_current
+    from funcnn.science.neurons import onset_current
     firing = np.flatnonzero(rates > 0)
     if len(firing) == 0 or firing[0] == 0:
         return None
@@ -202,7 +202,7 @@ def run_fi(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from funcnn.neurons import cycle_state, fi_curve
+    from funcnn.science.neurons import cycle_state, fi_curve
     params, dt = _model(args)
     if args.dt is None:
         dt = FI_RUN[args.model]["dt"]

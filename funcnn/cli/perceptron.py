@@ -21,7 +21,8 @@ def run(args) -> int:
     import jax
     import numpy as np
 
-    from funcnn import data, perceptron
+    from funcnn import data
+    from funcnn.science import perceptron
 
     d = data.load(args.data, seed=args.seed)
     r = perceptron.train(d.x_train, d.y_train, epochs=args.epochs, key=jax.random.key(args.seed))

@@ -28,7 +28,8 @@ def run(args) -> int:
         raise UsageError("--prompt: expected at least one character, got ''")
     import jax
 
-    from funcnn import lm, text
+    from funcnn.data import text
+    from funcnn.training import lm
 
     model, params, run_info = lm.load_run(args.run_dir)
     corpus = text.Corpus(None, None, run_info["vocab"], "sample")

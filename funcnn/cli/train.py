@@ -9,7 +9,7 @@ orbax), ``metrics.json`` (strict JSON, non-finite values as null) and ``curves.p
 ``--resume DIR`` continues an interrupted run with its recorded arguments. Ctrl-C or
 SIGTERM checkpoints, prints one line and exits 130 / 143; a non-finite step exits 1.
 ``--precision`` picks a ``funcnn.Policy`` preset; ``fp64`` runs under ``jax.enable_x64``.
-``--devices``/``--coordinator`` train data-parallel (``funcnn.parallel``), for every model;
+``--devices``/``--coordinator`` train data-parallel (``funcnn.training.distributed``), for every model;
 with several processes every one trains and takes part in each orbax save (``checkpoints/``,
 ``model/``; process 0 writes them, into a folder every process sees, so ``--resume`` works
 the same), and only process 0 prints and writes ``run.json``, ``metrics.json`` and the plot.
@@ -180,16 +180,16 @@ def _versions():
 
 
 def run(args: argparse.Namespace) -> int:
-    from funcnn._interrupt import Interrupted, catching_signals
-    from funcnn.precision import context
-    from funcnn.train import NonFiniteError
+    from funcnn.training.interrupt import Interrupted, catching_signals
+    from funcnn.training.precision import context
+    from funcnn.training.fit import NonFiniteError
 
-    from funcnn import parallel
+    from funcnn.training import distributed
 
     args = _validate(args)
     resuming = args.resume is not None
     try:  # before JAX starts its backend
-        mesh = parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
+        mesh = distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
     except ValueError as e:
         raise UsageError(f"--devices: {str(e).split(': ', 1)[1]}") from None
     if mesh is not None:  # e.g. --coordinator without --devices: every local device of every process
@@ -218,10 +218,10 @@ def _train(args, resuming, mesh):
 
     from funcnn import data as datasets
     from funcnn import losses, models
-    from funcnn.checkpoint import json_safe, save_tree
-    from funcnn.plot import training_curves
-    from funcnn.precision import Policy, prepare
-    from funcnn.train import fit
+    from funcnn.training.checkpoint import json_safe, save_tree
+    from funcnn.training.plot import training_curves
+    from funcnn.training.precision import Policy, prepare
+    from funcnn.training.fit import fit
 
     d = datasets.load(args.data, seed=args.seed)
     if args.batch_size > len(d.x_train):

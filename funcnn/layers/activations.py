@@ -15,7 +15,7 @@ J_ij = y_i (delta_ij - y_j), so its vector-Jacobian product is
     dx_i = sum_j dy_j J_ji = y_i (dy_i - sum_j dy_j y_j).
 
 Every activation takes ``dtype`` (the computation's, None: the input's; no params, so no
-``param_dtype``). Softmax's sums run in float32 at least (``funcnn._dtypes.stat_dtype``);
+``param_dtype``). Softmax's sums run in float32 at least (``funcnn.core.dtypes.stat_dtype``);
 y and dx come back in x's dtype.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn._dtypes import float_dtype, stat_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core.dtypes import float_dtype, stat_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 def _no_params(key, input_shape):

@@ -41,11 +41,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._sharding import batch_outer
-from funcnn._validate import positive_int
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.sharding import batch_outer
+from funcnn.core.validate import positive_int
+from funcnn.core.layer import Layer
 
 
 def _split_heads(a, heads):

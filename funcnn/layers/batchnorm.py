@@ -42,10 +42,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._validate import example_shape
-from funcnn._dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.validate import example_shape
+from funcnn.core.dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 class _BatchStats(NamedTuple):
@@ -78,7 +78,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, axis: int = -1,
       axis: the feature axis of the batched input x (batch axis first; negative
         counts from the end). ``-1`` suits (N, F) and NHWC (N, H, W, C); ``1`` suits
         NCHW. It may not be the batch axis.
-      gamma_init, beta_init: initialisers (a name from ``funcnn.initializers`` or a
+      gamma_init, beta_init: initialisers (a name from ``funcnn.core.initializers`` or a
         callable ``init(key, shape, fan_in, fan_out[, dtype])``) of the scale and the shift.
       param_dtype: the params' dtype; the running statistics are in it or float32,
         whichever is wider (module docstring).

@@ -29,7 +29,7 @@ Which is fastest depends on the machine, not only on the shapes: on one 2-core E
 im2col won for 1 input channel and XLA from ~8 up, and chunks of 8 examples made XLA:CPU's
 single-threaded convolutions ~25% faster (cache); on another machine of the same kind the
 same constants made the manual step slower than autodiff. So ``impl=None`` *measures*:
-the first time a layer is traced at a shape, ``funcnn.autotune.choose`` compiles
+the first time a layer is traced at a shape, ``funcnn.core.autotune.choose`` compiles
 forward + backward of every candidate ("gemm/all", "xla/all" and, on CPU, chunks of 8:
 "gemm/8", "xla/8") on dummy inputs of that shape, times them and keeps the fastest for the
 process (cached on disk with ``FUNCNN_AUTOTUNE_CACHE``). ``impl="gemm"``/``"xla"`` or
@@ -46,11 +46,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn import autotune, initializers
-from funcnn._sharding import batch_conv_general_dilated, batch_dot_general
-from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
-from funcnn._validate import input_rank, positive_int
-from funcnn.layer import Layer
+from funcnn.core import autotune, initializers
+from funcnn.core.sharding import batch_conv_general_dilated, batch_dot_general
+from funcnn.core.dtypes import available, initialise, layer_dtypes, with_compute_dtype
+from funcnn.core.validate import input_rank, positive_int
+from funcnn.core.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
                                          scatter_windows, window_slices)
 
@@ -255,8 +255,8 @@ def Conv2D(features: int, kernel_size, *, stride=1, padding="SAME", dilation=1, 
     "SAME" (output ceil(n / stride), as ``lax``), "VALID", an int, or ((top, bottom), (left,
     right)). ``impl`` forces the "gemm" or "xla" formulation, or one chunking of it ("xla/8":
     chunks of 8 examples, "gemm/all": the whole batch); default: measured per shape and
-    backend (``funcnn.autotune``, see the module docstring). ``param_dtype``: the params' dtype; ``dtype``:
-    the computation's (None: the input's), see ``funcnn._dtypes``.
+    backend (``funcnn.core.autotune``, see the module docstring). ``param_dtype``: the params' dtype; ``dtype``:
+    the computation's (None: the input's), see ``funcnn.core.dtypes``.
     Raises ``ValueError`` for a non-4-D input, a channel count other than the kernel's, or a
     window larger than the padded input.
     """

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import jax
 
-from funcnn import initializers
-from funcnn._sharding import batch_outer
-from funcnn._validate import batch_input, cotangent, input_rank, positive_int
-from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.sharding import batch_outer
+from funcnn.core.validate import batch_input, cotangent, input_rank, positive_int
+from funcnn.core.dtypes import available, initialise, layer_dtypes, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 def Dense(features: int, w_init="glorot_uniform", b_init="zeros", *, param_dtype="float32",
@@ -26,7 +26,7 @@ def Dense(features: int, w_init="glorot_uniform", b_init="zeros", *, param_dtype
     """``y = x @ w.T + b`` with params ``{"w": (features, in), "b": (features,)}``.
 
     ``param_dtype``: the params' dtype; ``dtype``: the computation's (None: the input's),
-    see ``funcnn._dtypes``.
+    see ``funcnn.core.dtypes``.
 
     Raises ``ValueError`` if ``features`` is not a positive integer or the input is
     not a batch of vectors of the size the layer was built for.

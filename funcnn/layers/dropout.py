@@ -16,8 +16,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from funcnn._dtypes import float_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core.dtypes import float_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 def Dropout(rate: float, *, dtype=None) -> Layer:

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._sharding import batch_scatter_add, batch_take
-from funcnn._validate import positive_int
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.sharding import batch_scatter_add, batch_take
+from funcnn.core.validate import positive_int
+from funcnn.core.layer import Layer
 
 
 def standard_normal(key, shape, fan_in=None, fan_out=None, dtype=jnp.float32):
@@ -41,7 +41,7 @@ def Embedding(vocab: int, features: int, *, w_init=standard_normal, param_dtype=
     when their values are concrete (under ``jit`` they are not checked: as in ``jnp.take``,
     negative ids wrap around and ids >= vocab give rows of NaN). Under a mesh with
     ``Explicit`` axes the gather and the backward's scatter-add state their shardings
-    (``funcnn._sharding.batch_take``, ``batch_scatter_add``).
+    (``funcnn.core.sharding.batch_take``, ``batch_scatter_add``).
     """
     positive_int(vocab, "vocab", "Embedding")
     positive_int(features, "features", "Embedding")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from funcnn._validate import example_shape
-from funcnn._dtypes import float_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core.validate import example_shape
+from funcnn.core.dtypes import float_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 def Flatten(*, dtype=None) -> Layer:

@@ -19,8 +19,8 @@ import math
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.layer import Layer
 
 _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715

@@ -21,10 +21,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._validate import positive_int
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.validate import positive_int
+from funcnn.core.layer import Layer
 from funcnn.layers.layernorm import affine_norm_backward, affine_norm_forward, float_input, positive_eps
 
 

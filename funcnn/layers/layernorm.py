@@ -26,10 +26,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._sharding import batch_dot_general
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.sharding import batch_dot_general
+from funcnn.core.layer import Layer
 
 
 def stats_dtype(x):
@@ -115,7 +115,7 @@ def LayerNorm(eps: float = 1e-5, *, gamma_init="ones", beta_init="zeros",
     """Normalise each example over its last axis, then scale by ``gamma`` and shift by ``beta``.
 
     Input (batch, ..., D) -> output of the same shape; params ``{"gamma": (D,), "beta": (D,)}``
-    (ones, zeros by default; ``gamma_init``/``beta_init`` are ``funcnn.initializers`` names or
+    (ones, zeros by default; ``gamma_init``/``beta_init`` are ``funcnn.core.initializers`` names or
     callables) in ``param_dtype``; ``dtype`` is the compute dtype (None: the input's), the
     statistics always in at least float32 (module docstring). Equal to ``torch.nn.LayerNorm(D)``.
 

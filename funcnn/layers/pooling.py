@@ -32,9 +32,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn._validate import example_shape, input_rank
-from funcnn._dtypes import float_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core.validate import example_shape, input_rank
+from funcnn.core.dtypes import float_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 from funcnn.layers._conv_windows import (SPATIAL_NAMES, as_tuple, check_padding, geometry, pad_to_used,
                                          scatter_windows, window_slices)
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._validate import positive_int
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.validate import positive_int
+from funcnn.core.layer import Layer
 
 
 def gpt2_normal(key, shape, fan_in=None, fan_out=None, dtype=jnp.float32):

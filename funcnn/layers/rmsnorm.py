@@ -18,10 +18,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._dtypes import layer_dtypes, with_compute_dtype
-from funcnn._sharding import batch_dot_general
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
+from funcnn.core.sharding import batch_dot_general
+from funcnn.core.layer import Layer
 from funcnn.layers.layernorm import feature_count, last_axis_input, positive_eps, stats_dtype
 
 

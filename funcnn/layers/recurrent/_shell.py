@@ -24,7 +24,7 @@ scan (autodiff would accumulate T small products inside it):
 
 The scans' ``unroll`` (steps per loop iteration: fewer loop overheads against a larger
 body) is measured, not guessed: the first time a layer is traced at a shape,
-``funcnn.autotune`` times forward + backward with each of ``UNROLLS`` and keeps the
+``funcnn.core.autotune`` times forward + backward with each of ``UNROLLS`` and keeps the
 fastest (op ``"recurrent"``; force with ``FUNCNN_IMPL=recurrent:unroll1``). Every unroll
 computes the same steps in the same order; XLA fuses an unrolled body differently (e.g.
 contracting a multiply and an add into one FMA), so float32 results may differ in the last
@@ -37,7 +37,7 @@ structure: ``dx`` or ``(dx, dstate0)``.
 
 Precision: every param (weights and biases) is drawn in ``param_dtype`` and the layer
 computes in ``dtype`` (None: the input's), so under x64 the leaves never mix widths and
-the scan's carry has one dtype (see ``funcnn._dtypes``).
+the scan's carry has one dtype (see ``funcnn.core.dtypes``).
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnn import autotune, initializers
-from funcnn._sharding import batch_dot_general
-from funcnn._validate import example_shape, positive_int
-from funcnn._dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
-from funcnn.layer import Layer
+from funcnn.core import autotune, initializers
+from funcnn.core.sharding import batch_dot_general
+from funcnn.core.validate import example_shape, positive_int
+from funcnn.core.dtypes import available, initialise, layer_dtypes, stat_dtype, with_compute_dtype
+from funcnn.core.layer import Layer
 
 
 class Cell(NamedTuple):

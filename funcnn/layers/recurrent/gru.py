@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 
 
@@ -82,7 +82,7 @@ def GRU(hidden: int, *, return_sequences: bool = True, w_init="glorot_uniform",
     ``x`` may be a pair ``(x, h0)``, h0 (batch, hidden), to start from a given state
     (zero otherwise); the backward then returns ``(dx, dh0)``. ``w_ih`` starts
     Glorot-uniform, ``w_hh`` as three orthogonal blocks, both biases at zero.
-    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn._dtypes``).
+    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn.core.dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden`` and, at trace time, for an
     input that is not (batch, time, features) with the features it was built for

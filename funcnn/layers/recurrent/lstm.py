@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 
 
@@ -88,7 +88,7 @@ def LSTM(hidden: int, *, return_sequences: bool = True, w_init="glorot_uniform",
     from a given state (zero otherwise); the backward then returns ``(dx, (dh0, dc0))``.
     ``w_ih`` starts Glorot-uniform, ``w_hh`` as four orthogonal blocks, ``b`` at zero
     except the forget gate's, at 1. ``param_dtype``/``dtype``: storage and computation
-    dtypes (``funcnn._dtypes``).
+    dtypes (``funcnn.core.dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden`` and, at trace time, for an
     input that is not (batch, time, features) with the features it was built for

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 from funcnn.layers import activations
 from funcnn.layers.recurrent._shell import Cell, recurrent_layer
 
@@ -71,7 +71,7 @@ def SimpleRNN(hidden: int, activation: str = "tanh", *, return_sequences: bool =
     ``x`` may be a pair ``(x, h0)``, h0 (batch, hidden), to start from a given state
     (zero otherwise); the backward then returns ``(dx, dh0)``. ``activation`` is one
     of ``ACTIVATIONS``; ``w_ih`` starts Glorot-uniform, ``w_hh`` orthogonal, ``b`` zero.
-    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn._dtypes``).
+    ``param_dtype``/``dtype``: storage and computation dtypes (``funcnn.core.dtypes``).
 
     Raises ``ValueError`` for a non-positive ``hidden``, an unknown activation and, at
     trace time, an input that is not (batch, time, features) with the features it was

@@ -1,6 +1,6 @@
 """Combinators beyond a chain: residual connections, parallel branches, fan-out and fan-in.
 
-Each is a ``Layer`` (the protocol of ``funcnn.layer``), so ``value_and_grad``,
+Each is a ``Layer`` (the protocol of ``funcnn.core.layer``), so ``value_and_grad``,
 ``check_layer``, ``fit`` and ``with_manual_vjp`` work on them unchanged. Sublayers'
 params and state are keyed as ``serial`` keys them, ``f"{i}_{layer.name}"``, and
 listed in ``Layer.children``. A tuple input is one value per branch.
@@ -28,8 +28,8 @@ import operator
 import jax
 import jax.numpy as jnp
 
-from funcnn._validate import positive_int
-from funcnn.layer import Layer, _split
+from funcnn.core.validate import positive_int
+from funcnn.core.layer import Layer, _split
 
 
 def _add(a, b):

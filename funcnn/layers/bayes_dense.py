@@ -19,14 +19,14 @@ its backward is the Dense backward followed by the chain rule through the sample
 In eval mode (``train=False``) the layer is the mean network, Y = X mu_W^T + mu_b, and
 the rho gradients are zero. To sample at prediction time (Monte Carlo over the
 posterior) call with ``train=True`` and a key, as for MC dropout: that is what
-``funcnn.bayes.predict`` does.
+``funcnn.science.bayes.predict`` does.
 
 The prior N(0, prior_sigma^2) does not enter the forward pass; it enters the loss
-through the KL term of the ELBO (``funcnn.bayes.kl``). It is kept in the layer's
+through the KL term of the ELBO (``funcnn.science.bayes.kl``). It is kept in the layer's
 state as ``{"prior_sigma": scalar}`` (a constant, threaded and never trained), so
 ``kl_penalty(state, n_data)`` finds every Bayesian layer of a model and its prior.
 ``param_dtype`` (params and that state) and ``dtype`` (computation) as every layer's
-(``funcnn._dtypes``).
+(``funcnn.core.dtypes``).
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from funcnn import initializers
-from funcnn._sharding import batch_outer
-from funcnn._dtypes import available, initialise, layer_dtypes, with_compute_dtype
-from funcnn._validate import batch_input, input_rank, positive_int
-from funcnn.layer import Layer
+from funcnn.core import initializers
+from funcnn.core.sharding import batch_outer
+from funcnn.core.dtypes import available, initialise, layer_dtypes, with_compute_dtype
+from funcnn.core.validate import batch_input, input_rank, positive_int
+from funcnn.core.layer import Layer
 
 
 def softplus_inverse(sigma: float) -> float:

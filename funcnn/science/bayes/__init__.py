@@ -5,7 +5,7 @@
 * ``predict``: Monte Carlo predictive mean and variance (Bayesian or MC-dropout nets).
 * ``nll``, ``brier``, ``expected_calibration_error``, ``reliability``: calibration.
 """
-from funcnn.bayes.calibration import (
+from funcnn.science.bayes.calibration import (
     Reliability,
     brier,
     expected_calibration_error,
@@ -15,9 +15,9 @@ from funcnn.bayes.calibration import (
     regression_nll,
     reliability,
 )
-from funcnn.bayes.dense import BayesDense, softplus_inverse
-from funcnn.bayes.kl import elbo, gaussian_kl, gaussian_kl_grad, kl_divergence, kl_penalty
-from funcnn.bayes.predict import Predictive, predict, sample_outputs
+from funcnn.layers.bayes_dense import BayesDense, softplus_inverse
+from funcnn.science.bayes.kl import elbo, gaussian_kl, gaussian_kl_grad, kl_divergence, kl_penalty
+from funcnn.science.bayes.predict import Predictive, predict, sample_outputs
 
 __all__ = [
     "BayesDense", "Predictive", "Reliability", "brier", "elbo", "expected_calibration_error",

@@ -1,13 +1,13 @@
 """Biological neuron models (Morris–Lecar, Hodgkin–Huxley): simulation, analysis, fitting."""
-from funcnn.neurons.analysis import (
+from funcnn.science.neurons.analysis import (
     bistability_range, cycle_state, equilibria, fi_curve, initial_states, jacobian_eigenvalues,
     nullclines, onset_current, rate_from_spikes, rest_instability_current, rest_state,
     saddle_node_currents, spike_times, stability, steady_current,
 )
-from funcnn.neurons.fit import FitResult, fit_parameters
-from funcnn.neurons.hodgkin_huxley import HodgkinHuxley, hodgkin_huxley, xexp
-from funcnn.neurons.integrate import simulate, simulate_adaptive
-from funcnn.neurons.morris_lecar import PRESETS, MorrisLecar, morris_lecar
+from funcnn.science.neurons.fit import FitResult, fit_parameters
+from funcnn.science.neurons.hodgkin_huxley import HodgkinHuxley, hodgkin_huxley, xexp
+from funcnn.science.neurons.integrate import simulate, simulate_adaptive
+from funcnn.science.neurons.morris_lecar import PRESETS, MorrisLecar, morris_lecar
 
 __all__ = [
     "FitResult", "HodgkinHuxley", "MorrisLecar", "PRESETS", "bistability_range", "cycle_state",

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.neurons.integrate import n_steps_for, rk4_step
+from funcnn.science.neurons.integrate import n_steps_for, rk4_step
 
 _GRID = (-120.0, 100.0, 2201)
 KICK = 0.1  # mV, perturbation off the equilibrium for start="rest"

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import jax
 
-from funcnn._validate import example_shape
+from funcnn.core.validate import example_shape
 
 Params = dict[str, Any]
 State = dict[str, Any]

@@ -6,10 +6,10 @@
 * the master params (and so the optimiser's state) are stored in ``params``;
 * forward and backward run in ``compute``: params and inputs are cast to it on the way
   in, and every layer computes in its input's dtype, except that BatchNorm's statistics
-  and softmax's sums stay in float32 (``funcnn._dtypes.stat_dtype``);
+  and softmax's sums stay in float32 (``funcnn.core.dtypes.stat_dtype``);
 * the model's output is cast to ``output`` and the loss runs in float32 at least
   (``float32_loss``): a mean over a batch in bfloat16 keeps 8 bits;
-* the cast is linear, so its backward is the cast back (``funcnn._dtypes``): gradients
+* the cast is linear, so its backward is the cast back (``funcnn.core.dtypes``): gradients
   come back in ``params``' dtype, and the hand-written backward returns what autodiff of
   the same cast forward returns.
 
@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn._dtypes import available, cast_floats, float_dtype, stat_dtype, with_compute_dtype
+from funcnn.core.dtypes import available, cast_floats, float_dtype, stat_dtype, with_compute_dtype
 from funcnn.gradients import _objective_penalty, value_and_grad
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 from funcnn.losses import Loss
 from funcnn.regularization import decays_weights
 

@@ -5,7 +5,7 @@ raise a one-line ``ValueError``. Inside ``jit`` the values are tracers: nothing 
 inspected while tracing, so those checks are skipped -- unless the function is wrapped
 with ``checked``::
 
-    step = funcnn.debug.checked(train_step)   # pass the function un-jitted: checked jits it
+    step = funcnn.check.debug.checked(train_step)   # pass the function un-jitted: checked jits it
     step(params, state, x, y)   # ValueError: softmax_cross_entropy: labels must lie in [0, C) ...
 
 ``checked(fn)`` traces ``fn`` with the library's target checks turned on (each becomes
@@ -16,9 +16,9 @@ un-jitted: a function already traced by its own ``jax.jit`` may reuse a trace ma
 without the checks. It costs a little run time, so it is a debugging
 tool: wrap a step while hunting a bad batch, drop the wrapper for speed.
 
-``first_nonfinite(model, params, state, x, y, loss)`` (``funcnn/_nonfinite.py``) runs one
+``first_nonfinite(model, params, state, x, y, loss)`` (``funcnn/check/nonfinite.py``) runs one
 forward and backward pass layer by layer and names the first non-finite value: ``fit``'s
-guard (``funcnn.train.NonFiniteError``) says which step went wrong, this says which layer.
+guard (``funcnn.training.fit.NonFiniteError``) says which step went wrong, this says which layer.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import contextlib
 import functools
 import threading
 
-from funcnn._nonfinite import first_nonfinite  # noqa: F401  (re-exported)
+from funcnn.check.nonfinite import first_nonfinite  # noqa: F401  (re-exported)
 
 _local = threading.local()
 

@@ -42,7 +42,7 @@ def load_run(path) -> Run:
     import jax
 
     from funcnn import models
-    from funcnn.checkpoint import Checkpoints, load_tree
+    from funcnn.training.checkpoint import Checkpoints, load_tree
 
     path = Path(path)
     record = _record(path)

@@ -41,7 +41,7 @@ def n_steps_for(t_max, dt, where="simulate") -> int:
 
 def default_y0(params):
     """Rest state at zero current (lowest-voltage equilibrium)."""
-    from funcnn.neurons.analysis import rest_state
+    from funcnn.science.neurons.analysis import rest_state
     return rest_state(params, 0.0)
 
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from funcnn.neurons.morris_lecar import _check
+from funcnn.science.neurons.morris_lecar import _check
 
 _SMALL = 1e-3
 

@@ -15,7 +15,7 @@ import dataclasses
 
 import jax
 
-from funcnn.layer import Layer
+from funcnn.core.layer import Layer
 
 
 def with_manual_vjp(model: Layer) -> Layer:

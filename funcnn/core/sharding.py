@@ -23,7 +23,7 @@ such a contraction, so that this is stated once:
   scatter-add of batch-sharded rows into a replicated table (``batch_scatter_add``:
   each device adds its own rows, the D partial tables are all-reduced, ``P()``);
 * inside ``shard_map`` (manual axes) each device contracts its local shard; the caller
-  all-reduces (``funcnn.parallel.shard_map_value_and_grad`` does, with ``lax.pmean``).
+  all-reduces (``funcnn.training.distributed.shard_map_value_and_grad`` does, with ``lax.pmean``).
 """
 from __future__ import annotations
 

@@ -7,17 +7,17 @@ mean negative log-likelihood per character (nats/char),
 
 i.e. ``losses.softmax_cross_entropy`` over the B*T positions as one batch.
 
-Training (``train_lm``): Adam on random windows (``funcnn.text.random_windows``, a
+Training (``train_lm``): Adam on random windows (``funcnn.data.text.random_windows``, a
 NumPy generator seeded by ``seed``, so another framework can replay the same batches
 with ``batches``), one jit-compiled step per batch, the validation loss over fixed
 non-overlapping windows every ``eval_every`` steps and after the last.
 
-Data parallelism (``mesh=``, ``funcnn.parallel``): the same batches, drawn on the host
+Data parallelism (``mesh=``, ``funcnn.training.distributed``): the same batches, drawn on the host
 whatever the number of devices, each sharded over the mesh's ``"data"`` axis (every
 process puts only its own rows on its devices); params and optimizer state replicated.
 The loss is a mean over the B*T positions, so with D shards of B/D windows
 L = (1/D) sum_d L_d and the gradient is the mean of the shards' gradients: the batch
-contractions of the backward (``funcnn._sharding``) are where it is all-reduced.
+contractions of the backward (``funcnn.core.sharding``) are where it is all-reduced.
 
 Sampling (``sample``): autoregressive. The model sees a window of ``context`` ids;
 while the text is shorter than the window it sits at positions 0..n-1 and the rest of
@@ -41,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import losses, models, parallel, text
+from funcnn import losses, models
+from funcnn.data import text
+from funcnn.training import distributed
 from funcnn.losses import Loss
 
 
@@ -107,12 +109,12 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
     (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
     ``corpus.validation`` over at most ``eval_windows`` windows (module docstring).
 
-    The step is ``funcnn.train.make_step`` (so ``policy`` works as in ``fit``, float16 with
+    The step is ``funcnn.training.fit.make_step`` (so ``policy`` works as in ``fit``, float16 with
     loss scaling). As in ``fit``: ``checkpoint_dir`` keeps an orbax checkpoint at every
     evaluation (``resume=True`` continues from the newest, with the same batches: bitwise the
     same run); the non-finite guard is checked at every evaluation and raises
-    ``funcnn.train.NonFiniteError`` naming the first bad step and value; SIGINT/SIGTERM
-    (inside ``_interrupt.catching_signals``) stop between steps with ``Interrupted``, the last
+    ``funcnn.training.fit.NonFiniteError`` naming the first bad step and value; SIGINT/SIGTERM
+    (inside ``interrupt.catching_signals``) stop between steps with ``Interrupted``, the last
     evaluation's checkpoint kept.
 
     ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training (module
@@ -121,9 +123,9 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
     checkpoints and the guard run on this process's copy of the replicated parameters
     (several processes: every one calls, the checkpoint folder must be one they all see,
     orbax writes from process 0)."""
-    from funcnn import _interrupt, precision
-    from funcnn.train import NonFiniteError, guard_names
-    from funcnn.train import make_step as train_step
+    from funcnn.training import interrupt, precision
+    from funcnn.training.fit import NonFiniteError, guard_names
+    from funcnn.training.fit import make_step as train_step
 
     for value, arg in ((context, "context"), (steps, "steps"), (batch_size, "batch_size"),
                        (eval_every, "eval_every")):
@@ -145,7 +147,7 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
     history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
     names, done, checkpoints = guard_names(params), 0, None
     if checkpoint_dir is not None:
-        from funcnn.checkpoint import open_run
+        from funcnn.training.checkpoint import open_run
 
         checkpoints, restored = open_run(checkpoint_dir, (params, opt_state), keep=keep, resume=resume,
                                          who="train_lm", unit="step")
@@ -163,7 +165,7 @@ def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, gr
                                            seed=seed), start=1):
             if i <= done:  # resumed: the same batches, already trained on
                 continue
-            _interrupt.check(done)  # a signal stops here; the last evaluation's checkpoint is kept
+            interrupt.check(done)  # a signal stops here; the last evaluation's checkpoint is kept
             with place.context():
                 carry, (value, bad) = step(carry, (*place.shard((x, y)), None))
             since.append(value)
@@ -200,17 +202,17 @@ class _Placement:
 
     def __init__(self, mesh, batch_size):
         if mesh is not None:
-            parallel.data_shards(mesh, batch_size, "train_lm")
+            distributed.data_shards(mesh, batch_size, "train_lm")
         self.mesh = mesh
 
     def replicate(self, tree):
-        return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
+        return tree if self.mesh is None else distributed.replicate(tree, self.mesh)
 
     def shard(self, batch):
-        return batch if self.mesh is None else parallel.shard_batch(batch, self.mesh)
+        return batch if self.mesh is None else distributed.shard_batch(batch, self.mesh)
 
     def local(self, tree):
-        return tree if self.mesh is None else parallel.to_local(tree)
+        return tree if self.mesh is None else distributed.to_local(tree)
 
     def context(self):
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)

@@ -17,7 +17,7 @@ Two ways to write it:
 
 * **mesh (GSPMD)**: the ordinary program, with the batch sharded ``P("data")`` and the
   parameters replicated ``P()``; XLA partitions it. Every contraction over the batch in
-  a backward goes through ``funcnn._sharding.batch_dot_general``, which states that its
+  a backward goes through ``funcnn.core.sharding.batch_dot_general``, which states that its
   output is replicated: that is where the all-reduce happens. Batch statistics
   (``jnp.mean`` over a sharded axis) are global automatically. ``fit(..., mesh=mesh)``
   trains this way (``make_sharded_epoch``).
@@ -35,8 +35,6 @@ device of every process, so all processes end with the same parameters.
 from __future__ import annotations
 
 import os
-import sys
-import types
 
 import jax
 import numpy as np
@@ -167,15 +165,15 @@ def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual
     """The data-parallel ``epoch(params, state, opt_state, x, y, key) -> (params, state,
     opt_state, mean_loss, nonfinite)`` of ``fit(..., mesh=mesh)``.
 
-    The step is ``funcnn.train.make_step`` (the same gradient, update, loss scaling and
+    The step is ``funcnn.training.fit.make_step`` (the same gradient, update, loss scaling and
     non-finite flags as on one device), the shuffle and the per-step keys those of
-    ``funcnn.train.make_epoch`` (they depend on the key only, not on the mesh); each batch
+    ``funcnn.training.fit.make_epoch`` (they depend on the key only, not on the mesh); each batch
     is sharded over ``"data"``, params/state/optimizer state are replicated and one
     compiled step runs per batch. Inputs and outputs are ordinary arrays of this process
     (``to_local``), so the rest of ``fit`` (evaluation, guard, checkpoints) is unchanged.
     """
-    from funcnn import _interrupt
-    from funcnn.train import make_step
+    from funcnn.training import interrupt
+    from funcnn.training.fit import make_step
 
     data_shards(mesh, batch_size)
     train_step = make_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
@@ -192,7 +190,7 @@ def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual
             keys = replicate(jax.random.key_data(keys), mesh)
             losses, flags = [], []
             for i in range(idx.shape[0]):
-                _interrupt.check()  # a signal stops between steps; the epoch is dropped
+                interrupt.check()  # a signal stops between steps; the epoch is dropped
                 xb, yb = shard_batch((x[idx[i]], y[idx[i]]), mesh)
                 carry, (value, bad) = step(carry, xb, yb, keys[i])
                 losses.append(value)
@@ -205,7 +203,7 @@ def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual
 
 
 def _schedule(key, n, batch_size):
-    """The shuffle and step keys of ``funcnn.train.make_epoch``: ``n // batch_size``
+    """The shuffle and step keys of ``funcnn.training.fit.make_epoch``: ``n // batch_size``
     batches of a permutation drawn from ``key``, one key per batch (host arrays)."""
     n_batches = n // batch_size
     k_perm, k_steps = jax.random.split(key)
@@ -240,18 +238,3 @@ def shard_map_value_and_grad(model, loss, mesh, *, mode="manual", l2=0.0, penalt
                              out_specs=P(), check_vma=False)(params, state, x, y, key)
 
     return f
-
-
-class _CallableModule(types.ModuleType):
-    """``funcnn.parallel`` names both kinds of parallelism: this module (devices of a mesh)
-    and, called, stax's combinator ``funcnn.combinators.parallel(*layers)`` (branches of a
-    network), so ``fn.parallel.initialize(...)`` and ``fn.parallel(f, g)`` both read as
-    written."""
-
-    def __call__(self, *layers):
-        from funcnn.combinators import parallel as branches
-
-        return branches(*layers)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -14,7 +14,7 @@ Gradient descent, momentum, Adam and learning-rate schedules are optax's
 The exception: XLA:CPU compiles a convolution inside a loop body to a generic path
 that is ~7x slower than the same convolution at the top level of a program (an
 mnist5k CNN epoch: 11.3 s scanned vs 1.6 s stepped, measured on one machine). Which
-is faster is measured, not guessed (``scan_is_slow``, through ``funcnn.autotune``):
+is faster is measured, not guessed (``scan_is_slow``, through ``funcnn.core.autotune``):
 when it is the step, ``fit`` runs the same compiled step from a Python loop over the
 batches (``scan=None``, the default; force either with ``scan=True``/``False``). Both
 orders of work use the same permutation and keys, so they train to the same parameters.
@@ -22,7 +22,7 @@ orders of work use the same permutation and keys, so they train to the same para
 Runs you can trust (``checkpoint_dir``, ``resume``, the guard, interrupts):
 
 * every ``checkpoint_every`` epochs the params, state, optimizer state, run key, epoch and
-  history go into an orbax checkpoint (``funcnn.checkpoint``); ``resume=True`` continues
+  history go into an orbax checkpoint (``funcnn.training.checkpoint``); ``resume=True`` continues
   from the newest complete one with the same epoch keys, so a killed and resumed run ends
   bitwise equal to the run left alone;
 * the non-finite guard: every step reports one flag per watched value (the input batch,
@@ -32,7 +32,7 @@ Runs you can trust (``checkpoint_dir``, ``resume``, the guard, interrupts):
   the value; the params of that epoch are dropped and the last checkpoint kept.
   With float16 loss scaling a skipped step (non-finite gradients, scale halved) is not a
   failure and reports no flag, until the scale has fallen to 1 (``make_step``);
-* SIGINT/SIGTERM are recorded (``funcnn._interrupt``) and acted on between epochs (between
+* SIGINT/SIGTERM are recorded (``funcnn.training.interrupt``) and acted on between epochs (between
   steps when stepping): a checkpoint of the last full epoch is written, then
   ``Interrupted`` (a ``KeyboardInterrupt``) is raised.
 """
@@ -45,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import _interrupt, losses, precision
-from funcnn._interrupt import Interrupted
+from funcnn import losses
+from funcnn.training import interrupt, precision
+from funcnn.training.interrupt import Interrupted
 from funcnn.gradients import MODES, value_and_grad
 
 
@@ -181,7 +182,7 @@ def make_epoch(model, loss, optimizer, *, batch_size, grad="manual", l2=0.0, pen
         idx, keys = schedule_jit(x.shape[0], key)
         carry, losses, flags = (params, state, opt_state), [], []
         for i in range(idx.shape[0]):
-            _interrupt.check()  # a signal stops between steps; the epoch is dropped
+            interrupt.check()  # a signal stops between steps; the epoch is dropped
             carry, (value, bad) = indexed_step(carry, x, y, idx, keys, i)
             losses.append(value)
             flags.append(bad)
@@ -194,14 +195,14 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual",
                  steps: int = 4) -> bool:
     """Whether an epoch should run as the compiled step per batch rather than one ``lax.scan``.
 
-    Measured, not guessed (``funcnn.autotune``, op ``"fit"``: force with
+    Measured, not guessed (``funcnn.core.autotune``, op ``"fit"``: force with
     ``FUNCNN_IMPL=fit:scan`` or ``fit:step``): ``steps`` training steps on rows of ``x`` and
     ``y`` are compiled and timed both ways, once per step program (keyed by its jaxpr) and
     process. A step of fewer than ``autotune.MIN_WORK`` FLOPs, or ``FUNCNN_AUTOTUNE=0``, scans.
     """
     import hashlib
 
-    from funcnn import autotune
+    from funcnn.core import autotune
 
     optimizer = optimizer or optax.sgd(1e-3)
     step = make_step(model, loss, optimizer, grad=grad)
@@ -231,7 +232,7 @@ def scan_is_slow(model, loss, params, state, x, y, *, batch_size, grad="manual",
 
 
 def _check_args(model, loss, optimizer, key, epochs, checkpoint_every, keep):
-    from funcnn.layer import Layer
+    from funcnn.core.layer import Layer
 
     if not isinstance(model, Layer):
         raise TypeError(f"fit: model must be a funcnn Layer (e.g. funcnn.serial(...)), got {type(model).__name__}")
@@ -295,10 +296,10 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     lengths, non-finite values, labels outside [0, classes)), ``NonFiniteError`` when a step
     produces a non-finite value, ``Interrupted`` on SIGINT/SIGTERM (after checkpointing).
     ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training, each
-    batch sharded over it, params/state/optimizer state replicated (``funcnn.parallel``;
+    batch sharded over it, params/state/optimizer state replicated (``funcnn.training.distributed``;
     ``batch_size`` must divide by the number of data shards).
     ``policy``: a ``funcnn.Policy`` (or its string) to train under, e.g. "bf16-mixed"
-    (``funcnn.precision``; float16 compute adds dynamic loss scaling).
+    (``funcnn.training.precision``; float16 compute adds dynamic loss scaling).
     """
     if grad not in MODES:
         raise ValueError(f"fit: grad must be one of {MODES}, got {grad!r}")
@@ -320,7 +321,7 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
     history = {k: [] for k in ("loss", "train_loss", "train_acc", "test_loss", "test_acc")}
     done, checkpoints = 0, None
     if checkpoint_dir is not None:
-        from funcnn.checkpoint import open_run
+        from funcnn.training.checkpoint import open_run
 
         checkpoints, restored = open_run(checkpoint_dir, (params, state, opt_state, key), keep=keep, resume=resume,
                                          who="fit", unit="epoch")
@@ -332,7 +333,7 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
             if done > epochs:
                 raise ValueError(f"fit: resume: {checkpoint_dir} is at epoch {done}, past epochs={epochs}")
     if mesh is not None:  # data parallelism: the same schedule and step, batches sharded over "data"
-        from funcnn.parallel import make_sharded_epoch
+        from funcnn.training.distributed import make_sharded_epoch
 
         epoch = make_sharded_epoch(model, loss, optimizer, mesh, batch_size=batch_size, grad=grad, l2=l2,
                                    penalty=penalty)
@@ -358,10 +359,10 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
 
         bar = tqdm(total=epochs, initial=done, desc="train", unit="epoch")
     try:
-        with _interrupt.catching_signals():
+        with interrupt.catching_signals():
             for e, k_epoch in enumerate(jax.random.split(key, epochs)[done:], start=done):
                 try:
-                    _interrupt.check(e)
+                    interrupt.check(e)
                     out = epoch(params, state, opt_state, x_dev, y_dev, k_epoch)
                 except Interrupted as stop:
                     save(e)
@@ -383,9 +384,9 @@ def fit(model, loss, optimizer, data, *, epochs, batch_size, key, grad="manual",
                 if progress:
                     bar.update(1)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", train_acc=f"{tr[1]:.3f}", test_acc=f"{te[1]:.3f}")
-                if _interrupt.pending() is not None:
+                if interrupt.pending() is not None:
                     save(e + 1)
-                    _interrupt.check(e + 1)
+                    interrupt.check(e + 1)
     finally:
         if progress:
             bar.close()

@@ -5,7 +5,7 @@ Chosen (positive) parameters :math:`\theta_k` are optimised in log space,
 
 .. math:: L(u) = \frac{1}{T} \sum_t \big(V_t(\theta(u)) - V^*_t\big)^2 / \sigma^2,
 
-where :math:`V_t` is the RK4 trajectory of :func:`funcnn.neurons.simulate` (gradients by
+where :math:`V_t` is the RK4 trajectory of :func:`funcnn.science.neurons.simulate` (gradients by
 reverse-mode through the ``lax.scan``) and :math:`\sigma^2` the target's variance. The
 trace should hold a few spikes: over longer traces small timing errors accumulate and
 the loss becomes non-convex in the parameters.
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.neurons.integrate import _rk4_scan, default_y0, n_steps_for
+from funcnn.science.neurons.integrate import _rk4_scan, default_y0, n_steps_for
 
 
 class FitResult(NamedTuple):

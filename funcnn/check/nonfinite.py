@@ -9,7 +9,7 @@ order it is computed:
 returning a description of the first non-finite one (``None`` when all are finite), e.g.
 ``"forward: output of ['2_relu']"`` or ``"backward: grads['1_dense']['w']"``. A ``serial``
 is walked through its ``children`` (nested ones too), named as in the params dict. It is
-exported as ``funcnn.debug.first_nonfinite``; ``fit``'s guard (``NonFiniteError``) says
+exported as ``funcnn.check.debug.first_nonfinite``; ``fit``'s guard (``NonFiniteError``) says
 which step went wrong, this says which layer.
 """
 from __future__ import annotations

@@ -12,8 +12,8 @@
 * ``xor``, ``blobs``, ``moons``: seeded 2-D synthetic sets, standardised, 2 classes.
   ``xor`` is four Gaussian clouds at the corners of a square labelled by XOR of the
   signs (not linearly separable); ``blobs`` two well separated clouds (separable).
-* ``pydoc``: a character-level text corpus, returned as a ``funcnn.text.Corpus``
-  (train/validation character ids and the vocabulary), see ``funcnn.text``.
+* ``pydoc``: a character-level text corpus, returned as a ``funcnn.data.text.Corpus``
+  (train/validation character ids and the vocabulary), see ``funcnn.data.text``.
 
 Inputs are float32, labels int32.
 """
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from funcnn.text import load_pydoc
+from funcnn.data.text import load_pydoc
 
 
 class Dataset(NamedTuple):
@@ -103,7 +103,7 @@ def _moons(seed, n=600):
 
 
 LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d, "xor": _xor, "blobs": _blobs, "moons": _moons}
-LOADERS["pydoc"] = load_pydoc  # a funcnn.text.Corpus (character ids), not a Dataset
+LOADERS["pydoc"] = load_pydoc  # a funcnn.data.text.Corpus (character ids), not a Dataset
 
 
 def load(name: str, *, seed: int = 0) -> Dataset:

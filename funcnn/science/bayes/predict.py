@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from funcnn._validate import positive_int
+from funcnn.core.validate import positive_int
 
 OUTPUTS = ("mean", "mean_logvar", "logits")
 

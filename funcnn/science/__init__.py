@@ -1,0 +1,1 @@
+"""The science built on the library: neuron models, Bayesian weights, the perceptron."""
