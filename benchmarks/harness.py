@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from funcnn.core.autotune import time_rounds
-from funcnn.bench.report import machine, versions
+from funcnn.core.machine import machine, versions_line as versions
 
 
 def _block(out):

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders_lstm as C  # noqa: E402
 from harness import load, time_interleaved, write_section  # noqa: E402
 
-from funcnn.bench.report import machine, versions  # noqa: E402
+from funcnn.core.machine import machine, versions_line as versions  # noqa: E402
 
 B, T, F, H = C.BATCH, C.TIME, C.FEATURES, C.HIDDEN
 G = 4 * H

@@ -58,7 +58,7 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": report.machine(),
         "load_average": load,  # 1-minute load average at the end: how busy the machine was
-        "versions": report.versions(),
+        "versions": report.versions_line(),
         "backend": dev.platform,
         "device_kind": dev.device_kind,
         "peak": {"measured_gemm_gflops": peak, "measured_bandwidth_gbytes_per_s": bandwidth,

@@ -3,8 +3,7 @@ roofline figure (log-log: achieved GFLOP/s against arithmetic intensity FLOP/byt
 the roof min(P, W I) of the measured GEMM peak P and stream bandwidth W)."""
 from __future__ import annotations
 
-import os
-import platform
+from funcnn.core.machine import machine, versions_line
 
 # Published dense peaks (vendor datasheets): TFLOP/s by dtype, memory bandwidth TB/s.
 # Matched against jax's device_kind, most specific first.
@@ -22,31 +21,6 @@ def published_peak(device_kind: str) -> dict | None:
         if name.lower() in device_kind.lower():
             return {"device": name, **peaks}
     return None
-
-
-def machine() -> str:
-    import jax
-
-    dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{dev.platform} ({dev.device_kind}); host {cpu}, {os.cpu_count()} cores"
-
-
-def versions() -> str:
-    import jax
-
-    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
-    for mod in ("optax", "flax", "equinox", "torch"):
-        try:
-            parts.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    return ", ".join(parts)
 
 
 def _num(v, fmt):

@@ -40,10 +40,6 @@ from funcnn.check.core import _layer_fns, _points, check_backward
 from funcnn.check.report import Report
 
 
-def _is_serial(layer):
-    return getattr(layer.forward, "__qualname__", "").startswith("serial.<locals>.")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelRow:
     """One layer of the network: its key path, its own check (``None`` if not checked)."""
@@ -113,7 +109,7 @@ def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
     """[(path, layer, report or None, note)] in forward order, combinators after children."""
     entries = []
     if layer.children:
-        if _is_serial(layer):
+        if layer.sequential:
             keys = [None] * len(layer.children) if key is None else list(jax.random.split(key, len(layer.children)))
             h = x
             for (k, child), ck in zip(layer.children, keys):

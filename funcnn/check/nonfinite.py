@@ -24,9 +24,7 @@ def _finite(tree) -> bool:
 
 def _leaves(model, params, state, path=""):
     """(path, layer, params, state) of every non-serial layer, in forward order."""
-    from funcnn.check.model import _is_serial
-
-    if not (model.children and _is_serial(model)):
+    if not (model.children and model.sequential):
         return [(path or "[model]", model, params, state)]
     out = []
     for name, layer in model.children:

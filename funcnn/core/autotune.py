@@ -38,6 +38,8 @@ from typing import Callable
 import jax
 import numpy as np
 
+from funcnn.core.machine import machine, versions
+
 MIN_WORK = 2e7  # FLOPs: below this (~0.2 ms on one core) measuring costs more than any choice saves
 ROUNDS = 7
 BUDGET_S = 1.5  # stop timing after this many seconds (at least MIN_ROUNDS rounds)
@@ -66,14 +68,8 @@ def enabled() -> bool:
 
 def fingerprint() -> str:
     """The machine and versions a stored choice is valid for."""
-    import jaxlib
-
-    import funcnn
-
-    from funcnn.bench.report import machine
-
-    return (f"{machine()}, {len(jax.devices())} devices; "
-            f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, funcnn {getattr(funcnn, '__version__', '?')}")
+    v = versions(("jax", "jaxlib", "funcnn"))
+    return f"{machine()}, {len(jax.devices())} devices; " + ", ".join(f"{k} {v[k]}" for k in ("jax", "jaxlib", "funcnn"))
 
 
 def cache_file() -> Path | None:

@@ -154,4 +154,4 @@ def with_compute_dtype(layer, dtype=None):
         c = compute_dtype(dtype, x)
         return layer.apply(cast_floats(params, c), state, cast_floats(x, c), key=key, train=train)
 
-    return dataclasses.replace(layer, forward=forward, backward=backward, apply_fn=apply)
+    return dataclasses.replace(layer, forward=forward, backward=backward, apply_fn=apply, sequential=False)

@@ -47,6 +47,10 @@ class Layer:
     one (input, PRNG key) pair per child (``residual``: its own input and key; ``parallel``:
     the i-th part of its tuple input and the i-th split key). ``check_model`` walks a model
     through these (``funcnn.check.model``). Leaf layers leave both empty.
+
+    ``sequential`` is true for ``serial`` only: its children run one after another on the
+    previous child's output, exactly as listed, so a walker may run them one by one. A
+    wrapper that changes what the children compute (a dtype cast, a policy) sets it false.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Layer:
     apply_fn: Callable[..., tuple[Any, State]] | None = None
     children: tuple = ()
     feed: Callable[..., tuple] | None = None
+    sequential: bool = False
 
     def apply(self, params, state, x, *, key=None, train=False):
         """Run the layer: ``(y, new_state)``. ``x`` has a leading batch axis."""
@@ -122,4 +127,5 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
         return x, new_state
 
-    return Layer(name, init, forward, backward, output_shape, apply, children=tuple(zip(names, layers)))
+    return Layer(name, init, forward, backward, output_shape, apply, children=tuple(zip(names, layers)),
+                 sequential=True)

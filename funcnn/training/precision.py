@@ -137,7 +137,8 @@ def with_policy(model: Layer, policy: Policy) -> Layer:
         y, state = inner.apply(params, state, x, key=key, train=train)
         return cast_floats(y, policy.output), state
 
-    return dataclasses.replace(model, init=init, forward=forward, backward=backward, apply_fn=apply)
+    return dataclasses.replace(model, init=init, forward=forward, backward=backward, apply_fn=apply,
+                               sequential=False)
 
 
 def _at_least_float32(pred):
