@@ -39,7 +39,7 @@ def ids(key, batch=3, t=CONTEXT):
 
 def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64():
     model = tiny()
-    loss = lm.next_char_cross_entropy
+    loss = fn.losses.softmax_cross_entropy
     with jax.enable_x64(True):
         params, state = random_params(model, jax.random.key(0), jnp.float64)
         x, y = ids(jax.random.key(1)), ids(jax.random.key(2))

@@ -23,8 +23,9 @@ model state unchanged) and S halves; after ``period`` finite steps in a row S do
                            else:   theta unchanged,              S <- max(S / 2, 1).
 
 ``loss_scaling(optimizer)`` keeps S in the optimiser's state (``LossScaleState``, whose
-``finite`` says whether the last step was applied) and ``loss_scaled_step`` is the training
-step that multiplies the loss by it.
+``finite`` says whether the last step was applied); the training step
+(``funcnn.training.step.make_step``) reads S from that state, multiplies the objective by it
+and keeps the model state on a skipped step.
 """
 from __future__ import annotations
 
@@ -38,10 +39,8 @@ import numpy as np
 import optax
 
 from funcnn.core.dtypes import available, cast_floats, float_dtype, stat_dtype, with_compute_dtype
-from funcnn.gradients import _objective_penalty, value_and_grad
 from funcnn.core.layer import Layer
 from funcnn.losses import Loss
-from funcnn.regularization import decays_weights
 
 PRESETS = {
     "fp32": ("float32", "float32", "float32"),
@@ -222,29 +221,6 @@ def step_skipped(opt_state) -> jax.Array:
     """True when the last step of a loss-scaled optimiser was skipped (non-finite
     gradients, S halved); always False for any other optimiser state."""
     return ~opt_state.finite if isinstance(opt_state, LossScaleState) else jnp.asarray(False)
-
-
-def loss_scaled_step(model: Layer, loss: Loss, optimizer: LossScaled, *, grad="manual", l2=0.0, penalty=None):
-    """``fit``'s training step ``step((params, state, opt_state), (x, y, key)) -> (carry, loss)``
-    for a ``loss_scaling`` optimiser: the objective (loss and penalties) is multiplied by the
-    scale S of ``opt_state``; the model state is kept on a skipped step; the loss returned is
-    unscaled."""
-    extra = _objective_penalty(l2, decays_weights, penalty)
-
-    def step(carry, batch):
-        params, state, opt_state = carry
-        xb, yb, kb = batch
-        s = opt_state.scale
-        value, grads, new_state = value_and_grad(model, scaled_loss(loss, s), mode=grad)(
-            params, state, xb, yb, key=kb, train=True)
-        if extra is not None:
-            value = value + s * extra.value(params)
-            grads = jax.tree_util.tree_map(lambda g, r: g + (s * r).astype(g.dtype), grads, extra.grad(params))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(opt_state.finite, n, o), new_state, state)
-        return (optax.apply_updates(params, updates), new_state, opt_state), value / s
-
-    return step
 
 
 def prepare(model: Layer, loss: Loss, optimizer, policy: Policy):
