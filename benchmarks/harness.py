@@ -128,22 +128,20 @@ def stepper(step, carry, *args):
 
 def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
     """A contender running one Adam(1e-3) step of ``loss`` (default softmax cross-entropy)
-    on a funcnn ``model``, with the hand-written backward (``mode="manual"``) or autodiff.
-    ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over ``"data"``
-    (``funcnn.training.distributed``), every step run under the mesh."""
+    on a funcnn ``model``, with the hand-written backward (``mode="manual"``) or autodiff:
+    the training step of ``fit`` (``funcnn.training.make_step``), jitted (the guard's
+    flags, unused, are compiled away). ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over
+    ``"data"`` (``funcnn.training.distributed``), every step run under the mesh."""
     import funcnn as fn
     from funcnn.training import distributed
 
     params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(model, loss or fn.losses.softmax_cross_entropy, mode=mode)
+    train_step = fn.train.make_step(model, loss or fn.losses.softmax_cross_entropy, tx, grad=mode)
 
     @jax.jit
     def step(carry, x, y):
-        params, state, opt = carry
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
+        return train_step(carry, (x, y, None))[0]
 
     carry, batch = (params, state, tx.init(params)), (jnp.asarray(x), jnp.asarray(y))
     if mesh is None:

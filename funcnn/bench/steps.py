@@ -19,20 +19,34 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcnn import models
 from funcnn.bench.kernels import time_cases
+from funcnn.core.layer import Layer, serial
+from funcnn.layers.dense import Dense
+from funcnn.layers.recurrent import LSTM
+from funcnn.losses import softmax_cross_entropy
+from funcnn.training.step import make_step
 
 
-def model(name: str, size: int):
-    """(funcnn model, input shape of one example) of a benchmark model."""
-    import funcnn as fn
-    from funcnn.layers.recurrent import LSTM
+def model(name: str, size: int) -> tuple[Layer, tuple[int, ...]]:
+    """A benchmark model and the shape of one example.
 
+    **Arguments:**
+
+    - `name`: ``"mlp"`` (input `(size * size,)`), ``"cnn"`` (`(size, size, 1)`) or ``"lstm"``
+      (`(size, 1)`: a sequence of `size` steps of one feature).
+    - `size`: the input's side (or sequence length).
+
+    **Returns:**
+
+    `(model, shape)`: the funcnn model (10 outputs) and the example's shape.
+    """
     if name == "mlp":
-        return fn.models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
+        return models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
     if name == "cnn":
-        return fn.models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
+        return models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
     if name == "lstm":
-        return fn.serial(LSTM(128, return_sequences=False), fn.Dense(10)), (size, 1)
+        return serial(LSTM(128, return_sequences=False), Dense(10)), (size, 1)
     raise ValueError(f"funcnn.bench.steps.model: unknown model {name!r}, expected mlp, cnn or lstm")
 
 
@@ -52,21 +66,30 @@ def data(shape, batch: int, seed: int = 0):
 
 
 def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
-    import funcnn as fn
+    """The timing case of funcnn's training step (``make_step``, the step of ``fit``) on a
+    benchmark model, with the hand-written backward (``mode="manual"``) or autodiff.
 
+    **Arguments:**
+
+    - `name`: ``"mlp"``, ``"cnn"`` or ``"lstm"``; `batch`: `B`; `size`: the input side (``model``).
+    - `mode`: ``"manual"`` or ``"autodiff"``.
+
+    **Returns:**
+
+    A case for ``funcnn.bench.kernels.time_cases``: `fn(carry, x, y) -> carry` with `x` of
+    shape `(B, ...)` and `y` int `(B,)`, its arguments and the step's FLOPs.
+    """
     net, shape = model(name, size)
     params, state = net.init(jax.random.key(0), shape)
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(net, fn.losses.softmax_cross_entropy, mode=mode)
+    train_step = make_step(net, softmax_cross_entropy, tx, grad=mode)
 
-    def step(params, state, opt, x, y):
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
+    def step(carry, x, y):
+        return train_step(carry, (x, y, None))[0]
 
     x, y = data(shape, batch)
     return dict(name=f"{name} step, funcnn {mode}", kind=f"{name} step", model=name, contender=f"funcnn {mode}",
-                fn=step, args=(params, state, tx.init(params), jnp.asarray(x), jnp.asarray(y)),
+                fn=step, args=((params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y)),
                 flops=3 * forward_flops(name, batch, size), bytes=None)
 
 

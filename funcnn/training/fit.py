@@ -35,7 +35,10 @@ from funcnn.losses import Loss
 from funcnn.regularization import Penalty
 from funcnn.training import loop, precision
 from funcnn.training.epoch import make_epoch, scan_is_slow
+from funcnn.training.loop import NonFiniteError
 from funcnn.training.step import PyTree, guard_names
+
+__all__ = ["FitResult", "NonFiniteError", "accuracy", "evaluate", "fit", "predictor"]
 
 HISTORY = ("loss", "train_loss", "train_acc", "test_loss", "test_acc")
 
