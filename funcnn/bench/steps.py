@@ -14,6 +14,8 @@ byte count either, so the steps are in the table but not on the roofline.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +62,9 @@ def forward_flops(name: str, batch: int, size: int) -> int:
     return 2 * batch * (size * (1 + 128) * 4 * 128 + 128 * 10)  # lstm: T steps of [x_t, h] @ W, then Dense
 
 
-def data(shape, batch: int, seed: int = 0):
+def data(shape: tuple[int, ...], batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random batch: inputs float32 `(batch, *shape)` (standard normal) and labels int32
+    `(batch,)` in `[0, 10)`, from a NumPy generator seeded by ``seed``."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
 
@@ -94,6 +98,8 @@ def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
 
 
 def torch_case(name: str, batch: int, size: int) -> dict | None:
+    """The timing case of PyTorch's eager Adam step of the same model (NCHW inputs for the
+    CNN), on the batch of ``data``; ``None`` when torch is not installed."""
     try:
         import torch
     except ImportError:
@@ -133,7 +139,10 @@ def torch_case(name: str, batch: int, size: int) -> dict | None:
                 jit=False, flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
-def run(setting, *, peers: bool = True, log=print) -> list:
+def run(setting: Any, *, peers: bool = True, log: Callable[[str], None] = print) -> list:
+    """Time the steps of ``setting.models`` (``(name, batch, size)`` triples): funcnn manual and
+    autodiff and, with ``peers`` on the CPU, PyTorch. Returns the rows of ``time_cases``, each
+    with ``ratio_to_manual`` (its median over funcnn manual's)."""
     rows = []
     for name, batch, size in setting.models:
         log(f"{name} step (batch {batch}):")

@@ -36,12 +36,16 @@ device of every process, so all processes end with the same parameters.
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from funcnn.core.layer import Layer
 from funcnn.gradients import value_and_grad
+from funcnn.losses import Loss
+from funcnn.regularization import Penalty
 
 DATA = "data"
 
@@ -70,7 +74,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def setup(devices: int | None = None, coordinator: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None):
+          process_id: int | None = None) -> jax.sharding.Mesh | None:
     """Devices and processes for a data-parallel run, before JAX starts its backend: the
     mesh ``("data",)`` over ``devices`` local devices of every process (all by default),
     or ``None`` when neither ``devices`` nor ``coordinator`` is given.
@@ -111,7 +115,7 @@ def data_mesh(num_devices: int | None = None, *, axis_type: str = "Explicit") ->
     return jax.make_mesh((n,), (DATA,), axis_types=(getattr(AxisType, axis_type),), devices=devices[:n])
 
 
-def data_shards(mesh, batch_size: int, where: str = "fit") -> int:
+def data_shards(mesh: jax.sharding.Mesh, batch_size: int, where: str = "fit") -> int:
     """The number D of data shards of ``mesh``; ``ValueError`` unless it has a ``"data"``
     axis and D divides ``batch_size``."""
     if not isinstance(mesh, jax.sharding.Mesh):
@@ -125,9 +129,9 @@ def data_shards(mesh, batch_size: int, where: str = "fit") -> int:
     return d
 
 
-def replicate(tree, mesh):
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Every leaf of ``tree`` (identical in every process) replicated on every device of
-    ``mesh``."""
+    ``mesh`` (sharding ``P()``): a tree of global arrays of the leaves' shapes."""
     sharding = NamedSharding(mesh, P())
 
     def put(a):
@@ -137,8 +141,8 @@ def replicate(tree, mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
-def to_local(tree):
-    """A replicated global tree as ordinary single-device arrays of this process."""
+def to_local(tree: Any) -> Any:
+    """A replicated global tree as ordinary single-device arrays of this process (same shapes)."""
     return jax.tree_util.tree_map(lambda a: a.addressable_data(0), tree)
 
 
@@ -149,9 +153,11 @@ def _local_rows(sharding, shape):
     return lo, hi
 
 
-def shard_batch(batch, mesh, local_rows=None):
-    """Put a batch (host arrays, the whole global batch in every process) on ``mesh``,
-    sharded over ``"data"``: each process transfers only its own rows."""
+def shard_batch(batch: Any, mesh: jax.sharding.Mesh, local_rows: tuple[int, int] | None = None) -> Any:
+    """Put a batch (host arrays `(B, ...)`, the whole global batch in every process) on
+    ``mesh``, sharded over ``"data"`` (``P("data")``): each process transfers only its own
+    rows (``local_rows`` ``(lo, hi)``, found from the sharding by default). Returns global
+    arrays of the same shapes."""
     sharding = NamedSharding(mesh, P(DATA))
 
     def put(a):
@@ -162,7 +168,8 @@ def shard_batch(batch, mesh, local_rows=None):
     return jax.tree_util.tree_map(put, batch)
 
 
-def shard_map_value_and_grad(model, loss, mesh, *, mode="manual", l2=0.0, penalty=None):
+def shard_map_value_and_grad(model: Layer, loss: Loss, mesh: jax.sharding.Mesh, *, mode: str = "manual",
+                             l2: float = 0.0, penalty: Penalty | None = None) -> Callable:
     """Data parallelism written out per device: ``f(params, state, x, y, *, key=None,
     train=True) -> (loss, grads, state)``, the same contract as
     ``funcnn.gradients.value_and_grad`` and the same numbers as it gives under the mesh.

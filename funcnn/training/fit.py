@@ -21,7 +21,7 @@ and turns SIGINT/SIGTERM into a checkpoint and ``Interrupted``.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,14 +76,14 @@ def accuracy(pred: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((pred.reshape(y.shape) > 0) == (y > 0))
 
 
-def predictor(model: Layer):
+def predictor(model: Layer) -> Callable[[PyTree, PyTree, jax.Array], jax.Array]:
     """A jit-compiled ``predict(params, state, x) -> y`` in eval mode: `x` `(N, ...)` to the
     model's output `(N, ...)`."""
     return jax.jit(lambda params, state, x: model.apply(params, state, x, train=False)[0])
 
 
 def evaluate(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any, y: Any, *, batch_size: int = 1000,
-             predict=None) -> tuple[float, float]:
+             predict: Callable | None = None) -> tuple[float, float]:
     """Mean loss and accuracy in eval mode (``train=False``), predicting in chunks.
 
     **Arguments:**
