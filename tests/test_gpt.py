@@ -170,6 +170,22 @@ def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_pa
     assert resumed.history["train_loss"] == whole.history["train_loss"]
 
 
+def test_train_lm_guard_names_the_step_of_the_run_and_keeps_the_last_evaluation(tmp_path):
+    import optax
+
+    from funcnn.data import text
+
+    corpus = text.load_pydoc(0)
+    model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
+    with pytest.raises(fn.train.NonFiniteError) as e:  # SGD with a huge rate: the parameters overflow
+        lm.train_lm(model, corpus, context=CONTEXT, steps=12, batch_size=4, optimizer=optax.sgd(1e30), eval_every=1,
+                    eval_windows=2, checkpoint_dir=tmp_path / "ck", keep=50)
+    err = e.value
+    assert err.epoch is None and str(err).startswith(f"train_lm: non-finite value at step {err.step}: {err.where}")
+    kept = sorted(int(p.name) for p in (tmp_path / "ck").iterdir() if p.name.isdigit())
+    assert kept == list(range(1, err.step))  # one checkpoint per evaluation, none from the bad step on
+
+
 GPT_FLAGS = ["--model", "gpt", "--data", "pydoc", "--steps", "4", "--context", "8", "--layers", "1", "--heads", "2",
              "--width", "16", "--batch-size", "4", "--eval-every", "2", "--eval-windows", "4", "--no-progress"]
 
