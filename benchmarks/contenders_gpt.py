@@ -40,11 +40,10 @@ def data(seed=0):
 # --------------------------------------------------------------------------- funcnn
 def funcnn_step(mode):
     import funcnn as fn
-    from funcnn.training import lm
 
     model = fn.models.gpt(VOCAB, context=CONTEXT, layers=LAYERS, heads=HEADS, width=WIDTH)
     x, y = data()
-    return funcnn_stepper(model, x, y, mode, loss=lm.next_char_cross_entropy)
+    return funcnn_stepper(model, x, y, mode, loss=fn.losses.softmax_cross_entropy)
 
 
 # --------------------------------------------------------------------------- raw JAX

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +116,7 @@ def write_section(path: str | Path, key: str, text: str) -> None:
     path.write_text(new)
 
 
-def stepper(step, carry, *args):
+def stepper(step: Callable, carry: Any, *args: Any) -> Callable[[], Any]:
     """A contender from a step ``carry = step(carry, *args)`` (jitted, donating if it likes)."""
     box = [carry]
 
@@ -126,24 +127,23 @@ def stepper(step, carry, *args):
     return run
 
 
-def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
+def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None,
+                   mesh: jax.sharding.Mesh | None = None) -> Callable[[], Any]:
     """A contender running one Adam(1e-3) step of ``loss`` (default softmax cross-entropy)
-    on a funcnn ``model``, with the hand-written backward (``mode="manual"``) or autodiff.
-    ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over ``"data"``
-    (``funcnn.training.distributed``), every step run under the mesh."""
+    on a funcnn ``model`` with inputs ``x`` `(B, ...)` and targets ``y`` `(B, ...)`, with the hand-written backward (``mode="manual"``) or autodiff:
+    the training step of ``fit`` (``funcnn.training.make_step``), jitted (the guard's
+    flags, unused, are compiled away). ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over
+    ``"data"`` (``funcnn.training.distributed``), every step run under the mesh."""
     import funcnn as fn
     from funcnn.training import distributed
 
     params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(model, loss or fn.losses.softmax_cross_entropy, mode=mode)
+    train_step = fn.train.make_step(model, loss or fn.losses.softmax_cross_entropy, tx, grad=mode)
 
     @jax.jit
     def step(carry, x, y):
-        params, state, opt = carry
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
+        return train_step(carry, (x, y, None))[0]
 
     carry, batch = (params, state, tx.init(params)), (jnp.asarray(x), jnp.asarray(y))
     if mesh is None:
@@ -158,7 +158,7 @@ def funcnn_stepper(model, x, y, mode, *, loss=None, mesh=None):
     return run_on_mesh
 
 
-def jax_stepper(loss, params, x, y):
+def jax_stepper(loss: Callable, params: Any, x: Any, y: Any) -> Callable[[], Any]:
     """A contender running one Adam(1e-3) step of ``loss(params, x, y)`` under ``jax.grad``."""
     tx = optax.adam(1e-3)
 
@@ -171,7 +171,8 @@ def jax_stepper(loss, params, x, y):
     return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
 
 
-def torch_stepper(model, loss_fn, optimizer, x, y, threads=None):
+def torch_stepper(model: Any, loss_fn: Callable, optimizer: Any, x: Any, y: Any,
+                  threads: int | None = None) -> Callable[[], None]:
     """A contender running one PyTorch training step (zero_grad, forward, backward, step);
     with ``threads`` set, on that many intra-op threads (default: torch's, one per core)."""
     import torch
@@ -197,7 +198,7 @@ def torch_stepper(model, loss_fn, optimizer, x, y, threads=None):
     return run_with_threads
 
 
-def flax_stepper(model, x, y, leaf):
+def flax_stepper(model: Any, x: Any, y: Any, leaf: Callable) -> Callable[[], Any]:
     """A contender running one Flax NNX Adam(1e-3) step of softmax cross-entropy on ``model``;
     ``leaf(model)`` is an array of the step's output to block on."""
     from flax import nnx
@@ -218,7 +219,7 @@ def flax_stepper(model, x, y, leaf):
     return run
 
 
-def equinox_stepper(model, x, y):
+def equinox_stepper(model: Any, x: Any, y: Any) -> Callable[[], Any]:
     """A contender running one Adam(1e-3) step of softmax cross-entropy on an Equinox
     ``model`` of one example, ``jax.vmap``-ed over the batch."""
     import equinox as eqx

@@ -133,9 +133,9 @@ def check_fit():
     x, y = _xy()
     kw = dict(epochs=2, batch_size=16, key=jax.random.key(3), progress=False)
     opt = optax.sgd(0.05, momentum=0.9)  # (Adam would amplify rounding in near-zero gradients)
-    ref = funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), **kw)
+    ref = funcnn.training.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), **kw)
     for n, kind in ((1, "Explicit"), (2, "Explicit"), (4, "Explicit"), (8, "Explicit")):
-        r = funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(n, kind), **kw)
+        r = funcnn.training.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(n, kind), **kw)
         out[f"fit/{n}/{kind}/params"] = rel_error(r.params, ref.params)
         out[f"fit/{n}/{kind}/state"] = rel_error(r.state, ref.state)
         out[f"fit/{n}/{kind}/history"] = rel_error(r.history["loss"], ref.history["loss"])
@@ -143,7 +143,7 @@ def check_fit():
             float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
             for a, b in zip(jax.tree_util.tree_leaves(r.params), jax.tree_util.tree_leaves(ref.params)))
     try:
-        funcnn.training.fit.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(4, "Explicit"),
+        funcnn.training.fit(_mlp(), losses.softmax_cross_entropy, opt, (x, y), mesh=_mesh(4, "Explicit"),
                          **{**kw, "batch_size": 10})
         out["fit/bad_batch_size"] = "no error"
     except ValueError as e:

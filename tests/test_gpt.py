@@ -39,7 +39,7 @@ def ids(key, batch=3, t=CONTEXT):
 
 def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64():
     model = tiny()
-    loss = lm.next_char_cross_entropy
+    loss = fn.losses.softmax_cross_entropy
     with jax.enable_x64(True):
         params, state = random_params(model, jax.random.key(0), jnp.float64)
         x, y = ids(jax.random.key(1)), ids(jax.random.key(2))
@@ -168,6 +168,22 @@ def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_pa
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert resumed.history["val_loss"] == whole.history["val_loss"]
     assert resumed.history["train_loss"] == whole.history["train_loss"]
+
+
+def test_train_lm_guard_names_the_step_of_the_run_and_keeps_the_last_evaluation(tmp_path):
+    import optax
+
+    from funcnn.data import text
+
+    corpus = text.load_pydoc(0)
+    model = models.gpt(corpus.vocab_size, context=CONTEXT, layers=1, heads=2, width=16)
+    with pytest.raises(fn.train.NonFiniteError) as e:  # SGD with a huge rate: the parameters overflow
+        lm.train_lm(model, corpus, context=CONTEXT, steps=12, batch_size=4, optimizer=optax.sgd(1e30), eval_every=1,
+                    eval_windows=2, checkpoint_dir=tmp_path / "ck", keep=50)
+    err = e.value
+    assert err.epoch is None and str(err).startswith(f"train_lm: non-finite value at step {err.step}: {err.where}")
+    kept = sorted(int(p.name) for p in (tmp_path / "ck").iterdir() if p.name.isdigit())
+    assert kept == list(range(1, err.step))  # one checkpoint per evaluation, none from the bad step on
 
 
 GPT_FLAGS = ["--model", "gpt", "--data", "pydoc", "--steps", "4", "--context", "8", "--layers", "1", "--heads", "2",

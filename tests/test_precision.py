@@ -248,10 +248,11 @@ def test_fp16_step_skips_and_halves_until_the_gradients_fit():
     opt = precision.loss_scaling(optax.adam(3e-3), init_scale=2.0 ** 40, period=20)
     m, lo, opt = precision.prepare(model, losses.softmax_cross_entropy, opt, "fp16-mixed")
     params, state = m.init(jax.random.key(0), d.x_train.shape[1:])
-    step = jax.jit(precision.loss_scaled_step(m, lo, opt))
+    step = jax.jit(fn.train.make_step(m, lo, opt))  # the one step: loss-scaled by opt's state
     batch = (d.x_train[:64], d.y_train[:64], jax.random.key(1))
-    carry, value = step((params, state, opt.init(params)), batch)
+    carry, (value, flags) = step((params, state, opt.init(params)), batch)
     assert bool(precision.step_skipped(carry[2])) and float(carry[2].scale) == 2.0 ** 39
+    assert not bool(flags.any())  # a skipped step is loss scaling at work, not a failure
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(carry[0]),
                                                     jax.tree_util.tree_leaves(params)))
     assert_close(value, lo.value(m.apply(params, state, batch[0])[0], batch[1]), RTOL_F16)
@@ -260,6 +261,41 @@ def test_fp16_step_skips_and_halves_until_the_gradients_fit():
     assert not bool(precision.step_skipped(carry[2])) and float(carry[2].scale) < 2.0 ** 39
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(carry[0]),
                                                         jax.tree_util.tree_leaves(params)))
+
+
+def _poisoned(model, at):
+    """``model`` whose backward returns -inf in grads[at]['w'][0, 0]."""
+    import dataclasses
+
+    inner = model.backward
+
+    def backward(params, cache, dy):
+        grads, dx = inner(params, cache, dy)
+        grads[at]["w"] = grads[at]["w"].at[0, 0].add(-jnp.inf)
+        return grads, dx
+
+    return dataclasses.replace(model, backward=backward)
+
+
+def test_loss_scaled_step_keeps_the_model_state_when_skipped_and_flags_only_at_scale_1():
+    """A skipped step keeps params, optimizer state and model state (BatchNorm's running
+    statistics); above scale 1 it reports no flag, at scale 1 the guard names the bad gradient."""
+    d = fn.data.load("digits", seed=0)
+    model = fn.serial(fn.Flatten(), fn.Dense(8), fn.BatchNorm(), fn.ReLU(), fn.Dense(10))
+    batch = (d.x_train[:32], d.y_train[:32], jax.random.key(1))
+    for init_scale, flagged in ((2.0 ** 10, False), (1.0, True)):
+        opt = precision.loss_scaling(optax.sgd(0.1), init_scale=init_scale)
+        m, lo, opt = precision.prepare(_poisoned(model, "1_dense"), losses.softmax_cross_entropy, opt, "fp16-mixed")
+        params, state = m.init(jax.random.key(0), d.x_train.shape[1:])
+        opt_state = opt.init(params)
+        (p2, s2, o2), (value, flags) = jax.jit(fn.train.make_step(m, lo, opt))((params, state, opt_state), batch)
+        assert bool(precision.step_skipped(o2)) and float(o2.scale) == max(init_scale / 2, 1.0)
+        for new, old in ((p2, params), (s2, state), (o2.inner, opt_state.inner)):
+            assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(new),
+                                                            jax.tree_util.tree_leaves(old)))
+        assert np.isfinite(float(value))
+        names = [n for n, f in zip(fn.train.guard_names(params), np.asarray(flags)) if f]
+        assert names == (["grads['1_dense']['w']"] if flagged else []), names
 
 
 def test_mixed_precision_fit_matches_fp32_accuracy_on_digits():
@@ -317,7 +353,7 @@ def test_gpt_under_a_policy_hand_written_grads_are_within_rounding_of_float32(co
     model = fn.models.gpt(corpus.vocab_size, context=32, layers=1, heads=2, width=32)
 
     def grads(policy, mode):
-        m, loss, _ = precision.prepare(model, lm.next_char_cross_entropy, optax.adam(1e-3), policy)
+        m, loss, _ = precision.prepare(model, losses.softmax_cross_entropy, optax.adam(1e-3), policy)
         params, state = m.init(jax.random.key(0), (32,))
         return jax.jit(fn.value_and_grad(m, loss, mode=mode))(params, state, x, y)[1]
 

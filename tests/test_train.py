@@ -99,3 +99,31 @@ def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
         assert_close(a, b, RTOL_F32)
     assert_close(runs[0].history["loss"], runs[1].history["loss"], RTOL_F32)
     # the automatic choice between the two (scan=None) is measured: tests/test_autotune.py
+
+
+def test_the_epoch_schedule_is_a_permutation_cut_into_full_batches():
+    """One schedule for the scanned, stepped and sharded epochs: n // B rows of distinct
+    examples (the remainder dropped, a different one per key) and one key per step."""
+    idx, keys = fn.train.shuffle(jax.random.key(0), 43, 10)
+    idx = np.asarray(idx)
+    assert idx.shape == (4, 10) and keys.shape == (4,)
+    assert len(set(idx.ravel())) == 40 and idx.min() >= 0 and idx.max() < 43
+    again, _ = jax.jit(fn.train.shuffle, static_argnums=(1, 2))(jax.random.key(0), 43, 10)
+    np.testing.assert_array_equal(np.asarray(again), idx)  # the same under jit (the stepped epochs' path)
+    other, _ = fn.train.shuffle(jax.random.key(1), 43, 10)
+    assert not np.array_equal(np.asarray(other), idx)
+
+
+def test_scanned_and_stepped_epochs_return_the_same_flags_and_loss():
+    """make_epoch(scan=True) and make_epoch(scan=False) run the same steps on the same batches."""
+    model = models.mlp((3,), 2, hidden=(4,))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((25, 3)).astype(np.float32), rng.integers(0, 2, 25).astype(np.int32)
+    params, state = model.init(jax.random.key(0), (3,))
+    opt = optax.sgd(0.1)
+    outs = [fn.train.make_epoch(model, losses.softmax_cross_entropy, opt, batch_size=8, scan=scan)(
+        params, state, opt.init(params), x, y, jax.random.key(2)) for scan in (True, False)]
+    assert outs[0][4].shape == outs[1][4].shape == (3, len(fn.train.guard_names(params)))
+    assert not np.asarray(outs[0][4]).any() and not np.asarray(outs[1][4]).any()
+    assert_close(outs[0][3], outs[1][3], RTOL_F32)
+    assert_close(outs[0][0], outs[1][0], RTOL_F32)

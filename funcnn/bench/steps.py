@@ -14,25 +14,41 @@ byte count either, so the steps are in the table but not on the roofline.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcnn import models
 from funcnn.bench.kernels import time_cases
+from funcnn.core.layer import Layer, serial
+from funcnn.layers.dense import Dense
+from funcnn.layers.recurrent import LSTM
+from funcnn.losses import softmax_cross_entropy
+from funcnn.training.step import make_step
 
 
-def model(name: str, size: int):
-    """(funcnn model, input shape of one example) of a benchmark model."""
-    import funcnn as fn
-    from funcnn.layers.recurrent import LSTM
+def model(name: str, size: int) -> tuple[Layer, tuple[int, ...]]:
+    """A benchmark model and the shape of one example.
 
+    **Arguments:**
+
+    - `name`: ``"mlp"`` (input `(size * size,)`), ``"cnn"`` (`(size, size, 1)`) or ``"lstm"``
+      (`(size, 1)`: a sequence of `size` steps of one feature).
+    - `size`: the input's side (or sequence length).
+
+    **Returns:**
+
+    `(model, shape)`: the funcnn model (10 outputs) and the example's shape.
+    """
     if name == "mlp":
-        return fn.models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
+        return models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
     if name == "cnn":
-        return fn.models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
+        return models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
     if name == "lstm":
-        return fn.serial(LSTM(128, return_sequences=False), fn.Dense(10)), (size, 1)
+        return serial(LSTM(128, return_sequences=False), Dense(10)), (size, 1)
     raise ValueError(f"funcnn.bench.steps.model: unknown model {name!r}, expected mlp, cnn or lstm")
 
 
@@ -46,31 +62,44 @@ def forward_flops(name: str, batch: int, size: int) -> int:
     return 2 * batch * (size * (1 + 128) * 4 * 128 + 128 * 10)  # lstm: T steps of [x_t, h] @ W, then Dense
 
 
-def data(shape, batch: int, seed: int = 0):
+def data(shape: tuple[int, ...], batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random batch: inputs float32 `(batch, *shape)` (standard normal) and labels int32
+    `(batch,)` in `[0, 10)`, from a NumPy generator seeded by ``seed``."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
 
 
 def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
-    import funcnn as fn
+    """The timing case of funcnn's training step (``make_step``, the step of ``fit``) on a
+    benchmark model, with the hand-written backward (``mode="manual"``) or autodiff.
 
+    **Arguments:**
+
+    - `name`: ``"mlp"``, ``"cnn"`` or ``"lstm"``; `batch`: `B`; `size`: the input side (``model``).
+    - `mode`: ``"manual"`` or ``"autodiff"``.
+
+    **Returns:**
+
+    A case for ``funcnn.bench.kernels.time_cases``: `fn(carry, x, y) -> carry` with `x` of
+    shape `(B, ...)` and `y` int `(B,)`, its arguments and the step's FLOPs.
+    """
     net, shape = model(name, size)
     params, state = net.init(jax.random.key(0), shape)
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(net, fn.losses.softmax_cross_entropy, mode=mode)
+    train_step = make_step(net, softmax_cross_entropy, tx, grad=mode)
 
-    def step(params, state, opt, x, y):
-        _, g, state = vg(params, state, x, y)
-        u, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, u), state, opt
+    def step(carry, x, y):
+        return train_step(carry, (x, y, None))[0]
 
     x, y = data(shape, batch)
     return dict(name=f"{name} step, funcnn {mode}", kind=f"{name} step", model=name, contender=f"funcnn {mode}",
-                fn=step, args=(params, state, tx.init(params), jnp.asarray(x), jnp.asarray(y)),
+                fn=step, args=((params, state, tx.init(params)), jnp.asarray(x), jnp.asarray(y)),
                 flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
 def torch_case(name: str, batch: int, size: int) -> dict | None:
+    """The timing case of PyTorch's eager Adam step of the same model (NCHW inputs for the
+    CNN), on the batch of ``data``; ``None`` when torch is not installed."""
     try:
         import torch
     except ImportError:
@@ -110,7 +139,10 @@ def torch_case(name: str, batch: int, size: int) -> dict | None:
                 jit=False, flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
-def run(setting, *, peers: bool = True, log=print) -> list:
+def run(setting: Any, *, peers: bool = True, log: Callable[[str], None] = print) -> list:
+    """Time the steps of ``setting.models`` (``(name, batch, size)`` triples): funcnn manual and
+    autodiff and, with ``peers`` on the CPU, PyTorch. Returns the rows of ``time_cases``, each
+    with ``ratio_to_manual`` (its median over funcnn manual's)."""
     rows = []
     for name, batch, size in setting.models:
         log(f"{name} step (batch {batch}):")

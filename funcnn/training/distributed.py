@@ -19,8 +19,9 @@ Two ways to write it:
   parameters replicated ``P()``; XLA partitions it. Every contraction over the batch in
   a backward goes through ``funcnn.core.sharding.batch_dot_general``, which states that its
   output is replicated: that is where the all-reduce happens. Batch statistics
-  (``jnp.mean`` over a sharded axis) are global automatically. ``fit(..., mesh=mesh)``
-  trains this way (``make_sharded_epoch``).
+  (``jnp.mean`` over a sharded axis) are global automatically. ``fit(..., mesh=mesh)`` and
+  ``train_lm(..., mesh=mesh)`` train this way (the sharded epoch of
+  ``funcnn.training.epoch.make_epoch`` and its ``Placement``).
 * **shard_map**: ``shard_map_value_and_grad`` writes the per-device program: local
   forward and hand-written backward on the shard, then ``lax.pmean`` of the loss and
   the gradients. BatchNorm must be built with ``BatchNorm(axis_name="data")`` for it
@@ -35,12 +36,16 @@ device of every process, so all processes end with the same parameters.
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from funcnn.core.layer import Layer
 from funcnn.gradients import value_and_grad
+from funcnn.losses import Loss
+from funcnn.regularization import Penalty
 
 DATA = "data"
 
@@ -69,7 +74,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def setup(devices: int | None = None, coordinator: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None):
+          process_id: int | None = None) -> jax.sharding.Mesh | None:
     """Devices and processes for a data-parallel run, before JAX starts its backend: the
     mesh ``("data",)`` over ``devices`` local devices of every process (all by default),
     or ``None`` when neither ``devices`` nor ``coordinator`` is given.
@@ -110,7 +115,7 @@ def data_mesh(num_devices: int | None = None, *, axis_type: str = "Explicit") ->
     return jax.make_mesh((n,), (DATA,), axis_types=(getattr(AxisType, axis_type),), devices=devices[:n])
 
 
-def data_shards(mesh, batch_size: int, where: str = "fit") -> int:
+def data_shards(mesh: jax.sharding.Mesh, batch_size: int, where: str = "fit") -> int:
     """The number D of data shards of ``mesh``; ``ValueError`` unless it has a ``"data"``
     axis and D divides ``batch_size``."""
     if not isinstance(mesh, jax.sharding.Mesh):
@@ -124,9 +129,9 @@ def data_shards(mesh, batch_size: int, where: str = "fit") -> int:
     return d
 
 
-def replicate(tree, mesh):
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Every leaf of ``tree`` (identical in every process) replicated on every device of
-    ``mesh``."""
+    ``mesh`` (sharding ``P()``): a tree of global arrays of the leaves' shapes."""
     sharding = NamedSharding(mesh, P())
 
     def put(a):
@@ -136,8 +141,8 @@ def replicate(tree, mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
-def to_local(tree):
-    """A replicated global tree as ordinary single-device arrays of this process."""
+def to_local(tree: Any) -> Any:
+    """A replicated global tree as ordinary single-device arrays of this process (same shapes)."""
     return jax.tree_util.tree_map(lambda a: a.addressable_data(0), tree)
 
 
@@ -148,9 +153,11 @@ def _local_rows(sharding, shape):
     return lo, hi
 
 
-def shard_batch(batch, mesh, local_rows=None):
-    """Put a batch (host arrays, the whole global batch in every process) on ``mesh``,
-    sharded over ``"data"``: each process transfers only its own rows."""
+def shard_batch(batch: Any, mesh: jax.sharding.Mesh, local_rows: tuple[int, int] | None = None) -> Any:
+    """Put a batch (host arrays `(B, ...)`, the whole global batch in every process) on
+    ``mesh``, sharded over ``"data"`` (``P("data")``): each process transfers only its own
+    rows (``local_rows`` ``(lo, hi)``, found from the sharding by default). Returns global
+    arrays of the same shapes."""
     sharding = NamedSharding(mesh, P(DATA))
 
     def put(a):
@@ -161,57 +168,8 @@ def shard_batch(batch, mesh, local_rows=None):
     return jax.tree_util.tree_map(put, batch)
 
 
-def make_sharded_epoch(model, loss, optimizer, mesh, *, batch_size, grad="manual", l2=0.0, penalty=None):
-    """The data-parallel ``epoch(params, state, opt_state, x, y, key) -> (params, state,
-    opt_state, mean_loss, nonfinite)`` of ``fit(..., mesh=mesh)``.
-
-    The step is ``funcnn.training.fit.make_step`` (the same gradient, update, loss scaling and
-    non-finite flags as on one device), the shuffle and the per-step keys those of
-    ``funcnn.training.fit.make_epoch`` (they depend on the key only, not on the mesh); each batch
-    is sharded over ``"data"``, params/state/optimizer state are replicated and one
-    compiled step runs per batch. Inputs and outputs are ordinary arrays of this process
-    (``to_local``), so the rest of ``fit`` (evaluation, guard, checkpoints) is unchanged.
-    """
-    from funcnn.training import interrupt
-    from funcnn.training.fit import make_step
-
-    data_shards(mesh, batch_size)
-    train_step = make_step(model, loss, optimizer, grad=grad, l2=l2, penalty=penalty)
-
-    @jax.jit
-    def step(carry, xb, yb, key_data):
-        return train_step(carry, (xb, yb, jax.random.wrap_key_data(key_data)))
-
-    def epoch(params, state, opt_state, x, y, key):
-        x, y = np.asarray(x), np.asarray(y)
-        idx, keys = _schedule(key, x.shape[0], batch_size)
-        with jax.set_mesh(mesh):
-            carry = replicate((params, state, opt_state), mesh)
-            keys = replicate(jax.random.key_data(keys), mesh)
-            losses, flags = [], []
-            for i in range(idx.shape[0]):
-                interrupt.check()  # a signal stops between steps; the epoch is dropped
-                xb, yb = shard_batch((x[idx[i]], y[idx[i]]), mesh)
-                carry, (value, bad) = step(carry, xb, yb, keys[i])
-                losses.append(value)
-                flags.append(bad)
-            mean = float(np.mean([np.asarray(v.addressable_data(0)) for v in losses]))
-            flags = np.stack([np.asarray(f.addressable_data(0)) for f in flags])
-        return (*to_local(tuple(carry)), mean, flags)
-
-    return epoch
-
-
-def _schedule(key, n, batch_size):
-    """The shuffle and step keys of ``funcnn.training.fit.make_epoch``: ``n // batch_size``
-    batches of a permutation drawn from ``key``, one key per batch (host arrays)."""
-    n_batches = n // batch_size
-    k_perm, k_steps = jax.random.split(key)
-    idx = np.asarray(jax.random.permutation(k_perm, n))[: n_batches * batch_size]
-    return idx.reshape(n_batches, batch_size), jax.random.split(k_steps, n_batches)
-
-
-def shard_map_value_and_grad(model, loss, mesh, *, mode="manual", l2=0.0, penalty=None):
+def shard_map_value_and_grad(model: Layer, loss: Loss, mesh: jax.sharding.Mesh, *, mode: str = "manual",
+                             l2: float = 0.0, penalty: Penalty | None = None) -> Callable:
     """Data parallelism written out per device: ``f(params, state, x, y, *, key=None,
     train=True) -> (loss, grads, state)``, the same contract as
     ``funcnn.gradients.value_and_grad`` and the same numbers as it gives under the mesh.

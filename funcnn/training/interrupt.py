@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from typing import Iterator
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _pending: list[int] = []
@@ -20,7 +21,14 @@ _depth = 0
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT/SIGTERM at a safe point; ``signum``, ``epoch``, ``exit_code``."""
+    """Training stopped by SIGINT/SIGTERM at a safe point.
+
+    **Arguments:**
+
+    - `signum`: the signal's number; `exit_code` is the shell's for it (130, 143).
+    - `epoch`: the position (epoch, or step of a run counted in steps) whose state was
+      checkpointed last, or ``None`` where the caller does not know it (inside a unit).
+    """
 
     def __init__(self, signum: int, epoch: int | None = None):
         self.signum, self.epoch = signum, epoch
@@ -29,7 +37,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def catching_signals():
+def catching_signals() -> Iterator[None]:
     """Record SIGINT/SIGTERM instead of raising (main thread only; nests)."""
     global _depth
     if threading.current_thread() is not threading.main_thread() or _depth:

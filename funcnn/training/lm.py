@@ -1,77 +1,85 @@
-"""Language modelling with a funcnn model over character ids: training, validation, sampling.
+r"""Language modelling with a funcnn model over character ids: training, validation, sampling.
 
-Loss. For logits z of shape (B, T, V) and next-character ids y (B, T), the loss is the
-mean negative log-likelihood per character (nats/char),
+**Loss.** For logits $z$ of shape `(B, T, V)` and next-character ids $y$ of shape `(B, T)`, the
+loss is the mean negative log-likelihood per character (nats/char),
 
-    L = 1/(B T) sum_{b,t} [logsumexp_v z_btv - z_bt,y_bt],   dL/dz_bt = (softmax(z_bt) - e_y_bt) / (B T),
+$$
+L = \frac{1}{BT} \sum_{b,t} \Bigl[\log \sum_v e^{z_{btv}} - z_{bt y_{bt}}\Bigr], \qquad
+\frac{\partial L}{\partial z_{bt}} = \frac{\mathrm{softmax}(z_{bt}) - e_{y_{bt}}}{BT},
+$$
 
-i.e. ``losses.softmax_cross_entropy`` over the B*T positions as one batch.
+which is ``funcnn.losses.softmax_cross_entropy`` itself: it takes logits `(..., V)` with ids
+`(...)` and averages over every position.
 
-Training (``train_lm``): Adam on random windows (``funcnn.data.text.random_windows``, a
-NumPy generator seeded by ``seed``, so another framework can replay the same batches
-with ``batches``), one jit-compiled step per batch, the validation loss over fixed
-non-overlapping windows every ``eval_every`` steps and after the last.
+**Training** (``train_lm``): Adam on random windows (``funcnn.data.text.random_windows``, a
+NumPy generator seeded by ``seed``, so another framework can replay the same batches with
+``batches``), the one training step (``funcnn.training.step.make_step``) jit-compiled and
+called per batch, the validation loss over fixed non-overlapping windows every
+``eval_every`` steps and after the last. The outer loop is ``fit``'s
+(``funcnn.training.loop``): a unit is ``eval_every`` steps; the guard, the checkpoints, the
+interrupts and the progress bar work per unit.
 
-Data parallelism (``mesh=``, ``funcnn.training.distributed``): the same batches, drawn on the host
-whatever the number of devices, each sharded over the mesh's ``"data"`` axis (every
-process puts only its own rows on its devices); params and optimizer state replicated.
-The loss is a mean over the B*T positions, so with D shards of B/D windows
-L = (1/D) sum_d L_d and the gradient is the mean of the shards' gradients: the batch
+**Data parallelism** (``mesh=``, ``funcnn.training.distributed``): the same batches, drawn on
+the host whatever the number of devices, each sharded over the mesh's ``"data"`` axis (every
+process puts only its own rows on its devices); params and optimizer state replicated. The
+loss is a mean over the $BT$ positions, so with $D$ shards of $B/D$ windows
+$L = \frac{1}{D}\sum_d L_d$ and the gradient is the mean of the shards' gradients: the batch
 contractions of the backward (``funcnn.core.sharding``) are where it is all-reduced.
 
-Sampling (``sample``): autoregressive. The model sees a window of ``context`` ids;
-while the text is shorter than the window it sits at positions 0..n-1 and the rest of
-the window is padding that causal attention keeps out of positions < n; afterwards the
-window is the last ``context`` ids. The next id is drawn from softmax(z / temperature).
+**Sampling** (``sample``): autoregressive. The model sees a window of ``context`` ids; while
+the text is shorter than the window it sits at positions 0..n-1 and the rest of the window is
+padding that causal attention keeps out of positions < n; afterwards the window is the last
+``context`` ids. The next id is drawn from softmax(z / temperature).
 
-Runs (``save_run``/``load_run``): ``run.json`` (model, its sizes, the vocabulary, the
-training arguments and history) and the final params as an orbax checkpoint in
-``params/``.
+**Runs** (``save_run``/``load_run``): ``run.json`` (model, its sizes, the vocabulary, the
+training arguments and history) and the final params as an orbax checkpoint in ``params/``.
 """
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import losses, models
+from funcnn import models
+from funcnn.core.layer import Layer
 from funcnn.data import text
-from funcnn.training import distributed
-from funcnn.losses import Loss
-
-
-def _flatten(logits, ids):
-    if logits.ndim != 3 or jnp.shape(ids) != logits.shape[:2]:
-        raise ValueError(f"next_char_cross_entropy: expected logits (B, T, V) and ids (B, T), "
-                         f"got {logits.shape} and {jnp.shape(ids)}")
-    return logits.reshape(-1, logits.shape[-1]), jnp.reshape(ids, -1)
-
-
-def _value(logits, ids):
-    return losses.softmax_cross_entropy.value(*_flatten(logits, ids))
-
-
-def _grad(logits, ids):
-    return losses.softmax_cross_entropy.grad(*_flatten(logits, ids)).reshape(logits.shape)
-
-
-next_char_cross_entropy = Loss("next_char_cross_entropy", _value, _grad)
+from funcnn.losses import softmax_cross_entropy
+from funcnn.training import interrupt, loop, precision
+from funcnn.training.epoch import Placement
+from funcnn.training.step import PyTree, guard_names, make_step
 
 
 class LMResult(NamedTuple):
+    """What ``train_lm`` returns: the trained `params` and the `history`, a dict of lists, one
+    entry per evaluation: ``step``, ``train_loss`` (the mean training loss since the last
+    evaluation), ``val_loss`` (nats/char) and ``seconds`` (since the start of the run)."""
+
     params: dict
-    history: dict   # step, train_loss (mean since the last evaluation), val_loss, seconds
+    history: dict
 
 
-def batches(corpus_ids, *, context, batch_size, steps, seed):
-    """The ``steps`` training batches ``(x, y)`` that ``train_lm`` uses with this ``seed``."""
+def batches(corpus_ids: np.ndarray, *, context: int, batch_size: int, steps: int,
+            seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``steps`` training batches that ``train_lm`` uses with this ``seed``.
+
+    **Arguments:**
+
+    - `corpus_ids`: the training text as ids `(L,)`.
+    - `context`: `T`, the window length; `batch_size`: `B`; `steps`: how many batches.
+    - `seed`: the NumPy generator's seed.
+
+    **Returns:**
+
+    An iterator of `(x, y)`, both int `(B, T)`: windows of the text and the ids that follow
+    each position.
+    """
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         yield text.random_windows(corpus_ids, context, batch_size, rng)
@@ -85,14 +93,25 @@ def _state(model, context):
     return state
 
 
-def evaluator(model, x, y, *, chunk=64):
-    """``loss(params) -> float``: mean nats/char over the windows ``(x, y)``, in chunks."""
+def evaluator(model: Layer, x: np.ndarray, y: np.ndarray, *, chunk: int = 64) -> Callable[[PyTree], float]:
+    """The validation loss of ``model`` over fixed windows.
+
+    **Arguments:**
+
+    - `model`: ids `(B, T)` to logits `(B, T, V)`, without state.
+    - `x`, `y`: the windows and their next ids, both int `(N, T)`.
+    - `chunk`: windows per compiled call.
+
+    **Returns:**
+
+    ``loss(params) -> float``: the mean nats/char over all `N T` positions.
+    """
     state = _state(model, x.shape[1])
 
     @jax.jit
     def total(params, xb, yb):
         logits, _ = model.apply(params, state, xb, train=False)
-        return next_char_cross_entropy.value(logits, yb) * yb.size
+        return softmax_cross_entropy.value(logits, yb) * yb.size
 
     def loss(params):
         s = sum(float(total(params, jnp.asarray(x[i:i + chunk]), jnp.asarray(y[i:i + chunk])))
@@ -102,120 +121,111 @@ def evaluator(model, x, y, *, chunk=64):
     return loss
 
 
-def train_lm(model, corpus, *, context, steps, batch_size=32, optimizer=None, grad="manual", eval_every=100,
-             eval_windows=None, seed=0, params=None, progress=False, policy=None, checkpoint_dir=None, keep=2,
-             resume=False, mesh=None) -> LMResult:
-    """Train ``model`` (ids (B, T) -> logits (B, T, V)) on ``corpus.train`` with ``optimizer``
-    (an optax transformation, default ``optax.adam(1e-3)``); validation loss on
-    ``corpus.validation`` over at most ``eval_windows`` windows (module docstring).
-
-    The step is ``funcnn.training.fit.make_step`` (so ``policy`` works as in ``fit``, float16 with
-    loss scaling). As in ``fit``: ``checkpoint_dir`` keeps an orbax checkpoint at every
-    evaluation (``resume=True`` continues from the newest, with the same batches: bitwise the
-    same run); the non-finite guard is checked at every evaluation and raises
-    ``funcnn.training.fit.NonFiniteError`` naming the first bad step and value; SIGINT/SIGTERM
-    (inside ``interrupt.catching_signals``) stop between steps with ``Interrupted``, the last
-    evaluation's checkpoint kept.
-
-    ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data-parallel training (module
-    docstring), ``batch_size`` divisible by its number of data shards; the same ``seed``
-    gives the same parameters on any number of devices, to float32 rounding. Evaluation,
-    checkpoints and the guard run on this process's copy of the replicated parameters
-    (several processes: every one calls, the checkpoint folder must be one they all see,
-    orbax writes from process 0)."""
-    from funcnn.training import interrupt, precision
-    from funcnn.training.fit import NonFiniteError, guard_names
-    from funcnn.training.fit import make_step as train_step
-
+def _check(context, steps, batch_size, eval_every, resume, checkpoint_dir) -> None:
     for value, arg in ((context, "context"), (steps, "steps"), (batch_size, "batch_size"),
                        (eval_every, "eval_every")):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"train_lm: {arg} must be a positive integer, got {value!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("train_lm: resume=True needs checkpoint_dir (the folder of the run to continue)")
-    place = _Placement(mesh, batch_size)
+
+
+def _stepper(step, place: Placement, windows: Iterator) -> Callable:
+    """``run_unit(carry, start, stop, tick)`` of the loop: steps ``start+1..stop`` on the next
+    batches of ``windows``, returning the steps' losses `(stop - start,)` and flags."""
+    def run_unit(carry, start, stop, tick):
+        since, flags = [], []
+        for _ in range(start, stop):
+            interrupt.check()  # a signal stops between steps; the last evaluation's checkpoint is kept
+            x, y = next(windows)
+            with place.context():
+                carry, (value, bad) = step(carry, (*place.shard((x, y)), None))
+            since.append(value)
+            flags.append(bad)
+            tick()
+        return carry, jnp.stack(place.local(since)), jnp.stack(place.local(flags))
+
+    return run_unit
+
+
+def _params_and_opt_state(carry: tuple) -> tuple:
+    """What a checkpoint of ``train_lm`` holds: ``(params, opt_state)`` (the state is empty)."""
+    params, _, opt_state = carry
+    return params, opt_state
+
+
+def _recorder(history: dict, validation: Callable, place: Placement) -> Callable:
+    """``record(carry, losses, step) -> postfix``: one evaluation's entry of the history."""
+    t0 = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
+
+    def record(carry, since, step):
+        params = place.local(carry)[0]
+        history["step"].append(step)
+        history["train_loss"].append(float(jnp.mean(since)))
+        history["val_loss"].append(validation(params))
+        history["seconds"].append(time.perf_counter() - t0)
+        return {"val_loss": f"{history['val_loss'][-1]:.3f}"}
+
+    return record
+
+
+def train_lm(model: Layer, corpus: Any, *, context: int, steps: int, batch_size: int = 32,
+             optimizer: optax.GradientTransformation | None = None, grad: str = "manual", eval_every: int = 100,
+             eval_windows: int | None = None, seed: int = 0, params: PyTree | None = None, progress: bool = False,
+             policy: Any = None, checkpoint_dir: Any = None, keep: int = 2, resume: bool = False,
+             mesh: jax.sharding.Mesh | None = None) -> LMResult:
+    """Train a language model on ``corpus.train``, validating on ``corpus.validation``.
+
+    The step is ``make_step`` and the loop ``fit``'s (module docstring): ``policy`` works as in
+    ``fit`` (float16 with loss scaling); ``checkpoint_dir`` keeps an orbax checkpoint at every
+    evaluation (``resume=True`` continues from the newest, with the same batches: bitwise the
+    same run); the non-finite guard is checked at every evaluation (``NonFiniteError`` naming
+    the first bad step and value); SIGINT/SIGTERM stop between steps with ``Interrupted``,
+    the last evaluation's checkpoint kept.
+
+    **Arguments:**
+
+    - `model`: ids `(B, T)` to logits `(B, T, V)`, without state (e.g. ``funcnn.models.gpt``).
+    - `corpus`: ``funcnn.data.text`` corpus: ``train`` and ``validation`` ids `(L,)`.
+    - `context`: `T`; `steps`: training steps; `batch_size`: `B` windows per step.
+    - `optimizer`: optax, default ``optax.adam(1e-3)``; `grad`: ``"manual"`` or ``"autodiff"``.
+    - `eval_every`: steps between evaluations; `eval_windows`: at most this many validation
+      windows (all by default); `seed`: the batches' and the initial params' seed.
+    - `params`: start from these instead of ``model.init``; `progress`: a tqdm bar.
+    - `checkpoint_dir`, `keep`, `resume`: checkpoints (as ``fit``'s).
+    - `mesh`: a ``jax.sharding.Mesh`` with a ``"data"`` axis: data parallelism, `B`
+      divisible by its data shards; the same `seed` gives the same parameters on any number
+      of devices, to float32 rounding. Evaluation, checkpoints and the guard use this
+      process's copy of the replicated parameters (several processes: every one calls; the
+      checkpoint folder must be one they all see; orbax writes from process 0).
+
+    **Returns:**
+
+    ``LMResult(params, history)``.
+    """
+    _check(context, steps, batch_size, eval_every, resume, checkpoint_dir)
+    place = Placement(mesh, batch_size, "train_lm")
     optimizer = optimizer or optax.adam(1e-3)
-    loss = next_char_cross_entropy
+    loss = softmax_cross_entropy
     if policy is not None:
         model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     if params is None:
         params, _ = model.init(jax.random.key(seed), (context,))
     state = _state(model, context)
-    opt_state = optimizer.init(params)
-    step = jax.jit(train_step(model, loss, optimizer, grad=grad))
-    validation = evaluator(model, *text.eval_windows(corpus.validation, context, eval_windows))
     history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
-    names, done, checkpoints = guard_names(params), 0, None
-    if checkpoint_dir is not None:
-        from funcnn.training.checkpoint import open_run
-
-        checkpoints, restored = open_run(checkpoint_dir, (params, opt_state), keep=keep, resume=resume,
-                                         who="train_lm", unit="step")
-        if restored is not None:
-            (params, opt_state), done, history = restored
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=done, desc="train", unit="step")
-    t0, since, flags = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0), [], []
-    carry = place.replicate((params, state, opt_state))
-    try:
-        for i, (x, y) in enumerate(batches(corpus.train, context=context, batch_size=batch_size, steps=steps,
-                                           seed=seed), start=1):
-            if i <= done:  # resumed: the same batches, already trained on
-                continue
-            interrupt.check(done)  # a signal stops here; the last evaluation's checkpoint is kept
-            with place.context():
-                carry, (value, bad) = step(carry, (*place.shard((x, y)), None))
-            since.append(value)
-            flags.append(bad)
-            if i % eval_every == 0 or i == steps:
-                bad = np.asarray(jnp.stack(place.local(flags)))  # the guard: one transfer per evaluation
-                if bad.any():
-                    first, which = np.argwhere(bad)[0]
-                    raise NonFiniteError(None, done + int(first) + 1, names[which], who="train_lm")
-                params, _, opt_state = place.local(carry)
-                history["step"].append(i)
-                history["train_loss"].append(float(jnp.mean(jnp.stack(place.local(since)))))
-                history["val_loss"].append(validation(params))
-                history["seconds"].append(time.perf_counter() - t0)
-                since, flags, done = [], [], i
-                if checkpoints is not None:
-                    checkpoints.save(i, (params, opt_state), history)
-                if bar is not None:
-                    bar.set_postfix(val_loss=f"{history['val_loss'][-1]:.3f}")
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        if checkpoints is not None:
-            checkpoints.close()
-    return LMResult(params, history)
-
-
-class _Placement:
-    """Where ``train_lm`` puts its arrays: nowhere special without a mesh; with one, the
-    carry replicated, each batch sharded over ``"data"`` (this process's rows), and back
-    to this process's single-device copies for evaluation and checkpoints."""
-
-    def __init__(self, mesh, batch_size):
-        if mesh is not None:
-            distributed.data_shards(mesh, batch_size, "train_lm")
-        self.mesh = mesh
-
-    def replicate(self, tree):
-        return tree if self.mesh is None else distributed.replicate(tree, self.mesh)
-
-    def shard(self, batch):
-        return batch if self.mesh is None else distributed.shard_batch(batch, self.mesh)
-
-    def local(self, tree):
-        return tree if self.mesh is None else distributed.to_local(tree)
-
-    def context(self):
-        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+    checkpoints, (params, opt_state), done, history = loop.open_checkpoints(
+        checkpoint_dir, (params, optimizer.init(params)), history, keep=keep, resume=resume, who="train_lm",
+        unit="step", total=steps)
+    step = jax.jit(make_step(model, loss, optimizer, grad=grad))
+    windows = itertools.islice(batches(corpus.train, context=context, batch_size=batch_size, steps=steps, seed=seed),
+                               done, None)  # resumed: the same batches, the first done already trained on
+    validation = evaluator(model, *text.eval_windows(corpus.validation, context, eval_windows))
+    plan = loop.Plan("train_lm", "step", [*range(eval_every, steps, eval_every), steps], 1, guard_names(params))
+    carry = loop.train_loop(place.replicate((params, state, opt_state)), plan, run_unit=_stepper(step, place, windows),
+                            record=_recorder(history, validation, place),
+                            snapshot=lambda carry: _params_and_opt_state(place.local(carry)), history=history,
+                            checkpoints=checkpoints, done=done, progress=progress)
+    return LMResult(place.local(carry)[0], history)
 
 
 def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):

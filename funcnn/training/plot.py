@@ -1,9 +1,20 @@
-"""Training curves as a PNG (matplotlib, Agg backend: no display needed)."""
+"""Training curves as a PNG (matplotlib, an optional dependency imported when drawing; Agg
+backend: no display needed)."""
 from __future__ import annotations
 
+import os
 
-def training_curves(history: dict, path, title: str = "") -> None:
-    """Loss (train minibatch, train, test) and accuracy (train, test) per epoch."""
+
+def training_curves(history: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Draw ``fit``'s history to a PNG at ``path``: loss (train minibatch, train, test; log
+    scale) and accuracy (train, test) per epoch, side by side.
+
+    **Arguments:**
+
+    - `history`: ``FitResult.history``: lists of one value per epoch under ``loss``,
+      ``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``.
+    - `path`: the PNG file to write; `title`: the figure's title (none if empty).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

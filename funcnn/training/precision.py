@@ -23,8 +23,9 @@ model state unchanged) and S halves; after ``period`` finite steps in a row S do
                            else:   theta unchanged,              S <- max(S / 2, 1).
 
 ``loss_scaling(optimizer)`` keeps S in the optimiser's state (``LossScaleState``, whose
-``finite`` says whether the last step was applied) and ``loss_scaled_step`` is the training
-step that multiplies the loss by it.
+``finite`` says whether the last step was applied); the training step
+(``funcnn.training.step.make_step``) reads S from that state, multiplies the objective by it
+and keeps the model state on a skipped step.
 """
 from __future__ import annotations
 
@@ -38,10 +39,8 @@ import numpy as np
 import optax
 
 from funcnn.core.dtypes import available, cast_floats, float_dtype, stat_dtype, with_compute_dtype
-from funcnn.gradients import _objective_penalty, value_and_grad
 from funcnn.core.layer import Layer
 from funcnn.losses import Loss
-from funcnn.regularization import decays_weights
 
 PRESETS = {
     "fp32": ("float32", "float32", "float32"),
@@ -55,8 +54,17 @@ _FIELDS = ("params", "compute", "output")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The dtypes of the master params, of the computation and of the model's output
-    (names such as "bfloat16" or numpy/JAX dtypes; see the module docstring)."""
+    """The dtypes of the master params, of the computation and of the model's output.
+
+    **Arguments:**
+
+    - `params`: the dtype the params (and so the optimizer's state) are stored in.
+    - `compute`: the dtype forward and backward run in.
+    - `output`: the dtype of the model's output.
+
+    Each a name such as ``"bfloat16"`` or a NumPy/JAX floating dtype (module docstring);
+    ``ValueError`` for anything else.
+    """
 
     params: Any = "float32"
     compute: Any = "float32"
@@ -68,8 +76,9 @@ class Policy:
 
     @classmethod
     def parse(cls, spec: str) -> "Policy":
-        """A preset name (``fp32``, ``fp64``, ``bf16-mixed``, ``fp16-mixed``, ``fp16``) or
-        ``"params=float32,compute=bfloat16,output=float32"`` (omitted fields: float32)."""
+        """The policy named by ``spec``: a preset (``fp32``, ``fp64``, ``bf16-mixed``,
+        ``fp16-mixed``, ``fp16``) or ``"params=float32,compute=bfloat16,output=float32"``
+        (omitted fields: float32). ``ValueError`` for anything else."""
         if not isinstance(spec, str):
             raise TypeError(f"Policy.parse: spec must be a string, got {type(spec).__name__}")
         if spec in PRESETS:
@@ -92,7 +101,7 @@ class Policy:
     def __str__(self) -> str:
         return ",".join(f"{f}={np.dtype(getattr(self, f)).name}" for f in _FIELDS)
 
-    def check_available(self, where: str = "Policy"):
+    def check_available(self, where: str = "Policy") -> None:
         """Raise if a 64-bit dtype is asked for while JAX runs in 32-bit mode."""
         for f in _FIELDS:
             available(getattr(self, f), where)
@@ -152,8 +161,9 @@ def float32_loss(loss: Loss) -> Loss:
         grad=lambda pred, target: loss.grad(_at_least_float32(pred), target).astype(jnp.result_type(pred)))
 
 
-def scaled_loss(loss: Loss, scale) -> Loss:
-    """``scale * loss`` (value and gradient)."""
+def scaled_loss(loss: Loss, scale: jax.Array | float) -> Loss:
+    """``scale * loss``: the value (a scalar) and the gradient (the prediction's shape) both
+    multiplied by the scalar ``scale``."""
     return dataclasses.replace(loss, value=lambda p, t: scale * loss.value(p, t),
                                grad=lambda p, t: scale * loss.grad(p, t))
 
@@ -177,17 +187,19 @@ class LossScaled(optax.GradientTransformation):
 MAX_SCALE = 2.0 ** 64  # growth stops here: S itself never overflows float32
 
 
-def adjust_scale(scale, good_steps, finite, *, period: int, factor: float):
-    """The next ``(scale, good_steps)``: halve (at least 1) and restart the count on a
-    non-finite step; multiply by ``factor`` after ``period`` finite steps in a row."""
+def adjust_scale(scale: jax.Array, good_steps: jax.Array, finite: jax.Array, *, period: int,
+                 factor: float) -> tuple[jax.Array, jax.Array]:
+    """The next ``(scale, good_steps)`` (scalars, dtypes kept): divide by ``factor`` (at least
+    1) and restart the count on a non-finite step (``finite`` a bool scalar); multiply by
+    ``factor`` (at most ``MAX_SCALE``) after ``period`` finite steps in a row."""
     grow = finite & (good_steps + 1 >= period)
     new_scale = jnp.where(finite, jnp.where(grow, jnp.minimum(scale * factor, MAX_SCALE), scale),
                           jnp.maximum(scale / factor, 1.0))
     return new_scale.astype(scale.dtype), jnp.where(finite & ~grow, good_steps + 1, 0).astype(good_steps.dtype)
 
 
-def all_finite(tree) -> jax.Array:
-    """True when every element of every leaf of ``tree`` is finite."""
+def all_finite(tree: Any) -> jax.Array:
+    """A bool scalar: every element of every leaf of ``tree`` is finite (true for no leaves)."""
     leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
@@ -218,38 +230,17 @@ def loss_scaling(optimizer: optax.GradientTransformation, *, init_scale: float =
     return LossScaled(init, update)
 
 
-def step_skipped(opt_state) -> jax.Array:
-    """True when the last step of a loss-scaled optimiser was skipped (non-finite
+def step_skipped(opt_state: Any) -> jax.Array:
+    """A bool scalar: true when the last step of a loss-scaled optimiser was skipped (non-finite
     gradients, S halved); always False for any other optimiser state."""
     return ~opt_state.finite if isinstance(opt_state, LossScaleState) else jnp.asarray(False)
 
 
-def loss_scaled_step(model: Layer, loss: Loss, optimizer: LossScaled, *, grad="manual", l2=0.0, penalty=None):
-    """``fit``'s training step ``step((params, state, opt_state), (x, y, key)) -> (carry, loss)``
-    for a ``loss_scaling`` optimiser: the objective (loss and penalties) is multiplied by the
-    scale S of ``opt_state``; the model state is kept on a skipped step; the loss returned is
-    unscaled."""
-    extra = _objective_penalty(l2, decays_weights, penalty)
-
-    def step(carry, batch):
-        params, state, opt_state = carry
-        xb, yb, kb = batch
-        s = opt_state.scale
-        value, grads, new_state = value_and_grad(model, scaled_loss(loss, s), mode=grad)(
-            params, state, xb, yb, key=kb, train=True)
-        if extra is not None:
-            value = value + s * extra.value(params)
-            grads = jax.tree_util.tree_map(lambda g, r: g + (s * r).astype(g.dtype), grads, extra.grad(params))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(opt_state.finite, n, o), new_state, state)
-        return (optax.apply_updates(params, updates), new_state, opt_state), value / s
-
-    return step
-
-
-def prepare(model: Layer, loss: Loss, optimizer, policy: Policy):
-    """``(model, loss, optimizer)`` for training under ``policy``: ``with_policy(model)``,
-    the loss in float32, and the optimiser wrapped in ``loss_scaling`` for float16 compute."""
+def prepare(model: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+            policy: Policy | str) -> tuple[Layer, Loss, optax.GradientTransformation]:
+    """``(model, loss, optimizer)`` for training under ``policy`` (a ``Policy`` or its string):
+    ``with_policy(model)``, the loss in float32 at least, and the optimiser wrapped in
+    ``loss_scaling`` for float16 compute (the step then scales the loss: ``make_step``)."""
     if isinstance(policy, str):
         policy = Policy.parse(policy)
     if not isinstance(policy, Policy):
@@ -259,8 +250,9 @@ def prepare(model: Layer, loss: Loss, optimizer, policy: Policy):
     return with_policy(model, policy), float32_loss(loss), optimizer
 
 
-def context(policy):
-    """``jax.enable_x64(True)`` for a policy with a 64-bit dtype, else a no-op context."""
+def context(policy: Policy | str) -> contextlib.AbstractContextManager:
+    """``jax.enable_x64(True)`` for a policy (or its string) with a 64-bit dtype, else a no-op
+    context."""
     if isinstance(policy, str):
         policy = Policy.parse(policy)
     wide = any(np.dtype(getattr(policy, f)).itemsize == 8 for f in _FIELDS)
