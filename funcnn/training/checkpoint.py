@@ -23,13 +23,16 @@ No pickle anywhere: arrays are tensorstore/zarr, metadata JSON.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -44,6 +47,63 @@ def _orbax():
     import orbax.checkpoint as ocp
 
     return ocp
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Orbax's absl warnings (a read-only manager, a missing metadata file) off: the caller
+    reports what matters in one line."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def read_arrays(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an orbax PyTree item (`arrays/` of a step folder, or a `save_tree`
+    folder), read synchronously with tensorstore, by its stored name.
+
+    Orbax's own restore reads the arrays concurrently on an event loop; when one file is
+    damaged it stops at the first error and the other reads complete later into a closed
+    loop, printing tracebacks. Reading one array after the other has no such tail.
+
+    **Arguments:**
+
+    - `folder`: the item folder (holding `manifest.ocdbt`).
+
+    **Returns:**
+
+    `{name: array}`: names `"00000"`, ... for what `Checkpoints.save`/`save_tree` wrote.
+
+    **Raises:**
+
+    Whatever tensorstore raises for a missing or damaged file (`ValueError`), or
+    `FileNotFoundError` when `folder` holds no array store.
+    """
+    import tensorstore as ts
+
+    base = os.path.abspath(os.fspath(folder))
+    if not os.path.isfile(os.path.join(base, "manifest.ocdbt")):
+        raise FileNotFoundError(f"no manifest.ocdbt in {base}")
+    kvstore = {"driver": "ocdbt", "base": f"file://{base}/"}
+    keys = ts.KvStore.open(kvstore).result().list().result()
+    names = sorted(k.decode()[: -len("/.zarray")] for k in keys if k.endswith(b"/.zarray"))
+    out = {}
+    for name in names:
+        store = ts.open({"driver": "zarr", "kvstore": {**kvstore, "path": name + "/"}}, open=True).result()
+        out[name] = np.asarray(store.read().result())
+    return out
+
+
+def numbered(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The arrays named `"00000"`, `"00001"`, ... in order; a `ValueError` when the names are not that."""
+    names = [f"{i:05d}" for i in range(len(arrays))]
+    if sorted(arrays) != names:
+        raise ValueError(f"expected arrays named 00000..{len(arrays) - 1:05d}, got {sorted(arrays)[:3]}...")
+    return [arrays[k] for k in names]
 
 
 def reason(error: BaseException, limit: int = 160) -> str:
@@ -180,7 +240,8 @@ class Checkpoints:
                                                cleanup_tmp_directories=not read_only,
                                                enable_async_checkpointing=False)
         try:
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("arrays", "meta"))
+            with _quiet():
+                self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("arrays", "meta"))
         except Exception as e:  # noqa: BLE001 (orbax raises many kinds; the user gets one line)
             raise CheckpointError(f"checkpoint folder {self.directory!r} cannot be opened ({reason(e)})") from None
 
@@ -205,9 +266,10 @@ class Checkpoints:
         arrays = {f"{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
         meta = {"epoch": int(epoch), "history": json_safe(history)}
         try:
-            self._manager.save(int(epoch), args=ocp.args.Composite(
-                arrays=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
-            self._manager.wait_until_finished()
+            with _quiet():
+                self._manager.save(int(epoch), args=ocp.args.Composite(
+                    arrays=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
+                self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             self._remove_temporary(epoch)
             raise CheckpointError(f"checkpoint {self.directory}/{epoch}: cannot be written ({reason(e)})") from None
@@ -227,23 +289,17 @@ class Checkpoints:
 
         `CheckpointError`, one line naming the step folder, when it cannot be read completely.
         """
-        ocp = _orbax()
-        where = f"checkpoint {self.directory}/{epoch}"
+        folder = Path(self.directory) / str(int(epoch))
+        where = f"checkpoint {folder}"
         try:
-            restored = self._manager.restore(int(epoch), args=ocp.args.Composite(
-                arrays=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
-            arrays, meta = restored["arrays"], restored["meta"]
-            n = len(arrays)
-            keys = [f"{i:05d}" for i in range(n)]
-            if sorted(arrays) != keys:
-                raise ValueError(f"array names {sorted(arrays)[:3]}... are not 00000..{n - 1:05d}")
-            out = [np.asarray(arrays[k]) for k in keys]
+            arrays = numbered(read_arrays(folder / "arrays"))
+            meta = json.loads((folder / "meta" / "metadata").read_text())
             epoch_saved, history = int(meta["epoch"]), history_from_json(meta["history"])
         except Exception as e:  # noqa: BLE001 (zarr, tensorstore, json: one line)
             raise CheckpointError(f"{where}: cannot be read ({reason(e)})") from None
         if epoch_saved != int(epoch):
             raise CheckpointError(f"{where}: its metadata says step {epoch_saved}")
-        return out, {"epoch": epoch_saved, "history": history}
+        return arrays, {"epoch": epoch_saved, "history": history}
 
     def restore(self, epoch: int, template: Any) -> tuple[Any, int, dict]:
         """Step `epoch` read into the structure of `template`.
@@ -400,37 +456,43 @@ def save_tree(directory: str | os.PathLike, tree: Any) -> None:
         raise CheckpointError(f"{path}: cannot be written ({reason(e)})") from None
 
 
-def read_tree(directory: str | os.PathLike) -> list[np.ndarray]:
-    """The arrays `save_tree` wrote into `directory`, in tree order.
+def read_tree(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays `save_tree` wrote into `directory`, by stored name (`read_arrays`).
 
     **Raises:**
 
     `CheckpointError`, one line naming the folder, when it cannot be read completely.
     """
-    ocp = _orbax()
     path = os.path.abspath(os.fspath(directory))
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            arrays = ckptr.restore(path)
-        if isinstance(arrays, dict) and all(k.isdigit() for k in arrays):
-            return [np.asarray(arrays[k]) for k in sorted(arrays)]
-        return [np.asarray(a) for a in jax.tree_util.tree_leaves(arrays)]
+        return read_arrays(path)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot be read ({reason(e)})") from None
 
 
 def load_tree(directory: str | os.PathLike, template: Any) -> Any:
     """Read what `save_tree` wrote, into the structure of `template`, every array's shape and
-    dtype checked.
+    dtype checked. A folder whose arrays are named by their path in the tree (orbax's
+    `StandardCheckpointer` on a nested dict, e.g. `"0_dense.w"`) is read by those paths.
 
     **Raises:**
 
     `CheckpointError` when it cannot be read; `ValueError` (one line) when an array disagrees.
     """
     leaves, treedef = jax.tree_util.tree_flatten(template)
-    arrays = read_tree(directory)
+    stored = read_tree(directory)
+    where = os.fspath(directory)
+    if stored and all(k.isdigit() for k in stored):
+        arrays = numbered(stored)
+    else:
+        paths = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                 for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
+        missing = [p for p in paths if p not in stored]
+        if missing:
+            raise ValueError(f"{where}: holds no array {missing[0]!r}; it was written for a different model")
+        arrays = [stored[p] for p in paths]
     if len(arrays) != len(leaves):
-        raise ValueError(f"{os.fspath(directory)}: holds {len(arrays)} arrays, the model has {len(leaves)}; "
+        raise ValueError(f"{where}: holds {len(arrays)} arrays, the model has {len(leaves)}; "
                          f"it was written for a different model")
-    check_arrays(os.fspath(directory), arrays, leaves, "the model's params and state")
+    check_arrays(where, arrays, leaves, "the model's params and state")
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(a) for a in arrays])
