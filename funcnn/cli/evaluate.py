@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from funcnn.training.fit import evaluate
     from funcnn.training.runs import RunRecordError, load_run
 
+    if args.data == "pydoc":
+        raise UsageError("--data: pydoc is text; evaluate takes the datasets of mlp and cnn runs")
     if args.data is not None and args.data not in datasets.LOADERS:
         raise UsageError(f"--data: expected one of {', '.join(sorted(datasets.LOADERS))}, got {args.data!r}")
     try:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -262,10 +263,22 @@ def save_run(out: str | os.PathLike, *, params: dict, state: dict, metrics: dict
     """
     out = Path(out)
     if primary:
+        remove_stale_temporaries(out)
         write_json(out / METRICS, metrics)
         if plot is not None:
             write_atomically(out / CURVES, plot)
     save_tree(out / FINAL, {"params": params, "state": state})
+
+
+def remove_stale_temporaries(out: str | os.PathLike) -> None:
+    """Remove what a write killed midway left in the run folder `out`: the temporary files of
+    `write_atomically` (`.metrics.json.*.tmp.json`, ...) and orbax's temporary `model/`."""
+    out = Path(out)
+    for name in (RECORD, METRICS, CURVES):
+        for stale in out.glob(f".{name}.*.tmp*"):
+            stale.unlink(missing_ok=True)
+    for stale in out.glob(f"{FINAL}.orbax-checkpoint-tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _history(path: Path, record: dict) -> dict:
