@@ -55,8 +55,9 @@ def _bitwise(a, b):
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """A finished run (checkpoints 1 and 2, model/), never modified: cases copy it."""
+def pristine(tmp_path_factory, killed):
+    """A finished run (checkpoints 1 and 2, model/), never modified: cases copy it. The kills
+    start first, so that their subprocesses train while this one does."""
     out = tmp_path_factory.mktemp("pristine") / "run"
     assert main([*RUN, "--out", str(out)]) == 0
     return out
@@ -317,14 +318,27 @@ KILLS = {  # target: what the folder holds after the kill
 }
 
 
-@pytest.mark.parametrize("target", list(KILLS))
-def test_sigkill_during_a_write_then_resume_ends_bitwise_as_the_run_left_alone(pristine, tmp_path, capsys, target):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """Every kill's subprocess, started together (they compile and train the same tiny run)."""
+    root = tmp_path_factory.mktemp("killed")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", KILL, target, *RUN, "--out", str(run)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    procs = {target: (subprocess.Popen([sys.executable, "-c", KILL, target, *RUN, "--out", str(root / str(i))],
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                      root / str(i)) for i, target in enumerate(KILLS)}
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("target", list(KILLS))
+def test_sigkill_during_a_write_then_resume_ends_bitwise_as_the_run_left_alone(pristine, killed, capsys, target):
+    proc, run = killed[target]
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
     assert not (run / "model").exists()
     if target == "run.json":  # killed before the record was renamed into place: not a run yet
         code, out, err = _call(["train", "--resume", run, "--no-progress"], capsys)
