@@ -347,12 +347,14 @@ class Checkpoints:
             try:
                 restored = self.restore(step, template)
             except (CheckpointError, ValueError) as e:
-                failed.append((step, str(e).split(": ", 1)[-1] if str(e).startswith("checkpoint ") else str(e)))
+                text = str(e)
+                failed.append((step, text.split(": ", 1)[-1] if text.startswith("checkpoint ") else text))
                 continue
-            for bad, why in failed:
-                aside = self._set_aside(bad)
-                print(f"{who}: checkpoint {self.directory}/{bad} set aside as {aside.name} ({why}); "
-                      f"resuming from {unit} {step}", file=sys.stderr)
+            for bad, why in failed:  # several processes: process 0 renames and reports
+                if jax.process_index() == 0:
+                    aside = self._set_aside(bad)
+                    print(f"{who}: checkpoint {self.directory}/{bad} set aside as {aside.name} ({why}); "
+                          f"resuming from {unit} {step}", file=sys.stderr)
             if failed:
                 self._manager.reload()
             return restored

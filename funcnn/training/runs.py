@@ -130,13 +130,13 @@ def model_spec(builder: str, input_shape: tuple, outputs: int, options: dict, pa
     """
     import numpy as np
 
-    layers = [" ".join([name] + [f"{p}{list(np.shape(v))}" for p, v in sorted(jax_leaves(params[name]))])
+    layers = [" ".join([name] + [f"{p}{list(np.shape(v))}" for p, v in sorted(_named_leaves(params[name]))])
               for name in params]
     return {"builder": builder, "input_shape": list(input_shape), "outputs": int(outputs),
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}, "layers": layers}
 
 
-def jax_leaves(tree: Any) -> list[tuple[str, Any]]:
+def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
     """`(path, leaf)` pairs of a params subtree, paths as `a/b`."""
     import jax
 
