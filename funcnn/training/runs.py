@@ -103,14 +103,26 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> No
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it (mkstemp makes it private)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise CheckpointError(f"{path}: cannot be written ({reason(e)})") from None
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path}: cannot be written ({reason(e)})") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def model_spec(builder: str, input_shape: tuple, outputs: int, options: dict, params: dict) -> dict:
@@ -216,6 +228,8 @@ def read_record(path: str | os.PathLike, *, who: str = "load_run") -> dict:
             raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
         if raw.get("format") == FORMAT:
             record = raw
+        elif "format" in raw:
+            raise ValueError(f"format {raw['format']!r}: written by another funcnn version; this one reads {FORMAT}")
         elif raw.get("model") == "gpt":
             record = _legacy_gpt(raw)
         else:
