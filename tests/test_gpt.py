@@ -196,14 +196,23 @@ def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     sampled = capsys.readouterr().out
     assert sampled.startswith("def ") and len(sampled) == len("def ") + 30 + 1  # + print's newline
 
-    # a run killed after its first checkpoint (step 2) continues with its recorded arguments
+    # a run killed after its last checkpoint (step 4), before its final files, whose step-4 checkpoint
+    # is damaged: the damaged one is set aside, the run continues from step 2 with its recorded arguments
     import shutil
 
     shutil.rmtree(out / "model")
-    shutil.rmtree(out / "checkpoints" / "4")
+    meta = out / "checkpoints" / "4" / "meta" / "metadata"
+    cut = meta.read_text()[:10]
+    meta.write_text(cut)
+    capsys.readouterr()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_lm: checkpoint ") and err[0].endswith("resuming from step 2")
+    assert (out / "checkpoints" / "4.damaged" / "meta" / "metadata").read_text() == cut  # kept as it was
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["history"]["step"] == [2, 4] and resumed["history"]["val_loss"] == metrics["history"]["val_loss"]
+    for a, b in zip(jax.tree_util.tree_leaves(fn.load_run(out).params), jax.tree_util.tree_leaves(params)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()  # bitwise the run left alone
 
 
 def run_record_vocab(run_dir):
