@@ -155,11 +155,14 @@ def _train_classifier(options: dict, out: Path, resume: bool, mesh: Any, progres
                                   {"name": options["data"], "seed": options["seed"], "train": len(d.x_train),
                                    "test": len(d.x_test)})
         runs.write_record(out, record)
-    xb, yb = jnp.asarray(d.x_train[: options["batch_size"]]), jnp.asarray(d.y_train[: options["batch_size"]])
-    gap = first_step_gradient_gap(policy_model, policy_loss, params, state, xb, yb, key, options["l2"])
     result = fit(model, loss, optimizer, d, epochs=options["epochs"], batch_size=options["batch_size"], key=key,
                  grad=options["grad"], l2=options["l2"], progress=progress and primary, params=params, state=state,
                  mesh=mesh, resume=resume, policy=policy, checkpoint_dir=out / runs.CHECKPOINTS)
+    # after training (a resume that cannot restore fails before this compiles), at a fresh init:
+    # the same params as the run started from
+    xb, yb = jnp.asarray(d.x_train[: options["batch_size"]]), jnp.asarray(d.y_train[: options["batch_size"]])
+    gap = first_step_gradient_gap(policy_model, policy_loss, *policy_model.init(jax.random.split(key)[1], shape),
+                                  xb, yb, key, options["l2"])
     h = result.history
     title = f"{options['model']} on {options['data']} ({options['grad']} backward)"
     runs.save_run(out, params=result.params, state=result.state, metrics=_metrics(options, gap, h),
@@ -206,13 +209,14 @@ def _train_gpt(options: dict, out: Path, resume: bool, mesh: Any, progress: bool
                                   {"name": "pydoc", "seed": o["seed"], "train": len(corpus.train),
                                    "validation": len(corpus.validation)}, vocab=corpus.vocab)
         runs.write_record(out, record)
-    x, y = next(lm.batches(corpus.train, context=o["context"], batch_size=o["batch_size"], steps=1, seed=o["seed"]))
-    gap = first_step_gradient_gap(policy_model, policy_loss, params, state, x, y, None, 0.0)
     result = lm.train_lm(model, corpus, context=o["context"], steps=steps, batch_size=o["batch_size"],
                          optimizer=optimizer, grad=o["grad"], eval_every=o["eval_every"],
                          eval_windows=o["eval_windows"], seed=o["seed"], params=params,
                          progress=progress and primary, policy=policy, checkpoint_dir=out / runs.CHECKPOINTS,
                          resume=resume, mesh=mesh)
+    x, y = next(lm.batches(corpus.train, context=o["context"], batch_size=o["batch_size"], steps=1, seed=o["seed"]))
+    gap = first_step_gradient_gap(policy_model, policy_loss, *policy_model.init(jax.random.key(o["seed"]),
+                                                                                (o["context"],)), x, y, None, 0.0)
     h = result.history
     runs.save_run(out, params=result.params, state=state, metrics=_metrics(o, gap, h),
                   plot=lambda path: lm_curves(h, path, f"gpt on pydoc ({o['grad']} backward)"), primary=primary)
