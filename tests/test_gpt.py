@@ -195,13 +195,16 @@ def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     assert main(["train", *GPT_FLAGS, "--out", str(out)]) == 0
     text_out = capsys.readouterr().out
     assert "validation loss" in text_out and "manual vs autodiff" in text_out
-    run = json.loads((out / "run.json").read_text())
-    assert run["config"] == {"context": 8, "layers": 1, "heads": 2, "width": 16}
+    record = json.loads((out / "run.json").read_text())
+    assert record["kind"] == "gpt" and record["model"]["input_shape"] == [8]
+    assert record["model"]["options"] == {"layers": 1, "heads": 2, "width": 16}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["history"]["step"] == [2, 4] and metrics["first_step_grad_rel_diff"] < 1e-4
     assert (out / "curves.png").stat().st_size > 1000
 
-    model, params, _ = lm.load_run(out)  # the saved params are the trained ones
+    run = fn.load_run(out)  # the saved params are the trained ones
+    assert run.kind == "gpt" and run.complete and run.input_shape == (8,) and run.vocab == run_record_vocab(out)
+    model, params = run.model, run.params
     fresh, _ = model.init(jax.random.key(0), (8,))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(fresh)
     assert not np.array_equal(np.asarray(params["0_embedding"]["w"]), np.asarray(fresh["0_embedding"]["w"]))
@@ -209,14 +212,27 @@ def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     sampled = capsys.readouterr().out
     assert sampled.startswith("def ") and len(sampled) == len("def ") + 30 + 1  # + print's newline
 
-    # a run killed after its first checkpoint (step 2) continues with its recorded arguments
+    # a run killed after its last checkpoint (step 4), before its final files, whose step-4 checkpoint
+    # is damaged: the damaged one is set aside, the run continues from step 2 with its recorded arguments
     import shutil
 
-    shutil.rmtree(out / "params")
-    shutil.rmtree(out / "checkpoints" / "4")
+    shutil.rmtree(out / "model")
+    meta = out / "checkpoints" / "4" / "meta" / "metadata"
+    cut = meta.read_text()[:10]
+    meta.write_text(cut)
+    capsys.readouterr()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_lm: checkpoint ") and err[0].endswith("resuming from step 2")
+    assert (out / "checkpoints" / "4.damaged" / "meta" / "metadata").read_text() == cut  # kept as it was
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["history"]["step"] == [2, 4] and resumed["history"]["val_loss"] == metrics["history"]["val_loss"]
+    for a, b in zip(jax.tree_util.tree_leaves(fn.load_run(out).params), jax.tree_util.tree_leaves(params)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()  # bitwise the run left alone
+
+
+def run_record_vocab(run_dir):
+    return json.loads((run_dir / "run.json").read_text())["vocab"]
 
 
 @pytest.mark.parametrize("argv,expected", [

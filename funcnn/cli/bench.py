@@ -7,8 +7,13 @@ quiet 2-core CPU); the full run takes under two minutes there.
 """
 from __future__ import annotations
 
+import argparse
 
-def register(sub) -> None:
+from funcnn.cli.args import check_out_dir
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` parser to ``sub``."""
     p = sub.add_parser("bench", help="time kernels and training steps; GFLOP/s and % of this machine's peak",
                        description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller models, fewer rounds")
@@ -17,18 +22,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Check ``--out``, time everything, print the table and write the report files."""
     import datetime
     import json
     from pathlib import Path
 
     from funcnn import bench
     from funcnn.bench import report
-    from funcnn.cli.args import UsageError
 
-    out = Path(args.out) if args.out else Path("bench") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out: expected a new or empty folder, {str(out)!r} is not")
+    out = check_out_dir(args.out if args.out is not None else
+                        Path("bench") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     result = bench.run(bench.QUICK if args.quick else bench.FULL, peers=not args.no_peers)
     text = report.table(result)
     print()

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import time
 
 from funcnn.cli.args import UsageError, check_out_dir, finite_float, positive_float
+from funcnn.cli.neuron_output import fi_figure, phase_figure, trace_figure, write_csv
 
 MODELS = ("ml", "hh")
 PRESETS = ("hopf", "snlc", "homoclinic")
@@ -22,8 +22,8 @@ MAX_STEPS = 10_000_000
 MAX_CURRENTS = 10_000
 
 
-def current_range(text: str):
-    """``"a:b:n"`` -> (a, b, n) with a < b and n >= 2."""
+def current_range(text: str) -> tuple[float, float, int]:
+    """An argparse type: ``"a:b:n"`` -> ``(a, b, n)`` with finite ``a < b`` and ``2 <= n <= MAX_CURRENTS``."""
     parts = text.split(":")
     try:
         a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
@@ -36,8 +36,8 @@ def current_range(text: str):
     return a, b, n
 
 
-def param_assignment(text: str):
-    """``"gK=8"`` -> ("gK", 8.0)."""
+def param_assignment(text: str) -> tuple[str, float]:
+    """An argparse type: ``"gK=8"`` -> ``("gK", 8.0)`` (a finite number)."""
     name, sep, value = text.partition("=")
     try:
         if not sep or not name.strip() or not math.isfinite(float(value)):
@@ -47,7 +47,7 @@ def param_assignment(text: str):
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER (finite) like gK=8, got {text!r}") from None
 
 
-def _common(p, t_max_default, phase=False):
+def _common(p: argparse.ArgumentParser, t_max_default: float | None, phase: bool = False) -> None:
     p.add_argument("--model", choices=("ml",) if phase else MODELS, default="ml",
                    help="ml (Morris–Lecar) or hh (Hodgkin–Huxley)")
     p.add_argument("--preset", choices=PRESETS, default="hopf", help="Morris–Lecar parameter set")
@@ -58,7 +58,8 @@ def _common(p, t_max_default, phase=False):
     p.add_argument("--out", default=None, help="output folder (default runs/neuron-<time>)")
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``neuron`` parser and its ``simulate``, ``phase`` and ``fi`` subcommands."""
     parser = subparsers.add_parser("neuron", help="simulate and analyse neuron models")
     sub = parser.add_subparsers(dest="neuron_command", required=True,
                                 parser_class=type(parser))
@@ -112,21 +113,8 @@ def _outdir(args):
     return str(out)
 
 
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def run_simulate(args) -> int:
+def run_simulate(args: argparse.Namespace) -> int:
+    """Simulate at one current; write ``trace.csv`` and ``trace.png``; print the spikes and rate."""
     import numpy as np
 
     from funcnn.science.neurons import rate_from_spikes, simulate, spike_times
@@ -137,22 +125,17 @@ def run_simulate(args) -> int:
     tr = simulate(params, args.current, t_max, dt=dt, save_every=save)
     names = ("t",) + params.state_names
     cols = [np.asarray(tr[k]) for k in names]
-    _write_csv(os.path.join(out, "trace.csv"), names, zip(*cols))
+    write_csv(os.path.join(out, "trace.csv"), names, zip(*cols))
     spikes = spike_times(tr["t"], tr["V"], params.threshold, params.refractory)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(cols[0], cols[1], lw=1)
-    ax.set(xlabel="t (ms)", ylabel="V (mV)",
-           title=f"{params.name} {args.preset if args.model == 'ml' else ''} I={args.current:g}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "trace.png"), dpi=120)
-    plt.close(fig)
+    trace_figure(os.path.join(out, "trace.png"), cols[0], cols[1],
+                 f"{params.name} {args.preset if args.model == 'ml' else ''} I={args.current:g}")
     print(f"spikes {len(spikes)}  steady rate {rate_from_spikes(spikes, t_max / 2):.2f} Hz")
     print(f"wrote {out}/trace.csv and {out}/trace.png")
     return 0
 
 
-def run_phase(args) -> int:
+def run_phase(args: argparse.Namespace) -> int:
+    """The Morris–Lecar phase plane at one current: equilibria printed, ``phase.png`` and ``nullclines.csv``."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -165,22 +148,11 @@ def run_phase(args) -> int:
     eq = stability(params, args.current)
     y0 = eq[0][0].at[0].add(20.0) if eq else None  # a suprathreshold kick from rest
     tr = simulate(params, args.current, t_max, dt=dt, y0=y0)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.plot(V, nc["N_dV0"], label="dV/dt = 0")
-    ax.plot(V, nc["N_dN0"], label="dN/dt = 0")
-    ax.plot(tr["V"], tr["N"], "k", lw=0.8, label="trajectory")
     for y, ev, st in eq:
-        ax.plot(float(y[0]), float(y[1]), "o", mfc="k" if st == "stable" else "w", mec="k")
         print(f"equilibrium V={float(y[0]):.3f} N={float(y[1]):.4f} {st} "
               f"eigenvalues {np.round(np.asarray(ev), 5).tolist()}")
-    ax.set(xlabel="V (mV)", ylabel="N", ylim=(-0.05, 1.0),
-           title=f"Morris–Lecar {args.preset} I={args.current:g}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "phase.png"), dpi=120)
-    plt.close(fig)
-    _write_csv(os.path.join(out, "nullclines.csv"), ("V", "N_dV0", "N_dN0"),
+    phase_figure(os.path.join(out, "phase.png"), V, nc, tr, eq, f"Morris–Lecar {args.preset} I={args.current:g}")
+    write_csv(os.path.join(out, "nullclines.csv"), ("V", "N_dV0", "N_dN0"),
                zip(*[np.asarray(nc[k]) for k in ("V", "N_dV0", "N_dN0")]))
     print(f"wrote {out}/phase.png and {out}/nullclines.csv")
     return 0
@@ -198,7 +170,8 @@ def _onset(params, currents, rates, start, t_max, dt):
                          tol=1e-4)
 
 
-def run_fi(args) -> int:
+def run_fi(args: argparse.Namespace) -> int:
+    """The f–I curve from rest and on the cycle; the onset currents printed; ``fi.csv`` and ``fi.png``."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -213,22 +186,14 @@ def run_fi(args) -> int:
     rest = np.asarray(fi_curve(params, jnp.asarray(currents), t_max, dt=dt, start="rest"))
     y_cyc = cycle_state(params, float(b), t_max, dt)
     cyc = np.asarray(fi_curve(params, jnp.asarray(currents), t_max, dt=dt, start=y_cyc))
-    _write_csv(os.path.join(out, "fi.csv"), ("current", "rate_from_rest_hz", "rate_on_cycle_hz"),
+    write_csv(os.path.join(out, "fi.csv"), ("current", "rate_from_rest_hz", "rate_on_cycle_hz"),
                zip(currents, rest, cyc))
     on_rest = _onset(params, currents, rest, "rest", t_max, dt)
     on_cyc = _onset(params, currents, cyc, "cycle", t_max, dt) if cyc[-1] > 0 else None
     fmt = lambda x: "none" if x is None else f"{x:.3f}"
     print(f"onset from_rest={fmt(on_rest)} lowest_on_cycle={fmt(on_cyc)} uA/cm2 "
           f"(range {a:g}..{b:g}, {n} currents)")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(currents, rest, "o-", ms=3, label="from rest")
-    ax.plot(currents, cyc, "s--", ms=3, label="started on the cycle")
-    ax.set(xlabel="I (µA/cm²)", ylabel="rate (Hz)",
-           title=f"{params.name} {args.preset if args.model == 'ml' else ''} f–I")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "fi.png"), dpi=120)
-    plt.close(fig)
+    fi_figure(os.path.join(out, "fi.png"), currents, rest, cyc,
+              f"{params.name} {args.preset if args.model == 'ml' else ''} f–I")
     print(f"wrote {out}/fi.csv and {out}/fi.png")
     return 0

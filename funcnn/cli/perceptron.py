@@ -5,19 +5,26 @@ Prints the number of updates, whether it converged and the accuracy; on ``blobs`
 """
 from __future__ import annotations
 
-from funcnn.cli.args import positive_int, seed
+import argparse
+
+from funcnn.cli.args import arg_type, seed
+
+MAX_EPOCHS = 100_000
+epochs = arg_type("epochs", int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``perceptron`` parser to ``sub``."""
     p = sub.add_parser("perceptron", help="train a perceptron with the Rosenblatt rule",
                        description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("blobs", "xor", "moons"), default="blobs")
-    p.add_argument("--epochs", type=positive_int, default=100)
+    p.add_argument("--epochs", type=epochs, default=100)
     p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Train the perceptron on the dataset and print updates, convergence and accuracy."""
     import jax
     import numpy as np
 

@@ -1,44 +1,66 @@
-"""``funcnn sample RUN_DIR``: generate text from a GPT trained by ``funcnn train --model gpt``.
+"""``funcnn sample``: generate text from a GPT trained by ``funcnn train --model gpt``.
 
 Prints the prompt followed by ``--length`` generated characters, each drawn from
 softmax(logits / ``--temperature``) given the (at most ``context``) characters before it.
+A temperature below ``GREEDY_BELOW`` (1e-6) is greedy decoding: each character is the most
+likely one (the arg max of the logits; softmax(z / T) tends to it as T -> 0, and dividing by
+such a T directly would overflow float32).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from funcnn.cli.args import UsageError, positive_float, positive_int
+from funcnn.cli.args import UsageError, arg_type, seed
+
+GREEDY_BELOW = 1e-6
+# the temperature the sampler is called with for greedy decoding: logits over it stay finite
+# (|z| < 3e18) and the Gumbel noise of categorical sampling (|g| < 21) cannot reorder logits
+# further apart than 21 * 1e-20, so the draw is the arg max
+GREEDY_TEMPERATURE = 1e-20
+MAX_LENGTH = 100_000  # one compiled step per character
+MAX_TEMPERATURE = 1e6
+
+temperature = arg_type("temperature", float, lambda v: v == v and 0 < v <= MAX_TEMPERATURE,
+                        f"a number in (0, {MAX_TEMPERATURE:g}] (below {GREEDY_BELOW:g}: greedy)")
+length = arg_type("length", int, lambda v: 1 <= v <= MAX_LENGTH, f"an integer in [1, {MAX_LENGTH}]")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``sample`` parser to ``sub``."""
     p = sub.add_parser("sample", help="generate text from a trained gpt run", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by funcnn train --model gpt")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--length", type=positive_int, default=200, help="characters to generate")
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--length", type=length, default=200, help="characters to generate")
+    p.add_argument("--temperature", type=temperature, default=1.0,
+                   help=f"softmax temperature; below {GREEDY_BELOW:g}: greedy decoding")
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Load the GPT run, encode the prompt, sample, print."""
+    if args.prompt == "":
+        raise UsageError("--prompt: expected at least one character, got ''")
     if not (args.run_dir / "run.json").is_file():
         raise UsageError(f"RUN_DIR: expected a folder written by funcnn train --model gpt (with run.json), "
                          f"got {str(args.run_dir)!r}")
-    if args.prompt == "":
-        raise UsageError("--prompt: expected at least one character, got ''")
     import jax
 
     from funcnn.data import text
     from funcnn.training import lm
+    from funcnn.training.runs import RunRecordError, load_run
 
-    model, params, run_info = lm.load_run(args.run_dir)
-    corpus = text.Corpus(None, None, run_info["vocab"], "sample")
     try:
-        prompt = corpus.encode(args.prompt)
-    except ValueError:
-        bad = next(c for c in args.prompt if c not in run_info["vocab"])
-        raise UsageError(f"--prompt: character {bad!r} is not in the run's vocabulary") from None
-    ids = lm.sample(model, params, prompt, context=run_info["config"]["context"], length=args.length,
-                    temperature=args.temperature, key=jax.random.key(args.seed))
+        r = load_run(args.run_dir, kind="gpt")
+    except RunRecordError as e:
+        raise UsageError(f"RUN_DIR: {str(e).removeprefix('load_run: ')}") from None
+    bad = [c for c in args.prompt if c not in r.vocab]
+    if bad:
+        raise UsageError(f"--prompt: character {bad[0]!r} is not in the run's vocabulary")
+    corpus = text.Corpus(None, None, r.vocab, "sample")
+    t = GREEDY_TEMPERATURE if args.temperature < GREEDY_BELOW else args.temperature
+    ids = lm.sample(r.model, r.params, corpus.encode(args.prompt), context=r.input_shape[0], length=args.length,
+                    temperature=t, key=jax.random.key(args.seed))
     print(args.prompt + corpus.decode(ids))
     return 0

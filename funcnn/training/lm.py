@@ -251,30 +251,3 @@ def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):
         ids.append(int(next_id(params, window, n - 1, k)))
     return np.array(ids[len(prompt_ids):], np.int32)
 
-
-def save_run(out, *, config: dict, vocab: str, params, extra: dict | None = None) -> None:
-    """Write ``out/run.json`` (``config`` = gpt's keyword sizes, ``vocab``, ``extra``) and
-    ``out/params`` (orbax). Several processes (``jax.distributed``): every one calls it,
-    process 0 writes."""
-    import orbax.checkpoint as ocp
-
-    out = Path(out).resolve()
-    if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps({"model": "gpt", "config": config, "vocab": vocab,
-                                                  **(extra or {})}, indent=2))
-    with ocp.StandardCheckpointer() as ckpt:  # host arrays: each process holds them all, process 0 writes
-        ckpt.save(out / "params", jax.tree_util.tree_map(np.asarray, params))
-
-
-def load_run(run_dir):
-    """``(model, params, run)`` of a run written by ``save_run``; ``run`` is ``run.json``."""
-    import orbax.checkpoint as ocp
-
-    run_dir = Path(run_dir).resolve()
-    run = json.loads((run_dir / "run.json").read_text())
-    model = models.gpt(len(run["vocab"]), **run["config"])
-    abstract = model.init(jax.random.key(0), (run["config"]["context"],))[0]
-    with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(run_dir / "params", jax.tree_util.tree_map(np.zeros_like, abstract))
-    return model, params, run
