@@ -84,7 +84,7 @@ def decays_all(path: tuple, leaf: Any) -> bool:
 
 
 def l2_penalty(params: Any, coeff: float, include: Callable[[tuple, Any], bool] = decays_weights) -> jax.Array:
-    r"""$rac{\lambda}{2} \sum_w \lVert w Vert^2$ over the included leaves ($\lambda$ = `coeff`): a scalar."""
+    r"""$\frac{\lambda}{2} \sum_w \lVert w \rVert^2$ over the included leaves ($\lambda$ = `coeff`): a scalar."""
     squares = jax.tree_util.tree_map_with_path(
         lambda p, x: jnp.sum(x * x) if include(p, x) else 0.0, params
     )
