@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.core.layer import Layer
+
 
 def float_dtype(value: Any, arg: str, where: str, *, allow_none: bool = False) -> np.dtype | None:
     """`value` as a numpy floating dtype (names such as `"bfloat16"` accepted).
@@ -145,7 +147,7 @@ def _all_in(tree, dtype) -> bool:
     return all(jnp.result_type(a) == dtype for a in jax.tree_util.tree_leaves(tree) if _is_float(a))
 
 
-def with_compute_dtype(layer: Any, dtype: Any = None) -> Any:
+def with_compute_dtype(layer: Layer, dtype: Any = None) -> Layer:
     """`layer` computing in `dtype` (None: the input's float dtype); see the module docstring.
 
     **Arguments:**
