@@ -47,21 +47,22 @@ $\delta$. `conv_backward(dy, cache) -> (dx, dw, db)`.
 over chunks of examples (the forward and $dX$ chunk by chunk, $dW$ summed over the chunks:
 the formulas are sums over $n$):
 
-* `"gemm"` (im2col): $P$ = the stacked tap slices of $X_p$, shape `(N, *M, T C)`, and
-  $W_2$ = $W$ reshaped to `(T C, O)`. Then
+`"gemm"` (im2col): $P$ = the stacked tap slices of $X_p$, shape `(N, *M, T C)`, and
+$W_2$ = $W$ reshaped to `(T C, O)`. Then
 
-  $$
-  Y = P W_2 + b, \qquad
-  \frac{\partial L}{\partial W_2} = P^\top \delta \;\; (T C, O), \qquad
-  \frac{\partial L}{\partial P} = \delta\, W_2^\top \;\; (N, *M, T C),
-  $$
+$$
+Y = P W_2 + b, \qquad
+\frac{\partial L}{\partial W_2} = P^\top \delta \;\; (T C, O), \qquad
+\frac{\partial L}{\partial P} = \delta\, W_2^\top \;\; (N, M, T C),
+$$
 
-  where $P^\top \delta$ contracts $N$ and $M$, and col2im (`scatter_windows`) adds every
-  tap's `(N, *M, C)` slice of $\partial L / \partial P$ back where it came from, giving
-  $\partial L / \partial X$.
-* `"xla"`: three `lax.conv_general_dilated` calls used as forward primitives: the forward,
-  the input gradient (`lhs_dilation` = stride, flipped kernel, I and O exchanged) and the
-  kernel gradient (batch and channel axes exchanged, `rhs_dilation` = stride).
+where $P^\top \delta$ contracts $N$ and $M$, and col2im (`scatter_windows`) adds every tap's
+`(N, *M, C)` slice of $\partial L / \partial P$ back where it came from, giving
+$\partial L / \partial X$.
+
+`"xla"`: three `lax.conv_general_dilated` calls used as forward primitives: the forward,
+the input gradient (`lhs_dilation` = stride, flipped kernel, I and O exchanged) and the
+kernel gradient (batch and channel axes exchanged, `rhs_dilation` = stride).
 
 **Measured, not guessed.** Which is fastest depends on the machine, not only on the shapes:
 on one 2-core EPYC, im2col won for 1 input channel and XLA from ~8 up, and chunks of 8
