@@ -9,16 +9,16 @@ $$
 = \delta_k\, f'(x_k), \qquad \delta = \frac{\partial L}{\partial y},
 $$
 
-with $f'$ expressed through what the forward already computed, which is what the cache
-holds ($y$ or $x$, the input's shape):
+with $f'$ expressed through what the forward already computed. The cache is the pair
+$(x, y)$, each of the input's shape:
 
-| layer | forward | $f'$ | cache |
-|---|---|---|---|
-| `Sigmoid` | $y = 1 / (1 + e^{-x})$ | $y (1 - y)$ | $y$ |
-| `Tanh` | $y = \tanh x$ | $1 - y^2$ | $y$ |
-| `ReLU` | $y = \max(x, 0)$ | $[x > 0]$ (0 at the kink $x = 0$) | $x$ |
-| `Step` (hardlim) | $y = [x \ge 0]$ | 0 almost everywhere | $x$ |
-| `Identity` | $y = x$ | 1 | $x$ |
+| layer | forward | $f'$ |
+|---|---|---|
+| `Sigmoid` | $y = 1 / (1 + e^{-x})$ | $y (1 - y)$ |
+| `Tanh` | $y = \tanh x$ | $1 - y^2$ |
+| `ReLU` | $y = \max(x, 0)$ | $[x > 0]$ (0 at the kink $x = 0$) |
+| `Step` (hardlim) | $y = [x \ge 0]$ | 0 almost everywhere |
+| `Identity` | $y = x$ | 1 |
 
 (For the sigmoid, $f'(x) = e^{-x} / (1 + e^{-x})^2 = y (1 - y)$; for tanh,
 $f'(x) = 1 - \tanh^2 x$.) Each is a pair of named functions, e.g.
@@ -55,60 +55,65 @@ import jax.numpy as jnp
 from funcnn.core.dtypes import float_dtype, stat_dtype, with_compute_dtype
 from funcnn.core.layer import Layer, Params, Shape, State
 
-Forward = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
-Backward = Callable[[jax.Array, jax.Array], jax.Array]
+Forward = Callable[[jax.Array], tuple[jax.Array, Any]]
+Backward = Callable[[jax.Array, Any], jax.Array]
 
 
-def sigmoid_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """$y = 1 / (1 + e^{-x})$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `y`."""
+def sigmoid_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """$y = 1 / (1 + e^{-x})$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `(x, y)`."""
     y = jax.nn.sigmoid(x)
-    return y, y
+    return y, (x, y)
 
 
-def sigmoid_backward(dy: jax.Array, cache: jax.Array) -> jax.Array:
-    r"""$dx = dy \, y (1 - y)$. **Returns:** `dx` of `dy`'s shape; `cache` is the forward's `y`."""
-    return dy * (cache * (1 - cache))
+def sigmoid_backward(dy: jax.Array, cache: tuple[jax.Array, jax.Array]) -> jax.Array:
+    r"""$dx = dy \, y (1 - y)$. **Returns:** `dx` of `dy`'s shape; `cache` is the forward's `(x, y)`."""
+    y = cache[1]
+    return dy * (y * (1 - y))
 
 
-def tanh_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""$y = \tanh x$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `y`."""
+def tanh_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    r"""$y = \tanh x$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `(x, y)`."""
     y = jnp.tanh(x)
-    return y, y
+    return y, (x, y)
 
 
-def tanh_backward(dy: jax.Array, cache: jax.Array) -> jax.Array:
-    r"""$dx = dy \, (1 - y^2)$. **Returns:** `dx` of `dy`'s shape; `cache` is the forward's `y`."""
-    return dy * (1 - cache * cache)
+def tanh_backward(dy: jax.Array, cache: tuple[jax.Array, jax.Array]) -> jax.Array:
+    r"""$dx = dy \, (1 - y^2)$. **Returns:** `dx` of `dy`'s shape; `cache` is the forward's `(x, y)`."""
+    y = cache[1]
+    return dy * (1 - y * y)
 
 
-def relu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""$y = \max(x, 0)$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `x`."""
-    return jax.nn.relu(x), x
+def relu_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    r"""$y = \max(x, 0)$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `(x, y)`."""
+    y = jax.nn.relu(x)
+    return y, (x, y)
 
 
-def relu_backward(dy: jax.Array, cache: jax.Array) -> jax.Array:
-    r"""$dx = dy \, [x > 0]$ (0 at the kink). **Returns:** `dx` of `dy`'s shape; `cache` is `x`."""
-    return dy * (cache > 0).astype(cache.dtype)
+def relu_backward(dy: jax.Array, cache: tuple[jax.Array, jax.Array]) -> jax.Array:
+    r"""$dx = dy \, [x > 0]$ (0 at the kink). **Returns:** `dx` of `dy`'s shape; `cache` is `(x, y)`."""
+    x = cache[0]
+    return dy * (x > 0).astype(x.dtype)
 
 
-def step_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""Hardlim, $y = [x \ge 0]$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `x`."""
-    return (x >= 0).astype(x.dtype), x
+def step_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    r"""Hardlim, $y = [x \ge 0]$ elementwise. **Returns:** `(y, cache)`: `y` of `x`'s shape; `cache` is `(x, y)`."""
+    y = (x >= 0).astype(x.dtype)
+    return y, (x, y)
 
 
-def step_backward(dy: jax.Array, cache: jax.Array) -> jax.Array:
+def step_backward(dy: jax.Array, cache: tuple[jax.Array, jax.Array]) -> jax.Array:
     """$dx = 0$: the derivative is zero almost everywhere. **Returns:** `dx` of `dy`'s shape."""
-    return dy * jnp.zeros_like(cache)
+    return dy * jnp.zeros_like(cache[0])
 
 
-def identity_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """$y = x$. **Returns:** `(y, cache)`: `y` is `x`; `cache` is `x`."""
-    return x, x
+def identity_forward(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """$y = x$. **Returns:** `(y, cache)`: `y` is `x`; `cache` is `(x, x)`."""
+    return x, (x, x)
 
 
-def identity_backward(dy: jax.Array, cache: jax.Array) -> jax.Array:
+def identity_backward(dy: jax.Array, cache: tuple[jax.Array, jax.Array]) -> jax.Array:
     """$dx = dy$ (times ones of `x`'s shape). **Returns:** `dx` of `dy`'s shape."""
-    return dy * jnp.ones_like(cache)
+    return dy * jnp.ones_like(cache[0])
 
 
 def softmax_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:

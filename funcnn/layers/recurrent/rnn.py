@@ -10,7 +10,7 @@ a_t = XP_t + h_{t-1} W_{hh}^\top, \qquad h_t = \phi(a_t) \qquad (B, H),
 $$
 
 $\phi = \tanh$ by default (or ReLU, sigmoid, identity: `funcnn.layers.activations`). The
-step's cache is $\phi$'s own (e.g. $h_t$ for tanh), `(B, H)`.
+step's cache is $\phi$'s own, $(a_t, h_t)$, each `(B, H)`.
 
 **Backward through time** (`rnn_cell_backward`, `rnn_backward`): a reverse scan carrying
 $dh = \partial L / \partial h_t$ `(B, H)` from the future, plus the output's share at $t$:
@@ -49,7 +49,7 @@ def _bias_grads(da_x, da_h):
 
 
 def rnn_cell_forward(h: jax.Array, xp_t: jax.Array, w_hh_t: jax.Array,
-                     activation: str = "tanh") -> tuple[jax.Array, jax.Array]:
+                     activation: str = "tanh") -> tuple[jax.Array, Any]:
     r"""One step, $h_t = \phi(XP_t + h_{t-1} W_{hh}^\top)$.
 
     **Arguments:**
@@ -59,13 +59,13 @@ def rnn_cell_forward(h: jax.Array, xp_t: jax.Array, w_hh_t: jax.Array,
 
     **Returns:**
 
-    `(h_t, cache)`: `h_t` of shape `(B, H)`; `cache` $\phi$'s, `(B, H)`.
+    `(h_t, cache)`: `h_t` of shape `(B, H)`; `cache` $\phi$'s, `(a_t, h_t)`, each `(B, H)`.
     """
     phi_forward, _ = ELEMENTWISE[activation]
     return phi_forward(xp_t + h @ w_hh_t)
 
 
-def rnn_cell_backward(dh: jax.Array, cache: jax.Array, w_hh: jax.Array,
+def rnn_cell_backward(dh: jax.Array, cache: Any, w_hh: jax.Array,
                       activation: str = "tanh") -> tuple[jax.Array, jax.Array]:
     r"""One step back, $da_t = dh \odot \phi'(a_t)$, $dh_{t-1} = da_t W_{hh}$.
 
@@ -84,7 +84,7 @@ def rnn_cell_backward(dh: jax.Array, cache: jax.Array, w_hh: jax.Array,
 
 
 def rnn_forward(params: Params, xp: jax.Array, h0: jax.Array, unroll: int = 1, *,
-                activation: str = "tanh") -> tuple[jax.Array, jax.Array]:
+                activation: str = "tanh") -> tuple[jax.Array, Any]:
     r"""The forward scan of `rnn_cell_forward` over time.
 
     **Arguments:**
@@ -94,7 +94,7 @@ def rnn_forward(params: Params, xp: jax.Array, h0: jax.Array, unroll: int = 1, *
 
     **Returns:**
 
-    `(hs, cache)`: `hs` of shape `(T, B, H)`; `cache` $\phi$'s caches stacked, `(T, B, H)`.
+    `(hs, cache)`: `hs` of shape `(T, B, H)`; `cache` $\phi$'s caches stacked, `(a, h)`, each `(T, B, H)`.
     """
     w_hh_t = params["w_hh"].T
 
@@ -106,13 +106,13 @@ def rnn_forward(params: Params, xp: jax.Array, h0: jax.Array, unroll: int = 1, *
     return hs, cache
 
 
-def rnn_backward(params: Params, cache: jax.Array, h_prev: jax.Array, dys: jax.Array | None, dh: jax.Array,
+def rnn_backward(params: Params, cache: Any, h_prev: jax.Array, dys: jax.Array | None, dh: jax.Array,
                  unroll: int = 1, *, activation: str = "tanh") -> tuple[jax.Array, jax.Array, jax.Array]:
     r"""The reverse scan of `rnn_cell_backward` over time.
 
     **Arguments:**
 
-    - `params`: `{"w_hh": (H, H), ...}`; `cache`: `rnn_forward`'s, `(T, B, H)`.
+    - `params`: `{"w_hh": (H, H), ...}`; `cache`: `rnn_forward`'s, `(a, h)`, each `(T, B, H)`.
     - `h_prev`: $h_{t-1}$ for every t, `(T, B, H)` (unused: $\phi$'s caches suffice).
     - `dys`: the outputs' gradients `(T, B, H)`, or `None` (only the last h is an output).
     - `dh`: the last state's gradient `(B, H)`; `unroll`; `activation`: $\phi$'s name.
