@@ -1,26 +1,34 @@
-"""Gradients of a model's loss, by the hand-written backward or by autodiff.
+r"""Gradients of a model's loss, by the hand-written backward or by autodiff.
 
-``value_and_grad(model, loss, mode="manual")`` computes, for one batch,
+`value_and_grad(model, loss, mode="manual")` computes, for one batch $(x, y)$,
 
-    L(theta) = loss(model(theta, x), y) + (l2 / 2) ||w||^2 + penalty(theta)
+$$
+L(\theta) = \text{loss}(\text{model}(\theta, x), y) + \frac{l_2}{2} \lVert w \rVert^2 + \text{penalty}(\theta)
+$$
 
-and dL/dtheta (``penalty`` is any ``funcnn.regularization.Penalty``, e.g. a KL term).
-Manual mode runs ``forward`` (keeping caches), seeds the chain rule
-with the loss's own gradient dL/dy_hat and calls ``backward``; autodiff mode asks
-``jax.value_and_grad`` of ``apply``. Both return the same numbers up to rounding.
+and $\partial L / \partial \theta$ (`penalty` is any `funcnn.regularization.Penalty`, e.g. a
+KL term). Manual mode runs `forward` (keeping caches), seeds the chain rule with the loss's
+own gradient $\partial L / \partial \hat y$ and calls `backward`; autodiff mode asks
+`jax.value_and_grad` of `apply`. Both return the same numbers up to rounding.
 
-``per_example_grads`` is ``jax.vmap`` of the same function over one-example batches,
-so per-example gradients cost one batched call in either mode.
+`per_example_grads` is `jax.vmap` of the same function over one-example batches, so
+per-example gradients cost one batched call in either mode.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 
-from funcnn.core.layer import Layer
+from funcnn.core.layer import Layer, Params, State
 from funcnn.losses import Loss
 from funcnn.regularization import Penalty, decays_weights, l2 as l2_term
 
 MODES = ("manual", "autodiff")
+
+
+GradFn = Callable[..., tuple[jax.Array, Params, State]]
+PerExampleGradFn = Callable[..., tuple[jax.Array, Params]]
 
 
 def _check_mode(mode):
@@ -38,11 +46,23 @@ def _objective_penalty(l2, l2_include, penalty):
 
 
 def value_and_grad(model: Layer, loss: Loss, *, mode: str = "manual", l2: float = 0.0,
-                   l2_include=decays_weights, penalty: Penalty | None = None):
-    """A pure, jit-able ``f(params, state, x, y, *, key=None, train=True) -> (loss, grads, state)``.
+                   l2_include: Callable[[Any, Any], bool] = decays_weights,
+                   penalty: Penalty | None = None) -> GradFn:
+    """A pure, jit-able `f(params, state, x, y, *, key=None, train=True) -> (loss, grads, state)`.
 
-    ``grads`` has exactly the structure of ``params``; gradients never flow into
-    ``state`` (running statistics are threaded, not differentiated).
+    **Arguments:**
+
+    - `model`: the `Layer`; `loss`: a `funcnn.losses.Loss` (its value and its gradient).
+    - `mode`: `"manual"` (the hand-written backward) or `"autodiff"` (`jax.value_and_grad`).
+    - `l2`: the L2 coefficient, >= 0; `l2_include(path, leaf)`: which leaves decay.
+    - `penalty`: another `Penalty` added to the objective, or `None`.
+
+    **Returns:**
+
+    `f`: for `x` of shape `(N, *input_shape)` and targets `y` as `loss` takes them, `loss` is
+    a scalar, `grads` has exactly the structure and shapes of `params`, and `state` is the
+    new state; gradients never flow into `state` (running statistics are threaded, not
+    differentiated). Raises `ValueError` for an unknown mode or a negative `l2`.
     """
     _check_mode(mode)
     extra = _objective_penalty(l2, l2_include, penalty)
@@ -71,11 +91,17 @@ def value_and_grad(model: Layer, loss: Loss, *, mode: str = "manual", l2: float 
 
 
 def per_example_grads(model: Layer, loss: Loss, *, mode: str = "manual", l2: float = 0.0,
-                      l2_include=decays_weights, penalty: Penalty | None = None):
-    """``f(params, state, x, y, *, key=None, train=True) -> (losses (N,), grads)``.
+                      l2_include: Callable[[Any, Any], bool] = decays_weights,
+                      penalty: Penalty | None = None) -> PerExampleGradFn:
+    """`f(params, state, x, y, *, key=None, train=True) -> (losses, grads)`, one per example.
 
-    Each leaf of ``grads`` gains a leading batch axis: ``grads[...][n]`` is the gradient
-    of example n's loss alone. With a key, example n uses ``jax.random.split(key, N)[n]``.
+    Arguments as `value_and_grad`.
+
+    **Returns:**
+
+    `f`: for a batch of N examples, `losses` of shape `(N,)` and `grads` shaped as `params`
+    with a leading batch axis on every leaf: `grads[...][n]` is the gradient of example n's
+    loss alone. With a key, example n uses `jax.random.split(key, N)[n]`.
     """
     vg = value_and_grad(model, loss, mode=mode, l2=l2, l2_include=l2_include, penalty=penalty)
 

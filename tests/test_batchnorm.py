@@ -12,7 +12,8 @@ from funcnn.check import check_layer
 from funcnn.gradients import value_and_grad
 from funcnn.core.layer import serial
 from funcnn.layers.activations import ReLU
-from funcnn.layers.batchnorm import BatchNorm
+from funcnn.layers.batchnorm import (BatchNorm, batchnorm_backward, batchnorm_backward_staged,
+                                     batchnorm_forward_train)
 from funcnn.layers.dense import Dense
 from funcnn.losses import softmax_cross_entropy
 from helpers import RTOL_F32, RTOL_F64, assert_close
@@ -124,6 +125,25 @@ def test_closed_form_backward_agrees_with_step_by_step_derivation(layout):
     assert_close(grads["gamma"], dgamma, RTOL_F64)
     assert_close(grads["beta"], dbeta, RTOL_F64)
     assert_close(dx, dx_ref, RTOL_F64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_library_staged_backward_agrees_with_closed_form(layout):
+    """The module's two derivations, CS231n's staged walk and the closed form, agree."""
+    shape, axis, batch = LAYOUTS[layout]
+    with jax.enable_x64(True):
+        x = 2.0 + 3.0 * jax.random.normal(jax.random.key(1), (batch, *shape), jnp.float64)
+        ax = axis % x.ndim
+        gamma, beta = (jax.random.normal(jax.random.key(k), (x.shape[ax],), jnp.float64) for k in (2, 3))
+        _, _, _, cache = batchnorm_forward_train(x, gamma, beta, axis=ax, eps=1e-5)
+        dy = jax.random.normal(jax.random.key(7), x.shape, jnp.float64)
+        closed, staged = batchnorm_backward(dy, cache), batchnorm_backward_staged(dy, cache)
+        dgamma, dbeta, dx_ref = _step_by_step_backward(np.asarray(x), np.asarray(gamma), np.asarray(dy), axis, 1e-5)
+    for a, b in zip(closed, staged):
+        assert_close(a, b, RTOL_F64)
+    assert_close(staged[0], dx_ref, RTOL_F64)
+    assert_close(staged[1], dgamma, RTOL_F64)
+    assert_close(staged[2], dbeta, RTOL_F64)
 
 
 def _with_state(layer, state_fn):

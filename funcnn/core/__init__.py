@@ -1,8 +1,8 @@
 """The layer protocol and what every layer builds on; imports nothing above it.
 
-``Layer`` and ``serial`` (``layer``), the combinators (``residual``, ``parallel``,
-``fan_out``, ``fan_in_sum``, ``fan_in_concat``), ``with_manual_vjp``, initialisers,
-dtype and sharding helpers, argument validation and the autotuner.
+`Layer` and `serial` (`layer`), the combinators (`residual`, `parallel`, `fan_out`,
+`fan_in_sum`, `fan_in_concat`), `with_manual_vjp`, initialisers, dtype and sharding
+helpers, argument validation and the autotuner.
 """
 from funcnn.core.combinators import fan_in_concat as fan_in_concat
 from funcnn.core.combinators import fan_in_sum as fan_in_sum

@@ -1,29 +1,32 @@
-"""Combinators beyond a chain: residual connections, parallel branches, fan-out and fan-in.
+r"""Combinators beyond a chain: residual connections, parallel branches, fan-out and fan-in.
 
-Each is a ``Layer`` (the protocol of ``funcnn.core.layer``), so ``value_and_grad``,
-``check_layer``, ``fit`` and ``with_manual_vjp`` work on them unchanged. Sublayers'
-params and state are keyed as ``serial`` keys them, ``f"{i}_{layer.name}"``, and
-listed in ``Layer.children``. A tuple input is one value per branch.
+Each is a `Layer` (the protocol of `funcnn.core.layer`), so `value_and_grad`,
+`check_layer`, `fit` and `with_manual_vjp` work on them unchanged. Sublayers' params and
+state are keyed as `serial` keys them, `f"{i}_{layer.name}"`, and listed in
+`Layer.children`. A tuple input is one value per branch.
 
-The backward of each is the chain rule over a graph that is not a chain: where a
-value is used twice its cotangents add, and where values are joined the cotangent
-is handed back to each part.
+The backward of each is the chain rule over a graph that is not a chain: where a value is
+used twice its cotangents add, and where values are joined the cotangent is handed back to
+each part.
 
-    residual(f)        y = x + f(x)                   dx = dy + f.backward(dy)_x
-    fan_out(n)         (y_1, ..., y_n) = (x, ..., x)  dx = sum_i dy_i
-    parallel(f_1..n)   y_i = f_i(x_i)                 dx_i = f_i.backward(dy_i)_x
-    fan_in_sum()       y = sum_i x_i                  dx_i = dy
-    fan_in_concat(a)   y = concat(x_1, ..., x_n; a)   dx_i = the i-th slice of dy along a
+| combinator | forward | backward |
+|---|---|---|
+| `residual(f)` | $y = x + f(x)$ | $dx = dy + f.\text{backward}(dy)_x$ |
+| `fan_out(n)` | $(y_1, \dots, y_n) = (x, \dots, x)$ | $dx = \sum_i dy_i$ |
+| `parallel(f_1, ..., f_n)` | $y_i = f_i(x_i)$ | $dx_i = f_i.\text{backward}(dy_i)_x$ |
+| `fan_in_sum()` | $y = \sum_i x_i$ | $dx_i = dy$ |
+| `fan_in_concat(a)` | $y = \text{concat}(x_1, \dots, x_n; a)$ | $dx_i$ = the i-th slice of $dy$ along $a$ |
 
-stax's vocabulary: ``serial(fan_out(2), parallel(f, g), fan_in_sum())`` is
-y = f(x) + g(x), whose params' gradients come from each branch and whose input
-gradient is the sum of both branches' input gradients.
+stax's vocabulary: `serial(fan_out(2), parallel(f, g), fan_in_sum())` is
+$y = f(x) + g(x)$, whose params' gradients come from each branch and whose input gradient
+is the sum of both branches' input gradients.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import operator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +35,7 @@ from funcnn.core.validate import positive_int
 from funcnn.core.layer import Layer, _split
 
 
-def _add(a, b):
+def _add(a: Any, b: Any) -> Any:
     return jax.tree_util.tree_map(operator.add, a, b)
 
 
@@ -63,7 +66,18 @@ def _check_layers(layers, where):
 
 
 def residual(f: Layer, *, name: str = "residual") -> Layer:
-    """``y = x + f(x)``; ``f`` must map a shape to itself. Params ``{"0_<f.name>": ...}``."""
+    """$y = x + f(x)$: `(N, *S) -> (N, *S)`.
+
+    **Arguments:**
+
+    - `f`: a layer that maps a shape to itself.
+    - `name`: the combinator's name.
+
+    **Returns:**
+
+    The `Layer`, params `{"0_<f.name>": f's params}`. Raises `ValueError` when `f` changes
+    the shape.
+    """
     _check_layers([f], "residual")
     k = f"0_{f.name}"
 
@@ -95,10 +109,20 @@ def residual(f: Layer, *, name: str = "residual") -> Layer:
 
 
 def parallel(*layers: Layer, name: str = "parallel") -> Layer:
-    """Branch i applies ``layers[i]`` to ``x[i]``: a tuple in, a tuple out.
+    """Branch i applies `layers[i]` to `x[i]`: a tuple in, a tuple out.
 
-    Params and state are dicts keyed ``f"{i}_{layer.name}"``; the key is split into one
-    key per branch; ``input_shape`` is a tuple of one shape per branch.
+    Params and state are dicts keyed `f"{i}_{layer.name}"`; the key is split into one key
+    per branch; `input_shape` is a tuple of one shape per branch.
+
+    **Arguments:**
+
+    - `layers`: one layer per branch.
+    - `name`: the combinator's name.
+
+    **Returns:**
+
+    The `Layer`: `((N, *S_1), ..., (N, *S_n)) -> ((N, *S_1'), ..., (N, *S_n'))`. Raises
+    `ValueError` for no layers or an input that is not a tuple of n values.
     """
     if not layers:
         raise ValueError("parallel: expected at least one layer, got none")
@@ -147,7 +171,12 @@ def parallel(*layers: Layer, name: str = "parallel") -> Layer:
 
 
 def fan_out(n: int) -> Layer:
-    """``x -> (x, ..., x)`` (n copies); backward: the sum of the n cotangents."""
+    """`x -> (x, ..., x)` (n copies of `(N, *S)`); backward: the sum of the n cotangents.
+
+    **Returns:**
+
+    The `Layer`. Raises `ValueError` for an `n` that is not a positive integer.
+    """
     positive_int(n, "n", "fan_out")
 
     def forward(params, state, x, *, key=None, train=False):
@@ -161,7 +190,12 @@ def fan_out(n: int) -> Layer:
 
 
 def fan_in_sum() -> Layer:
-    """``(x_1, ..., x_n) -> x_1 + ... + x_n`` (equal shapes); backward: dy to every input."""
+    """`(x_1, ..., x_n) -> x_1 + ... + x_n`, each `(N, *S)`; backward: `dy` to every input.
+
+    **Returns:**
+
+    The `Layer`. Raises `ValueError` for inputs of different shapes.
+    """
 
     def output_shape(input_shape):
         shapes = _shapes(input_shape, None, "fan_in_sum")
@@ -195,10 +229,18 @@ class _Sizes:
 
 
 def fan_in_concat(axis: int = -1) -> Layer:
-    """``(x_1, ..., x_n) -> concatenate(x; axis)``; backward: dy split back into the pieces.
+    """`(x_1, ..., x_n) -> concatenate(x; axis)`; backward: `dy` split back into the pieces.
 
-    ``axis`` is an axis of the batched inputs (batch first; negative counts from the end)
-    and may not be the batch axis 0.
+    **Arguments:**
+
+    - `axis`: an axis of the batched inputs (batch first; negative counts from the end),
+      not the batch axis 0. The inputs agree on every other axis.
+
+    **Returns:**
+
+    The `Layer`: `((N, ..., a_1, ...), ..., (N, ..., a_n, ...)) -> (N, ..., a_1 + ... + a_n, ...)`.
+    Raises `TypeError` for a non-int axis and `ValueError` for the batch axis or inputs that
+    disagree off the axis.
     """
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise TypeError(f"fan_in_concat: axis must be an int, got {axis!r}")

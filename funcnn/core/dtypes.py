@@ -1,40 +1,56 @@
-"""Storage and computation dtypes of a layer (Flax's ``param_dtype`` and ``dtype``).
+r"""Storage and computation dtypes of a layer (Flax's `param_dtype` and `dtype`).
 
-* ``param_dtype`` (default float32): the dtype ``init`` creates the params (and float
-  state) in. Params and state of one layer never mix float widths.
-* ``dtype`` (default ``None``: the input's floating dtype): the dtype ``forward`` and
-  ``backward`` compute in. Params and float inputs are cast to it on the way in.
+- `param_dtype` (default float32): the dtype `init` creates the params (and float state)
+  in. Params and state of one layer never mix float widths.
+- `dtype` (default `None`: the input's floating dtype): the dtype `forward` and `backward`
+  compute in. Params and float inputs are cast to it on the way in.
 
-``with_compute_dtype(layer, dtype)`` adds the second to a layer written for one dtype:
-the cast is linear, so its backward is the cast back,
+`with_compute_dtype(layer, dtype)` adds the second to a layer written for one dtype: the
+cast is linear, so its backward is the cast back,
 
-    y = f(cast_c(theta), cast_c(x))  =>  dtheta = cast_p(df/dtheta_c), dx = cast_x(df/dx_c),
+$$
+y = f(\mathrm{cast}_c(\theta), \mathrm{cast}_c(x)) \;\Rightarrow\;
+d\theta = \mathrm{cast}_p\!\left(\frac{\partial f}{\partial \theta_c}\right), \quad
+dx = \mathrm{cast}_x\!\left(\frac{\partial f}{\partial x_c}\right),
+$$
 
 which is exactly what autodiff of the same cast forward returns: gradients come back in
 each param's own dtype and dx in the input's dtype. Casting to the same dtype is a no-op:
 when params and input already are in the compute dtype, the wrapped layer is the layer
 itself (same cache, same backward).
 
-Every built-in layer takes both (parameter-free layers only ``dtype``): its constructor
-validates them with ``layer_dtypes``, its ``init`` draws each param with
-``initialise(init, ..., param_dtype)`` and it returns ``with_compute_dtype(Layer(...), dtype)``.
-Statistics that accumulate (BatchNorm's, softmax's sums) run in ``stat_dtype(d)``: float32
-at least, since a bfloat16 mean of m values keeps 8 bits and an fp16 variance overflows at
-256^2 (the fp16 BatchNorm NaN of Haiku's mixed-precision notes).
+Every built-in layer takes both (parameter-free layers only `dtype`): its constructor
+validates them with `layer_dtypes`, its `init` draws each param with
+`initialise(init, ..., param_dtype)` and it returns `with_compute_dtype(Layer(...), dtype)`.
+Statistics that accumulate (BatchNorm's, softmax's sums) run in `stat_dtype(d)`: float32 at
+least, since a bfloat16 mean of m values keeps 8 bits and an fp16 variance overflows at
+$256^2$ (the fp16 BatchNorm NaN of Haiku's mixed-precision notes).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.core.layer import Layer
 
-def float_dtype(value, arg: str, where: str, *, allow_none: bool = False):
-    """``value`` as a numpy floating dtype (names such as "bfloat16" accepted)."""
+
+def float_dtype(value: Any, arg: str, where: str, *, allow_none: bool = False) -> np.dtype | None:
+    """`value` as a numpy floating dtype (names such as `"bfloat16"` accepted).
+
+    **Arguments:**
+
+    - `value`: a dtype or its name; `None` only with `allow_none`.
+    - `arg`, `where`: the argument's and the caller's names, for the error.
+
+    **Returns:**
+
+    The dtype (or `None`). Raises `TypeError` naming `arg` for anything else.
+    """
     if value is None and allow_none:
         return None
     try:
@@ -47,13 +63,13 @@ def float_dtype(value, arg: str, where: str, *, allow_none: bool = False):
     return dt
 
 
-def layer_dtypes(param_dtype, dtype, where: str):
-    """A layer constructor's validated ``(param_dtype, dtype)``; ``dtype`` may be None."""
+def layer_dtypes(param_dtype: Any, dtype: Any, where: str) -> tuple[np.dtype, np.dtype | None]:
+    """A layer constructor's validated `(param_dtype, dtype)`; `dtype` may be `None`."""
     return float_dtype(param_dtype, "param_dtype", where), float_dtype(dtype, "dtype", where, allow_none=True)
 
 
-def available(dtype, where: str):
-    """``dtype``, or a ``ValueError`` if it is 64-bit while JAX runs in 32-bit mode (where it
+def available(dtype: Any, where: str) -> Any:
+    """`dtype`, or a `ValueError` if it is 64-bit while JAX runs in 32-bit mode (where it
     would silently become float32)."""
     if dtype is not None and jax.dtypes.canonicalize_dtype(dtype) != dtype:
         raise ValueError(f"{where}: {np.dtype(dtype).name} needs 64-bit JAX; run under "
@@ -61,9 +77,12 @@ def available(dtype, where: str):
     return dtype
 
 
-def initialise(init, key, shape, fan_in, fan_out, dtype):
-    """``init(key, shape, fan_in, fan_out, dtype)``: a param drawn in ``dtype``. An
-    initialiser written without the ``dtype`` argument draws in its own dtype, then is cast."""
+def initialise(init: Callable, key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+               dtype: Any) -> jax.Array:
+    """`init(key, shape, fan_in, fan_out, dtype)`: a param of `shape` drawn in `dtype`.
+
+    An initialiser written without the `dtype` argument draws in its own dtype, then is cast.
+    """
     try:
         inspect.signature(init).bind(key, shape, fan_in, fan_out, dtype)
         takes_dtype = True
@@ -73,8 +92,8 @@ def initialise(init, key, shape, fan_in, fan_out, dtype):
     return jnp.asarray(value).astype(dtype)
 
 
-def stat_dtype(dtype):
-    """The dtype statistics are accumulated in: ``dtype`` or float32, whichever is wider."""
+def stat_dtype(dtype: Any) -> np.dtype:
+    """The dtype statistics are accumulated in: `dtype` or float32, whichever is wider."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -82,17 +101,19 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def cast_floats(tree, dtype):
-    """Every floating leaf of ``tree`` cast to ``dtype`` (integer leaves untouched)."""
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """Every floating leaf of `tree` cast to `dtype` (integer leaves untouched; `dtype`
+    `None`: `tree` as is). Shapes are kept."""
     if dtype is None:
         return tree
     return jax.tree_util.tree_map(lambda a: a.astype(dtype) if _is_float(a) else a, tree)
 
 
-def cast_like(tree, reference):
-    """Every floating leaf of ``tree`` cast to the dtype of the matching leaf of ``reference``.
+def cast_like(tree: Any, reference: Any) -> Any:
+    """Every floating leaf of `tree` cast to the dtype of the matching leaf of `reference`
+    (same structure, same shapes).
 
-    ``None`` leaves (e.g. ``dx`` of an integer input) stay ``None``."""
+    `None` leaves (e.g. `dx` of an integer input) stay `None`."""
     return jax.tree_util.tree_map(
         lambda g, r: g if g is None or not _is_float(r) else g.astype(jnp.result_type(r)),
         tree, reference, is_leaf=lambda v: v is None)
@@ -101,8 +122,8 @@ def cast_like(tree, reference):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CastCache:
-    """A layer's cache, plus (static) the wrapper it belongs to, the compute dtype and the
-    input's leaf dtypes."""
+    """A layer's cache (`inner`), plus (static) the wrapper it belongs to, the compute dtype
+    and the input's leaf dtypes and structure."""
 
     inner: Any
     owner: int = dataclasses.field(metadata=dict(static=True))
@@ -111,8 +132,9 @@ class CastCache:
     x_treedef: Any = dataclasses.field(metadata=dict(static=True))
 
 
-def compute_dtype(dtype, x):
-    """The dtype a layer computes in: ``dtype``, else the first float leaf of ``x``'s."""
+def compute_dtype(dtype: Any, x: Any) -> Any:
+    """The dtype a layer computes in: `dtype`, else the first float leaf of `x`'s (`None` for
+    an integer input)."""
     if dtype is not None:
         return dtype
     for leaf in jax.tree_util.tree_leaves(x):
@@ -125,8 +147,19 @@ def _all_in(tree, dtype) -> bool:
     return all(jnp.result_type(a) == dtype for a in jax.tree_util.tree_leaves(tree) if _is_float(a))
 
 
-def with_compute_dtype(layer, dtype=None):
-    """``layer`` computing in ``dtype`` (None: the input's float dtype); see the module doc."""
+def with_compute_dtype(layer: Layer, dtype: Any = None) -> Layer:
+    """`layer` computing in `dtype` (None: the input's float dtype); see the module docstring.
+
+    **Arguments:**
+
+    - `layer`: a `Layer` written for one dtype.
+    - `dtype`: the compute dtype, or `None`.
+
+    **Returns:**
+
+    A `Layer` with the same shapes: params and float inputs cast to the compute dtype on the
+    way in, `dparams` and `dx` cast back to the params' and the input's dtypes.
+    """
     owner = object()
 
     def forward(params, state, x, *, key=None, train=False):

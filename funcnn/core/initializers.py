@@ -1,54 +1,80 @@
-"""Weight initialisers, ``init(key, shape, fan_in, fan_out, dtype) -> array``.
+r"""Weight initialisers, `init(key, shape, fan_in, fan_out, dtype) -> array` of `shape`.
 
-For a Dense weight of shape (out, in), ``fan_in = in`` and ``fan_out = out``; for a
-convolution kernel (kh, kw, in, out), ``fan_in = kh*kw*in`` and ``fan_out = kh*kw*out``.
+For a Dense weight of shape `(out, in)`, `fan_in = in` and `fan_out = out`; for a
+convolution kernel `(kh, kw, in, out)`, `fan_in = kh kw in` and `fan_out = kh kw out`.
 
-* Glorot/Xavier (2010): Var(w) = 2 / (fan_in + fan_out), keeps activation and
-  gradient variance for tanh/sigmoid units near their linear regime.
-* He/Kaiming (2015): Var(w) = 2 / fan_in, compensates for ReLU halving the variance.
-* LeCun: Var(w) = 1 / fan_in.
+- Glorot/Xavier (2010): $\mathrm{Var}(w) = 2 / (\text{fan\_in} + \text{fan\_out})$, keeps
+  activation and gradient variance for tanh/sigmoid units near their linear regime.
+- He/Kaiming (2015): $\mathrm{Var}(w) = 2 / \text{fan\_in}$, compensates for ReLU halving
+  the variance.
+- LeCun: $\mathrm{Var}(w) = 1 / \text{fan\_in}$.
 
-Uniform variants draw from U(-a, a) with a = sqrt(3 Var).
+Uniform variants draw from $U(-a, a)$ with $a = \sqrt{3\, \mathrm{Var}}$.
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-
-def _normal(scale_fn):
-    def init(key, shape, fan_in, fan_out, dtype=jnp.float32):
-        std = math.sqrt(scale_fn(fan_in, fan_out))
-        return std * jax.random.normal(key, shape, dtype)
-
-    return init
+Initializer = Callable[..., jax.Array]  # init(key, shape, fan_in, fan_out[, dtype]) -> array of `shape`
 
 
-def _uniform(scale_fn):
-    def init(key, shape, fan_in, fan_out, dtype=jnp.float32):
-        a = math.sqrt(3.0 * scale_fn(fan_in, fan_out))
-        return jax.random.uniform(key, shape, dtype, -a, a)
-
-    return init
+def _normal(key, shape, variance, dtype):
+    std = math.sqrt(variance)
+    return std * jax.random.normal(key, shape, dtype)
 
 
-def zeros(key, shape, fan_in=None, fan_out=None, dtype=jnp.float32):
+def _uniform(key, shape, variance, dtype):
+    a = math.sqrt(3.0 * variance)
+    return jax.random.uniform(key, shape, dtype, -a, a)
+
+
+def zeros(key: jax.Array, shape: tuple[int, ...], fan_in: int | None = None, fan_out: int | None = None,
+          dtype: Any = jnp.float32) -> jax.Array:
+    """An array of zeros of `shape` (the key and fans are ignored)."""
     return jnp.zeros(shape, dtype)
 
 
-def ones(key, shape, fan_in=None, fan_out=None, dtype=jnp.float32):
+def ones(key: jax.Array, shape: tuple[int, ...], fan_in: int | None = None, fan_out: int | None = None,
+         dtype: Any = jnp.float32) -> jax.Array:
+    """An array of ones of `shape` (the key and fans are ignored)."""
     return jnp.ones(shape, dtype)
 
 
-glorot_normal = _normal(lambda i, o: 2.0 / (i + o))
-glorot_uniform = _uniform(lambda i, o: 2.0 / (i + o))
-he_normal = _normal(lambda i, o: 2.0 / i)
-he_uniform = _uniform(lambda i, o: 2.0 / i)
-lecun_normal = _normal(lambda i, o: 1.0 / i)
+def glorot_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                  dtype: Any = jnp.float32) -> jax.Array:
+    r"""$\mathcal N(0, 2 / (\text{fan\_in} + \text{fan\_out}))$, an array of `shape`."""
+    return _normal(key, shape, 2.0 / (fan_in + fan_out), dtype)
 
-INITIALIZERS = {
+
+def glorot_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                   dtype: Any = jnp.float32) -> jax.Array:
+    r"""$U(-a, a)$ with $a = \sqrt{6 / (\text{fan\_in} + \text{fan\_out})}$, an array of `shape`."""
+    return _uniform(key, shape, 2.0 / (fan_in + fan_out), dtype)
+
+
+def he_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+              dtype: Any = jnp.float32) -> jax.Array:
+    r"""$\mathcal N(0, 2 / \text{fan\_in})$, an array of `shape`."""
+    return _normal(key, shape, 2.0 / fan_in, dtype)
+
+
+def he_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+               dtype: Any = jnp.float32) -> jax.Array:
+    r"""$U(-a, a)$ with $a = \sqrt{6 / \text{fan\_in}}$, an array of `shape`."""
+    return _uniform(key, shape, 2.0 / fan_in, dtype)
+
+
+def lecun_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int,
+                 dtype: Any = jnp.float32) -> jax.Array:
+    r"""$\mathcal N(0, 1 / \text{fan\_in})$, an array of `shape`."""
+    return _normal(key, shape, 1.0 / fan_in, dtype)
+
+
+INITIALIZERS: dict[str, Initializer] = {
     "glorot_normal": glorot_normal,
     "glorot_uniform": glorot_uniform,
     "he_normal": he_normal,
@@ -59,8 +85,11 @@ INITIALIZERS = {
 }
 
 
-def get(init, arg: str = "init"):
-    """An initialiser from a name or a callable."""
+def get(init: str | Initializer, arg: str = "init") -> Initializer:
+    """An initialiser from a name (a key of `INITIALIZERS`) or a callable (returned as is).
+
+    Raises `ValueError` naming `arg` for an unknown name.
+    """
     if callable(init):
         return init
     if init not in INITIALIZERS:

@@ -1,10 +1,10 @@
-"""Bridge a model's hand-written backward into JAX's autodiff with ``jax.custom_vjp``.
+"""Bridge a model's hand-written backward into JAX's autodiff with `jax.custom_vjp`.
 
-``with_manual_vjp(model)`` returns a layer with the same init/forward/backward whose
-``apply`` is a custom-VJP function: its primal is ``forward``, and its VJP rule is the
-model's ``backward``. So ``jax.grad`` of any function built on it (a loss, a
+`with_manual_vjp(model)` returns a layer with the same init/forward/backward whose
+`apply` is a custom-VJP function: its primal is `forward`, and its VJP rule is the
+model's `backward`. So `jax.grad` of any function built on it (a loss, a
 regulariser, another network around it) runs the hand-derived formulas for this
-part, and composes with ``jit`` and ``vmap`` like any JAX function.
+part, and composes with `jit` and `vmap` like any JAX function.
 
 The cotangent of the returned state is ignored (state is threaded, never
 differentiated), and the state and key inputs get zero cotangents.
@@ -19,6 +19,19 @@ from funcnn.core.layer import Layer
 
 
 def with_manual_vjp(model: Layer) -> Layer:
+    """`model` whose `apply` differentiates by `model.backward` under `jax.grad` (module docstring).
+
+    **Arguments:**
+
+    - `model`: any `Layer` (a whole model or one layer).
+
+    **Returns:**
+
+    The same `Layer` (same `init`, `forward`, `backward`, shapes) with a custom-VJP `apply`:
+    `apply(params, state, x, *, key=None, train=False) -> (y, state)`, `y` of shape
+    `(N, *output_shape)`; the VJP returns `(dparams, None, dx, None)` for
+    `(params, state, x, key)`.
+    """
     def make(train):
         @jax.custom_vjp
         def run(params, state, x, key):

@@ -1,24 +1,30 @@
-"""Sliding-window geometry shared by convolution and pooling, in any number of spatial axes.
+r"""Sliding-window geometry shared by convolution and pooling, in any number of spatial axes.
 
-Along one spatial axis of length n, a window of k taps with dilation d spans
-``e = (k - 1) d + 1`` positions (its *extent*). After padding the axis with (lo, hi)
-the window slides with stride s, giving
+Along one spatial axis of length $n$, a window of $k$ taps with dilation $d$ spans
+$e = (k - 1) d + 1$ positions (its *extent*). After padding the axis with $(lo, hi)$ the
+window slides with stride $s$, giving
 
-    m = floor((n + lo + hi - e) / s) + 1          output positions,
+$$
+m = \left\lfloor \frac{n + lo + hi - e}{s} \right\rfloor + 1 \quad \text{output positions},
+$$
 
-and output position o, tap j reads padded position ``o s + j d``. ``window_slices`` turns
-this into one strided slice per tap (the im2col view, without materialising indices);
-``scatter_windows`` is its exact adjoint (col2im): it adds each tap's slice back into the
-padded positions it came from and crops the padding away.
+and output position $o$, tap $j$ reads padded position $o s + j d$. `window_slices` turns
+this into one strided slice per tap (the im2col view, without materialising indices):
+`(N, *used, C)` -> T slices `(N, *M, C)`. `scatter_windows` is its exact adjoint (col2im):
+it adds each tap's slice back into the padded positions it came from and crops the
+padding away, T slices `(N, *M, C)` -> `(N, *S, C)`. Being the adjoint of a linear map
+(a selection of entries), it is exactly what a backward needs: each input entry collects
+the gradient of every window position that read it.
 
-Arrays are channels-last with a leading batch axis: (N, *spatial, C).
+Arrays are channels-last with a leading batch axis: `(N, *spatial, C)`.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
 from jax import lax
 
 SPATIAL_NAMES = {1: "(batch, length, channels)", 2: "(batch, height, width, channels)",
@@ -26,7 +32,11 @@ SPATIAL_NAMES = {1: "(batch, length, channels)", 2: "(batch, height, width, chan
 
 
 class Geometry(NamedTuple):
-    """Static window geometry: per spatial axis, tuples of ints."""
+    """Static window geometry: per spatial axis, tuples of ints.
+
+    `kernel` (taps $k$), `stride` ($s$), `dilation` ($d$), `pads` (`((lo, hi), ...)`),
+    `in_spatial` ($S$, unpadded) and `out_spatial` ($M$).
+    """
 
     kernel: tuple
     stride: tuple
@@ -36,21 +46,22 @@ class Geometry(NamedTuple):
     out_spatial: tuple
 
     @property
-    def extent(self):
+    def extent(self) -> tuple:
+        """Positions one window spans per axis, $(k - 1) d + 1$."""
         return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilation))
 
     @property
-    def taps(self):
+    def taps(self) -> list:
         """Every tap offset, row-major (the order of an HWIO kernel's leading axes)."""
         return list(itertools.product(*(range(k) for k in self.kernel)))
 
     @property
-    def used(self):
-        """Padded length actually read per axis: (m - 1) s + e (floor drops the rest)."""
+    def used(self) -> tuple:
+        """Padded length actually read per axis: $(m - 1) s + e$ (the floor drops the rest)."""
         return tuple((m - 1) * s + e for m, s, e in zip(self.out_spatial, self.stride, self.extent))
 
 
-def as_tuple(value, n: int, arg: str, where: str) -> tuple:
+def as_tuple(value: Any, n: int, arg: str, where: str) -> tuple:
     """An int or a length-n sequence of positive ints, as a tuple of n ints."""
     items = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
     try:
@@ -63,8 +74,13 @@ def as_tuple(value, n: int, arg: str, where: str) -> tuple:
     return items
 
 
-def check_padding(padding, n: int, where: str):
-    """Validate ``padding``: "SAME", "VALID", an int >= 0, or n (lo, hi) pairs of ints >= 0."""
+def check_padding(padding: Any, n: int, where: str) -> str | tuple:
+    """Validate `padding`: `"SAME"`, `"VALID"`, an int >= 0, or n `(lo, hi)` pairs of ints >= 0.
+
+    **Returns:**
+
+    `"SAME"`/`"VALID"` (upper case) or n `(lo, hi)` pairs.
+    """
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{where}: padding must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
@@ -84,9 +100,20 @@ def check_padding(padding, n: int, where: str):
     return pairs
 
 
-def geometry(in_spatial, kernel, stride, dilation, padding, where: str) -> Geometry:
-    """Resolve ``padding`` ("SAME" as in TensorFlow and ``lax``: output ceil(n / s), the odd
-    pad at the end) and compute output sizes; raise if a window does not fit."""
+def geometry(in_spatial: tuple, kernel: tuple, stride: tuple, dilation: tuple, padding: Any,
+             where: str) -> Geometry:
+    """Resolve `padding` (`"SAME"` as in TensorFlow and `lax`: output `ceil(n / s)`, the odd
+    pad at the end) and compute the output sizes; raise `ValueError` if a window does not fit.
+
+    **Arguments:**
+
+    - `in_spatial`: the input's spatial sizes $S$; `kernel`, `stride`, `dilation`: one int
+      per spatial axis; `padding`: as `check_padding` returns it.
+
+    **Returns:**
+
+    The `Geometry`.
+    """
     in_spatial = tuple(in_spatial)
     extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
     if padding == "VALID":
@@ -107,8 +134,8 @@ def geometry(in_spatial, kernel, stride, dilation, padding, where: str) -> Geome
     return Geometry(tuple(kernel), tuple(stride), tuple(dilation), pads, in_spatial, out)
 
 
-def pad_to_used(x, g: Geometry, value=0.0):
-    """Pad (lo, hi) and crop the tail no window reads: (N, *spatial, C) -> (N, *used, C)."""
+def pad_to_used(x: jax.Array, g: Geometry, value: float = 0.0) -> jax.Array:
+    """Pad `(lo, hi)` with `value` and crop the tail no window reads: `(N, *S, C)` -> `(N, *used, C)`."""
     config = [(0, 0, 0)]
     for n, (lo, _), u in zip(g.in_spatial, g.pads, g.used):
         config.append((lo, u - lo - n, 0))  # hi may be negative: lax.pad crops
@@ -116,8 +143,17 @@ def pad_to_used(x, g: Geometry, value=0.0):
     return lax.pad(x, lax.convert_element_type(value, x.dtype), config)
 
 
-def window_slices(x_used, g: Geometry):
-    """One (N, *out, C) strided slice per tap: slice[t][:, o, :] = x_used[:, o s + t d, :]."""
+def window_slices(x_used: jax.Array, g: Geometry) -> list:
+    """One `(N, *M, C)` strided slice per tap: `slice[t][:, o, :] = x_used[:, o s + t d, :]`.
+
+    **Arguments:**
+
+    - `x_used`: the padded input, `(N, *used, C)` (`pad_to_used`); `g`: the geometry.
+
+    **Returns:**
+
+    A list of T arrays `(N, *M, C)`, taps in `Geometry.taps` order.
+    """
     batch, channels = x_used.shape[0], x_used.shape[-1]
     slices = []
     for tap in g.taps:
@@ -127,13 +163,13 @@ def window_slices(x_used, g: Geometry):
     return slices
 
 
-def scatter_windows(parts, g: Geometry):
-    """Adjoint of ``pad_to_used`` then ``window_slices``: sum each tap's (N, *out, C) part
-    into the input positions it read, dropping what fell on padding: -> (N, *in, C).
+def scatter_windows(parts: list, g: Geometry) -> jax.Array:
+    """Adjoint of `pad_to_used` then `window_slices`: sum each tap's `(N, *M, C)` part into
+    the input positions it read, dropping what fell on padding: -> `(N, *S, C)`.
 
-    Each part is placed with one ``lax.pad`` (interior padding s - 1 spreads it to stride
-    s; negative edges crop the padding); XLA fuses the pads and the sum into one loop, as
-    fast as a stack-and-reshape interleave even when windows do not overlap."""
+    Each part is placed with one `lax.pad` (interior padding s - 1 spreads it to stride s;
+    negative edges crop the padding); XLA fuses the pads and the sum into one loop, as fast
+    as a stack-and-reshape interleave even when windows do not overlap."""
     total = None
     for tap, part in zip(g.taps, parts):
         config = [(0, 0, 0)]
