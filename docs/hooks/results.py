@@ -2,8 +2,8 @@
 
 A page line ``<!-- include: experiments/results/NAME.md -->`` (a path from the repository
 root; ``#KEY`` after it selects the section a script tagged ``<!-- begin:KEY -->`` ...
-``<!-- end:KEY -->``) is replaced at build time by that file, its headings one level down
-and its relative links (figures) pointing at the same files, which this hook adds to the
+``<!-- end:KEY -->``) is replaced at build time by that file, without its title line,
+its relative links (figures) pointing at the same files, which this hook adds to the
 site under ``_results/``. Below it goes the file's provenance: its path and the date git
 last saw it change.
 """
@@ -64,7 +64,7 @@ def include(path: str, key: str | None, page_uri: str) -> str:
     if not source.is_file():
         raise FileNotFoundError(f"results hook: {page_uri} includes {path}, which does not exist")
     text = section(source.read_text(encoding="utf-8"), key, path)
-    text = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.M)  # the page title stays the only h1
+    text = re.sub(r"\A\s*# [^\n]*\n", "", text)  # the page has its own title
     page_dir = posixpath.dirname(page_uri)
 
     def relink(match: re.Match) -> str:
