@@ -70,7 +70,7 @@ def reliability(probs: jax.Array, labels: jax.Array, bins: int = 15) -> Reliabil
 
 
 def expected_calibration_error(probs: jax.Array, labels: jax.Array, bins: int = 15) -> jax.Array:
-    r"""$\\mathrm{ECE} = \\sum_b (n_b / N)\\,|\\mathrm{acc}_b - \\mathrm{conf}_b|$: probabilities `(N, C)`, labels `(N,)` -> scalar."""
+    r"""$\mathrm{ECE} = \sum_b (n_b / N)\,|\mathrm{acc}_b - \mathrm{conf}_b|$: probabilities `(N, C)`, labels `(N,)` -> scalar."""
     r = reliability(probs, labels, bins)
     return jnp.sum(r.count * jnp.abs(r.accuracy - r.confidence)) / probs.shape[0]
 
@@ -81,7 +81,7 @@ def predictive_entropy(probs: jax.Array) -> jax.Array:
 
 
 def regression_nll(mean: jax.Array, variance: jax.Array, target: jax.Array) -> jax.Array:
-    r"""The mean over elements of the Gaussian NLL $\\frac12(\\log 2\\pi v + (t - m)^2 / v)$; all three the same shape -> scalar."""
+    r"""The mean over elements of the Gaussian NLL $\frac12(\log 2\pi v + (t - m)^2 / v)$; all three the same shape -> scalar."""
     return 0.5 * jnp.mean(math.log(2 * math.pi) + jnp.log(variance) + (target - mean) ** 2 / variance)
 
 
