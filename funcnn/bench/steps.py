@@ -14,30 +14,54 @@ byte count either, so the steps are in the table but not on the roofline.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from funcnn import losses, models
 from funcnn.bench.kernels import time_cases
+from funcnn.core.layer import Layer, serial
+from funcnn.gradients import value_and_grad
+from funcnn.layers.dense import Dense
+from funcnn.layers.recurrent import LSTM
 
 
-def model(name: str, size: int):
-    """(funcnn model, input shape of one example) of a benchmark model."""
-    import funcnn as fn
-    from funcnn.layers.recurrent import LSTM
+def model(name: str, size: int) -> tuple[Layer, tuple[int, ...]]:
+    """A benchmark model and the shape of one of its examples.
 
+    **Arguments:**
+
+    - `name`: `"mlp"`, `"cnn"` or `"lstm"` (module docstring).
+    - `size`: the image side (mlp: inputs `size * size`; cnn: `(size, size, 1)`) or the
+      sequence length (lstm: `(size, 1)`).
+
+    **Returns:**
+
+    `(model, example_shape)`; `ValueError` for an unknown name.
+    """
     if name == "mlp":
-        return fn.models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
+        return models.mlp((size * size,), 10, hidden=(512, 512)), (size * size,)
     if name == "cnn":
-        return fn.models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
+        return models.cnn((size, size, 1), 10, hidden=()), (size, size, 1)
     if name == "lstm":
-        return fn.serial(LSTM(128, return_sequences=False), fn.Dense(10)), (size, 1)
+        return serial(LSTM(128, return_sequences=False), Dense(10)), (size, 1)
     raise ValueError(f"funcnn.bench.steps.model: unknown model {name!r}, expected mlp, cnn or lstm")
 
 
 def forward_flops(name: str, batch: int, size: int) -> int:
-    """FLOPs of the forward's products (2 per multiply-add) of a benchmark model."""
+    """The FLOPs of the forward's products (2 per multiply-add) of a benchmark model on a batch.
+
+    **Arguments:**
+
+    - `name`, `size`: as in `model`; `batch`: the batch size.
+
+    **Returns:**
+
+    The FLOP count (an int); a training step is counted as 3 times this.
+    """
     if name == "mlp":
         return 2 * batch * (size * size * 512 + 512 * 512 + 512 * 10)
     if name == "cnn":
@@ -46,18 +70,28 @@ def forward_flops(name: str, batch: int, size: int) -> int:
     return 2 * batch * (size * (1 + 128) * 4 * 128 + 128 * 10)  # lstm: T steps of [x_t, h] @ W, then Dense
 
 
-def data(shape, batch: int, seed: int = 0):
+def data(shape: tuple[int, ...], batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal float32 inputs `(batch, *shape)` and integer labels in [0, 10), `(batch,)`."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32)
 
 
 def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
-    import funcnn as fn
+    """One Adam step of a benchmark model in funcnn, as a case for `kernels.time_cases`.
 
+    **Arguments:**
+
+    - `name`, `batch`, `size`: the model and its batch (see `model`).
+    - `mode`: `"manual"` (the hand-written backward) or `"autodiff"`.
+
+    **Returns:**
+
+    The case: `name`, `kind`, `model`, `contender`, `fn` (the step), `args`, `flops`, `bytes` (None).
+    """
     net, shape = model(name, size)
     params, state = net.init(jax.random.key(0), shape)
     tx = optax.adam(1e-3)
-    vg = fn.value_and_grad(net, fn.losses.softmax_cross_entropy, mode=mode)
+    vg = value_and_grad(net, losses.softmax_cross_entropy, mode=mode)
 
     def step(params, state, opt, x, y):
         _, g, state = vg(params, state, x, y)
@@ -71,6 +105,7 @@ def funcnn_case(name: str, batch: int, size: int, mode: str) -> dict:
 
 
 def torch_case(name: str, batch: int, size: int) -> dict | None:
+    """The same step in PyTorch (eager, `jit=False`), or None when torch is not installed (it is optional)."""
     try:
         import torch
     except ImportError:
@@ -110,7 +145,14 @@ def torch_case(name: str, batch: int, size: int) -> dict | None:
                 jit=False, flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
-def run(setting, *, peers: bool = True, log=print) -> list:
+def run(setting, *, peers: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Time every model step of `setting` (a `funcnn.bench.Setting`): funcnn manual and autodiff,
+    and PyTorch on CPU when `peers` and torch is installed.
+
+    **Returns:**
+
+    One result row (a dict) per case, with `ratio_to_manual` added.
+    """
     rows = []
     for name, batch, size in setting.models:
         log(f"{name} step (batch {batch}):")
