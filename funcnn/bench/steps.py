@@ -1,5 +1,5 @@
 """One Adam training step (softmax cross-entropy) of funcnn's benchmark models, with the
-hand-written backward ("funcnn manual") and with ``jax.grad`` ("funcnn autodiff"), and
+hand-written backward ("funcnn manual") and with `jax.grad` ("funcnn autodiff"), and
 PyTorch's step of the same model when torch is installed and the backend is the CPU.
 
 * mlp: 784-512-512-10 ReLU; cnn: conv32-ReLU-maxpool-conv64-ReLU-maxpool-dense10 on
@@ -7,7 +7,7 @@ PyTorch's step of the same model when torch is installed and the backend is the 
 
 FLOPs of a step follow the model-FLOPs convention (as in "model FLOPs utilization"):
 3x the forward's matrix-product and convolution FLOPs (the forward, and the backward's
-two products per layer), counted by hand in ``forward_flops``, the same for every
+two products per layer), counted by hand in `forward_flops`, the same for every
 contender. XLA's cost analysis is not used for steps: it counts a loop body once, not
 once per iteration, so a scanned LSTM would look 40x cheaper than it is. There is no
 byte count either, so the steps are in the table but not on the roofline.
