@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnn.bench.setting import Setting
 from funcnn.core import autotune
 
 
-def time_cases(cases: list[dict], setting, log: Callable[[str], None] = print) -> list[dict]:
+def time_cases(cases: list[dict], setting: Setting, log: Callable[[str], None] = print) -> list[dict]:
     """Compile every case's `fn(*args)` apart (timed), then time all of them in interleaved rounds.
 
     **Arguments:**
@@ -67,7 +68,7 @@ def _normal(*shape, seed=0):
     return autotune.dummy(shape, jnp.float32, seed)
 
 
-def cases(setting) -> list[dict]:
+def cases(setting: Setting) -> list[dict]:
     """The kernel cases of `setting` (module docstring), ready for `time_cases`."""
     out = []
     for n in setting.gemm_sizes:
@@ -97,7 +98,7 @@ def cases(setting) -> list[dict]:
     return out
 
 
-def run(setting, log: Callable[[str], None] = print) -> list[dict]:
+def run(setting: Setting, log: Callable[[str], None] = print) -> list[dict]:
     """Time every kernel of `setting`; one row per kernel (see `time_cases`)."""
     log("kernels:")
     return time_cases(cases(setting), setting, log=log)

@@ -23,6 +23,7 @@ import optax
 
 from funcnn import losses, models
 from funcnn.bench.kernels import time_cases
+from funcnn.bench.setting import Setting
 from funcnn.core.layer import Layer, serial
 from funcnn.gradients import value_and_grad
 from funcnn.layers.dense import Dense
@@ -145,7 +146,7 @@ def torch_case(name: str, batch: int, size: int) -> dict | None:
                 jit=False, flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
-def run(setting, *, peers: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+def run(setting: Setting, *, peers: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """Time every model step of `setting` (a `funcnn.bench.Setting`): funcnn manual and autodiff,
     and PyTorch on CPU when `peers` and torch is installed.
 

@@ -14,10 +14,13 @@ r"""How good are predicted probabilities? Scores for probabilities `(N, C)` and 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # matplotlib is needed only to draw
+    import matplotlib.axes
 
 
 def _check(probs, labels, where):
@@ -85,7 +88,7 @@ def regression_nll(mean: jax.Array, variance: jax.Array, target: jax.Array) -> j
     return 0.5 * jnp.mean(math.log(2 * math.pi) + jnp.log(variance) + (target - mean) ** 2 / variance)
 
 
-def plot_reliability(ax, rel: Reliability, label: str | None = None, **style) -> None:
+def plot_reliability(ax: "matplotlib.axes.Axes", rel: Reliability, label: str | None = None, **style) -> None:
     """Draw accuracy against confidence for the non-empty bins, and the diagonal."""
     import numpy as np
 

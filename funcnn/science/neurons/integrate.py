@@ -22,12 +22,15 @@ Morris–Lecar; `m`, `h`, `n` for Hodgkin–Huxley). `current` is a constant app
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
 
 from funcnn.science.neurons.equilibrium import NeuronModel, rest_state
+
+if TYPE_CHECKING:  # diffrax is needed only by simulate_adaptive
+    import diffrax
 
 
 def rk4_step(f: Callable[[jax.Array], jax.Array], y: jax.Array, dt: float | jax.Array) -> jax.Array:
@@ -150,7 +153,7 @@ def simulate(params: NeuronModel, current: jax.Array | float, t_max: float, dt: 
 
 
 def simulate_adaptive(params: NeuronModel, current: jax.Array | float, t_max: float, ts: jax.Array | None = None,
-                      y0: jax.Array | None = None, rtol: float = 1e-8, atol: float = 1e-8, solver=None,
+                      y0: jax.Array | None = None, rtol: float = 1e-8, atol: float = 1e-8, solver: "diffrax.AbstractSolver | None" = None,
                       max_steps: int = 1_000_000) -> dict[str, jax.Array]:
     """Adaptive diffrax solve (default Dopri5 with a PID step-size controller), saved at `ts`.
 
