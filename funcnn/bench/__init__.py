@@ -1,49 +1,52 @@
-"""``funcnn bench``: how fast funcnn runs on this machine, against this machine's own peak.
+r"""`funcnn bench`: how fast funcnn runs on this machine, against this machine's own peak.
 
-Every case (a core kernel, or one training step of a model) is timed in interleaved
-rounds (``autotune.time_rounds``) after being compiled apart (compile time, including
-any autotuning at trace time, is reported separately). For a case doing F FLOPs and
-moving B bytes in t seconds (counted by hand: ``kernels``; for a training step F is 3x
-the forward's product FLOPs, the model-FLOPs convention, and B is not counted: ``steps``),
+Every case (a core kernel, or one training step of a model) is compiled apart (the
+compile time, including any autotuning at trace time, is reported separately) and timed
+in interleaved rounds (`kernels.time_cases`). For a case doing $F$ FLOPs and moving $B$
+bytes in $t$ seconds (counted by hand: `kernels`; for a training step $F$ is 3 times the
+forward's product FLOPs, the model-FLOPs convention, and $B$ is not counted: `steps`),
 
-    achieved = F / t,   intensity I = F / B,   roofline(I) = min(P, W I),
+$$
+\text{achieved} = F / t, \qquad I = F / B, \qquad \text{roofline}(I) = \min(P,\ W I),
+$$
 
-where P, the compute peak, is the best GFLOP/s of large matrix products on the same
-device (the GEMM roofline; the fastest round of the best size), and W, the memory
-bandwidth, that of a large streaming ``a x + z``. Each case reports its median rate
-``achieved / P`` ("% of peak"); for known GPUs the
-published dense peak is reported beside the measured one (``report.PUBLISHED``).
+where $P$, the compute peak, is the best GFLOP/s of large matrix products on the same
+device (the fastest round of the best size), and $W$, the memory bandwidth, that of a large
+streaming `a x + z`. Each case reports its median rate as a fraction of $P$ ("% of peak");
+for known GPUs the published dense peak is reported beside the measured one
+(`report.PUBLISHED`).
 
-``run(setting)`` returns the JSON-ready dict; ``report`` turns it into the table and the
-roofline figure. ``QUICK`` and ``FULL`` are the two settings of the command.
+`run(setting)` returns the JSON-ready dict; `report` turns it into the table and the
+roofline figure. `QUICK` and `FULL` are the two settings of the command.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from typing import NamedTuple
+from typing import Callable
+
+import jax
+
+from funcnn.bench import kernels, report, steps
+from funcnn.bench.setting import FULL, QUICK, Setting
+from funcnn.core import autotune
 
 
-class Setting(NamedTuple):
-    name: str
-    gemm_sizes: tuple  # n for the (n, n) @ (n, n) peak search
-    stream_elems: int  # elements of the bandwidth kernel's vectors
-    models: tuple  # (model, batch, size) with size the image side / sequence length
-    rounds: int
-    budget_s: float  # per group of interleaved cases
+def run(setting: Setting = QUICK, *, peers: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Time the kernels and the model steps on the current backend.
 
+    **Arguments:**
 
-QUICK = Setting("quick", (256, 1024), 1 << 22, (("mlp", 128, 28), ("cnn", 8, 28), ("lstm", 64, 10)), 5, 1.5)
-FULL = Setting("full", (512, 1024, 2048), 1 << 24, (("mlp", 128, 28), ("cnn", 64, 28), ("lstm", 64, 40)), 15, 8.0)
+    - `setting`: `QUICK` or `FULL` (sizes, rounds, time budget).
+    - `peers`: also time PyTorch's step (on CPU, when installed).
+    - `log`: where progress lines go.
 
+    **Returns:**
 
-def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
-    """Time the kernels and the model steps; returns the results as a JSON-ready dict."""
-    import jax
-
-    from funcnn.core import autotune
-    from funcnn.bench import kernels, report, steps
-
+    The results as a JSON-ready dict: `setting`, `date`, `machine`, `load_average`,
+    `versions`, `backend`, `device_kind`, `peak` (measured and published), `kernels` and
+    `steps` (one row per case) and the `autotune` decisions.
+    """
     log(f"funcnn bench ({setting.name}) on {report.machine()}")
     kernel_rows = kernels.run(setting, log=log)
     peak = max(r["flops"] / r["best_ms"] * 1e-6 for r in kernel_rows if r["kind"] == "gemm")
@@ -67,3 +70,6 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log=print) -> dict:
         "steps": step_rows,
         "autotune": autotune.decisions(),
     }
+
+
+__all__ = ["FULL", "QUICK", "Setting", "run"]

@@ -1,30 +1,44 @@
-"""The core kernels of funcnn's models, with FLOPs F and bytes B counted by hand (float32):
+r"""The core kernels of funcnn's models, with FLOPs $F$ and bytes $B$ counted by hand (float32).
 
-* GEMM (n, n) @ (n, n): F = 2 n^3, B = 3 * 4 n^2; the peak P is the largest rate over n
-  and over rounds (the fastest round: a peak is what the machine can do, not its median);
-* stream y = a x + z over n elements: F = 2 n, B = 3 * 4 n; its fastest round gives the
-  bandwidth W;
-* convolution, the CNN's second layer (batch, 14, 14, 32) -> 64, 3x3 SAME, forward,
-  as ``lax.conv_general_dilated``: F = 2 N H W 9 C O;
-* the recurrent product of the LSTM step, (batch, 128) @ (128, 512): F = 2 B H 4H;
-* attention softmax(Q K^T / sqrt(d)) V over (8, 256, 64): F = 4 B T^2 d (two products).
+- GEMM `(n, n) @ (n, n)`: $F = 2n^3$, $B = 3 \cdot 4 n^2$; the peak $P$ is the largest rate
+  over $n$ and over rounds (the fastest round: a peak is what the machine can do, not its
+  median).
+- Stream $y = a x + z$ over $n$ elements: $F = 2n$, $B = 3 \cdot 4 n$; its fastest round gives
+  the bandwidth $W$.
+- Convolution, the CNN's second layer `(batch, 14, 14, 32) -> 64`, 3x3 SAME, forward, as
+  `lax.conv_general_dilated`: $F = 2 N H W \cdot 9\, C O$.
+- The recurrent product of the LSTM step, `(batch, 128) @ (128, 512)`: $F = 2 B H \cdot 4H$.
+- Attention $\operatorname{softmax}(Q K^\top / \sqrt d)\, V$ over `(8, 256, 64)`: $F = 4 B T^2 d$ (two products).
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnn.bench.setting import Setting
 from funcnn.core import autotune
 
 
-def time_cases(cases: list, setting, log=print) -> list:
-    """Compile every case's ``fn(*args)`` apart (timed), then time all in interleaved rounds.
-    A case is a dict with name, kind, fn, args, flops, bytes (counted by hand; bytes may be None);
-    ``jit=False`` in a case: ``fn`` is called as is (it compiles on its first call)."""
+def time_cases(cases: list[dict], setting: Setting, log: Callable[[str], None] = print) -> list[dict]:
+    """Compile every case's `fn(*args)` apart (timed), then time all of them in interleaved rounds.
+
+    **Arguments:**
+
+    - `cases`: dicts with `name`, `kind`, `fn`, `args`, `flops`, `bytes` (counted by hand;
+      `bytes` may be None) and optionally `jit=False` (then `fn` is called as is and
+      compiles on its first call).
+    - `setting`: a `funcnn.bench.Setting` (rounds and time budget); `log`: progress lines.
+
+    **Returns:**
+
+    One row per case: the case's fields without `fn`/`args`/`jit`, plus `compile_ms`,
+    `median_ms`, `iqr_ms`, `best_ms` and `gflops`.
+    """
     calls, rows = {}, []
     for case in cases:
         row = {k: v for k, v in case.items() if k not in ("fn", "args", "jit")}
@@ -54,7 +68,8 @@ def _normal(*shape, seed=0):
     return autotune.dummy(shape, jnp.float32, seed)
 
 
-def cases(setting) -> list:
+def cases(setting: Setting) -> list[dict]:
+    """The kernel cases of `setting` (module docstring), ready for `time_cases`."""
     out = []
     for n in setting.gemm_sizes:
         out.append(dict(name=f"gemm {n}x{n}x{n}", kind="gemm", fn=jnp.matmul, args=(_normal(n, n), _normal(n, n, seed=1)),
@@ -83,6 +98,7 @@ def cases(setting) -> list:
     return out
 
 
-def run(setting, log=print) -> list:
+def run(setting: Setting, log: Callable[[str], None] = print) -> list[dict]:
+    """Time every kernel of `setting`; one row per kernel (see `time_cases`)."""
     log("kernels:")
     return time_cases(cases(setting), setting, log=log)

@@ -1,7 +1,9 @@
-"""The machine, the versions, published peaks of known GPUs, and ``funcnn bench``'s table and
+"""The machine, the versions, published peaks of known GPUs, and `funcnn bench`'s table and
 roofline figure (log-log: achieved GFLOP/s against arithmetic intensity FLOP/byte, under
 the roof min(P, W I) of the measured GEMM peak P and stream bandwidth W)."""
 from __future__ import annotations
+
+import os
 
 from funcnn.core.machine import machine, versions_line
 
@@ -16,7 +18,7 @@ PUBLISHED = (
 
 
 def published_peak(device_kind: str) -> dict | None:
-    """The datasheet peaks of a known GPU (``PUBLISHED``), or None."""
+    """The datasheet peaks of a known GPU (`PUBLISHED`, matched on `device_kind`), or None."""
     for name, peaks in PUBLISHED:
         if name.lower() in device_kind.lower():
             return {"device": name, **peaks}
@@ -28,7 +30,8 @@ def _num(v, fmt):
 
 
 def table(result: dict) -> str:
-    """A markdown table of every case: median and IQR ms, compile ms, GFLOP/s, % of peak."""
+    """A Markdown table of every case of `result` (what `funcnn.bench.run` returns): median and
+    IQR ms, compile ms, GFLOP/s, % of peak, FLOP/byte and the ratio to funcnn manual."""
     peak = result["peak"]
     load = result.get("load_average")
     lines = [f"funcnn bench ({result['setting']['name']}), {result['date']}",
@@ -51,8 +54,11 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def roofline(result: dict, path) -> None:
-    """The roofline figure as a PNG at ``path``."""
+def roofline(result: dict, path: str | os.PathLike) -> None:
+    """Write the roofline figure of `result` (what `funcnn.bench.run` returns) as a PNG at `path`.
+
+    matplotlib is imported here: only the figure needs it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

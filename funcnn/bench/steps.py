@@ -14,7 +14,7 @@ byte count either, so the steps are in the table but not on the roofline.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ import optax
 
 from funcnn import models
 from funcnn.bench.kernels import time_cases
+from funcnn.bench.setting import Setting
 from funcnn.core.layer import Layer, serial
 from funcnn.layers.dense import Dense
 from funcnn.layers.recurrent import LSTM
@@ -139,7 +140,7 @@ def torch_case(name: str, batch: int, size: int) -> dict | None:
                 jit=False, flops=3 * forward_flops(name, batch, size), bytes=None)
 
 
-def run(setting: Any, *, peers: bool = True, log: Callable[[str], None] = print) -> list:
+def run(setting: Setting, *, peers: bool = True, log: Callable[[str], None] = print) -> list[dict]:
     """Time the steps of ``setting.models`` (``(name, batch, size)`` triples): funcnn manual and
     autodiff and, with ``peers`` on the CPU, PyTorch. Returns the rows of ``time_cases``, each
     with ``ratio_to_manual`` (its median over funcnn manual's)."""

@@ -1,4 +1,4 @@
-"""Data that need no download: ``load(name, seed=0) -> Dataset`` and the pydoc text corpus."""
+"""Data that need no download: `load(name, seed=0) -> Dataset` and the pydoc text corpus."""
 from funcnn.data import text as text
 from funcnn.data.datasets import LOADERS as LOADERS
 from funcnn.data.datasets import Dataset as Dataset

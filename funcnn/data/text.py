@@ -1,21 +1,21 @@
-"""A character-level corpus from the Python standard library: ``load_pydoc(seed=0) -> Corpus``.
+r"""A character-level corpus from the Python standard library: `load_pydoc(seed=0) -> Corpus`.
 
-The text is ``pydoc_data.topics.topics`` (the help pages of ``help("if")`` etc.), its
-values joined in sorted key order: 464,970 characters over a 103-character vocabulary
-in CPython 3.11, present in every Python installation, nothing downloaded.
+The text is `pydoc_data.topics.topics` (the help pages of `help("if")` etc.), its values
+joined in sorted key order: 464,970 characters over a 103-character vocabulary in CPython
+3.11, present in every Python installation, nothing downloaded.
 
-Split. A language model predicts a character from the ones before it, so the split
-keeps text contiguous: the corpus is cut into blocks of ``BLOCK = 4096`` characters,
-and a seeded 10% of the blocks (rounded) form the validation text; the others, in
-their original order, the training text. Each side is the concatenation of its
-blocks, so a window can span the join of two blocks that were not neighbours (about
-a dozen joins in 420,000 characters). The vocabulary is the sorted set of characters
-of the whole corpus, so every validation character has an id.
+**Split.** A language model predicts a character from the ones before it, so the split
+keeps text contiguous: the corpus is cut into blocks of `BLOCK = 4096` characters, and a
+seeded 10% of the blocks (rounded) form the validation text; the others, in their original
+order, the training text. Each side is the concatenation of its blocks, so a window can
+span the join of two blocks that were not neighbours (about a dozen joins in 420,000
+characters). The vocabulary is the sorted set of characters of the whole corpus, so every
+validation character has an id.
 
-Windows. A training batch is ``B`` windows at uniformly drawn offsets o:
-x = ids[o : o + T], y = ids[o + 1 : o + T + 1] (the next character at every
-position). Validation uses the non-overlapping windows at offsets 0, T, 2T, ...
-(all of them, or the first ``max_windows``), so its loss is a fixed number.
+**Windows.** A training batch is $B$ windows at uniformly drawn offsets $o$:
+$x = \text{ids}[o : o + T]$, $y = \text{ids}[o + 1 : o + T + 1]$ (the next character at every
+position). Validation uses the non-overlapping windows at offsets $0, T, 2T, \dots$ (all of
+them, or the first `max_windows`), so its loss is a fixed number.
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ VALIDATION_FRACTION = 0.1
 
 
 class Corpus(NamedTuple):
+    """A character-level corpus: `train` and `validation` int32 ids (1-D), `vocab` (the
+    character with id `i` is `vocab[i]`) and its `name`."""
+
     train: np.ndarray        # int32 ids of the training text
     validation: np.ndarray   # int32 ids of the validation text
     vocab: str               # vocab[i] is the character with id i
@@ -35,28 +38,37 @@ class Corpus(NamedTuple):
 
     @property
     def vocab_size(self) -> int:
+        """The number of distinct characters, `len(vocab)`."""
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        """Character ids of ``text``; ``ValueError`` naming the first unknown character."""
+        """The character ids of `text`, int32 of shape `(len(text),)`; `ValueError` names the first unknown character."""
         index = {c: i for i, c in enumerate(self.vocab)}
         unknown = [c for c in text if c not in index]
         if unknown:
             raise ValueError(f"{self.name}.encode: character {unknown[0]!r} is not in the vocabulary")
         return np.array([index[c] for c in text], dtype=np.int32)
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: np.ndarray) -> str:
+        """The text of the character ids `ids` (any shape, read in order)."""
         return "".join(self.vocab[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
 def pydoc_text() -> str:
+    """The whole corpus: the values of `pydoc_data.topics.topics` joined in sorted key order."""
     from pydoc_data.topics import topics
 
     return "".join(topics[k] for k in sorted(topics))
 
 
 def load_pydoc(seed: int = 0) -> Corpus:
-    """The pydoc corpus, split into train and validation blocks by ``seed`` (module docstring)."""
+    """The pydoc corpus, split into training and validation blocks by `seed` (module docstring).
+
+    **Returns:**
+
+    A `Corpus`: `train` and `validation` int32 ids, shapes `(N_train,)` and `(N_val,)`, the
+    `vocab` string and `name="pydoc"`.
+    """
     text = pydoc_text()
     vocab = "".join(sorted(set(text)))
     ids = Corpus(np.zeros(0, np.int32), np.zeros(0, np.int32), vocab, "pydoc").encode(text)
@@ -75,17 +87,37 @@ def _check_context(ids, context, where):
         raise ValueError(f"{where}: context must be below the text length {len(ids)}, got {context}")
 
 
-def random_windows(ids, context: int, batch_size: int, rng: np.random.Generator):
-    """``(x, y)`` int32 arrays of shape (batch_size, context): windows at uniform offsets
-    and their next-character targets."""
+def random_windows(ids: np.ndarray, context: int, batch_size: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Training windows at uniform offsets and their next-character targets.
+
+    **Arguments:**
+
+    - `ids`: the text's ids, shape `(L,)`; `context`: $T$, below `L`.
+    - `batch_size`: $B$; `rng`: the NumPy generator that draws the offsets.
+
+    **Returns:**
+
+    `(x, y)`, int32 arrays of shape `(B, T)`, `y` shifted by one character.
+    """
     _check_context(ids, context, "random_windows")
     offsets = rng.integers(0, len(ids) - context, batch_size)
     rows = offsets[:, None] + np.arange(context)
     return ids[rows], ids[rows + 1]
 
 
-def eval_windows(ids, context: int, max_windows: int | None = None):
-    """``(x, y)`` of the non-overlapping windows at offsets 0, T, 2T, ... (at most ``max_windows``)."""
+def eval_windows(ids: np.ndarray, context: int, max_windows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r"""The non-overlapping windows at offsets $0, T, 2T, \dots$ and their next-character targets.
+
+    **Arguments:**
+
+    - `ids`: the text's ids, shape `(L,)`; `context`: $T$, below `L`.
+    - `max_windows`: keep at most this many windows (None: all).
+
+    **Returns:**
+
+    `(x, y)`, int32 arrays of shape `(W, T)`.
+    """
     _check_context(ids, context, "eval_windows")
     n = (len(ids) - 1) // context
     if max_windows is not None:

@@ -1,1 +1,1 @@
-"""The science built on the library: neuron models, Bayesian weights, the perceptron."""
+"""Science built on funcnn: biological neuron models (`neurons`), Bayesian networks (`bayes`) and Rosenblatt's perceptron (`perceptron`)."""

@@ -1,14 +1,17 @@
-"""Rosenblatt's perceptron: S hardlim neurons over R inputs.
+r"""Rosenblatt's perceptron: $S$ hardlim neurons over $R$ inputs.
 
-For an input p (R,), the layer outputs a = hardlim(W p + b) with W (S, R), b (S,),
-hardlim(n) = 1 if n >= 0 else 0. The learning rule, applied one example at a time,
-with error e = t - a (entries in {-1, 0, 1}):
+For an input $p$ of shape `(R,)` the layer outputs $a = \operatorname{hardlim}(W p + b)$ with
+$W$ of shape `(S, R)`, $b$ of shape `(S,)`, and $\operatorname{hardlim}(n) = 1$ if $n \ge 0$
+else 0. The learning rule, applied one example at a time with error $e = t - a$ (entries in
+$\{-1, 0, 1\}$):
 
-    W <- W + e p^T,      b <- b + e.
+$$
+W \leftarrow W + e\, p^\top, \qquad b \leftarrow b + e.
+$$
 
-The perceptron convergence theorem: if the classes are linearly separable, the rule
-makes a finite number of updates and then classifies every training example
-correctly. On XOR no (W, b) exists, so it keeps making updates forever.
+The perceptron convergence theorem: if the classes are linearly separable, the rule makes
+a finite number of updates and then classifies every training example correctly. On XOR
+no $(W, b)$ exists, so it keeps making updates forever.
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ import jax.numpy as jnp
 
 
 class PerceptronResult(NamedTuple):
+    """What `train` returns: the weights `w` `(S, R)` and biases `b` `(S,)`; `updates`, the number
+    of presentations that changed them; `errors_per_epoch` `(epochs,)`, the misclassified
+    presentations of each epoch; `converged`, whether an epoch went by without an error."""
+
     w: jax.Array  # (S, R)
     b: jax.Array  # (S,)
     updates: jax.Array  # total number of example presentations that changed W or b
@@ -26,12 +33,13 @@ class PerceptronResult(NamedTuple):
     converged: jax.Array  # bool: an epoch went by with no error
 
 
-def hardlim(n):
+def hardlim(n: jax.Array) -> jax.Array:
+    """The hard limit, 1 where `n >= 0` and 0 elsewhere, elementwise in `n`'s dtype."""
     return (n >= 0).astype(n.dtype)
 
 
-def predict(w, b, p):
-    """a = hardlim(p W^T + b) for a batch p (N, R) -> (N, S)."""
+def predict(w: jax.Array, b: jax.Array, p: jax.Array) -> jax.Array:
+    r"""$a = \operatorname{hardlim}(p W^\top + b)$: weights `(S, R)`, biases `(S,)`, inputs `(N, R)` -> `(N, S)`."""
     return hardlim(p @ w.T + b)
 
 
@@ -59,12 +67,21 @@ def _train(w, b, p, t, key, epochs):
     return w, b, errors
 
 
-def train(p, t, *, epochs: int = 100, key=None) -> PerceptronResult:
-    """Run the Rosenblatt rule for ``epochs`` passes (shuffled by ``key``) from W = 0, b = 0.
+def train(p: jax.Array, t: jax.Array, *, epochs: int = 100, key: jax.Array | None = None) -> PerceptronResult:
+    r"""Run the Rosenblatt rule for `epochs` passes (each shuffled by `key`) from $W = 0$, $b = 0$.
 
-    ``p``: inputs (N, R). ``t``: 0/1 labels (N,) for one neuron or targets (N, S).
-    Every presentation with e != 0 is an update, so ``updates`` is the total number of
+    Every presentation with $e \ne 0$ is an update, so `updates` is the total number of
     errors; after convergence the per-epoch error count stays at zero.
+
+    **Arguments:**
+
+    - `p`: inputs, shape `(N, R)`.
+    - `t`: 0/1 labels `(N,)` for one neuron, or targets `(N, S)`.
+    - `epochs`: passes over the data (a positive int); `key`: the shuffling key (default key 0).
+
+    **Returns:**
+
+    A `PerceptronResult`; raises `ValueError` naming a bad argument.
     """
     p = jnp.asarray(p, jnp.float32)
     if p.ndim != 2:

@@ -1,9 +1,9 @@
 """Probability in networks: Bayes by Backprop, predictive distributions, calibration.
 
-* ``BayesDense``: a dense layer with a mean-field Gaussian posterior over its weights.
-* ``kl_penalty`` / ``kl_divergence`` / ``elbo``: the closed-form KL term of the ELBO.
-* ``predict``: Monte Carlo predictive mean and variance (Bayesian or MC-dropout nets).
-* ``nll``, ``brier``, ``expected_calibration_error``, ``reliability``: calibration.
+- `BayesDense`: a dense layer with a mean-field Gaussian posterior over its weights.
+- `kl_penalty` / `kl_divergence` / `elbo`: the closed-form KL term of the ELBO.
+- `predict`: Monte Carlo predictive mean and variance (Bayesian or MC-dropout nets).
+- `nll`, `brier`, `expected_calibration_error`, `reliability`: calibration.
 """
 from funcnn.science.bayes.calibration import (
     Reliability,

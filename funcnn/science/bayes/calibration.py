@@ -1,23 +1,26 @@
-"""How good are predicted probabilities? Scores for probabilities (N, C) and labels (N,).
+r"""How good are predicted probabilities? Scores for probabilities `(N, C)` and labels `(N,)`.
 
-* ``nll``: -(1/N) sum_n log p_n[y_n] (log guarded at the smallest positive float).
-* ``brier``: (1/N) sum_n sum_c (p_nc - [c = y_n])^2, in [0, 2] (Brier, 1950).
-* ``reliability``: split the confidences c_n = max_c p_nc into ``bins`` equal bins
-  (lo, hi] of [0, 1] (the first also takes 0); per bin the mean confidence, the
+- `nll`: $-\frac1N \sum_n \log p_{n, y_n}$ (the log guarded at the smallest positive float).
+- `brier`: $\frac1N \sum_n \sum_c (p_{nc} - [c = y_n])^2$, in $[0, 2]$ (Brier, 1950).
+- `reliability`: split the confidences $c_n = \max_c p_{nc}$ into `bins` equal bins
+  $(lo, hi]$ of $[0, 1]$ (the first also takes 0); per bin the mean confidence, the
   accuracy and the count: the data of a reliability diagram.
-* ``expected_calibration_error``: ECE = sum_b (n_b / N) |acc_b - conf_b| over the bins
-  (Naeini et al. 2015; Guo et al. 2017), 0 for a perfectly calibrated model.
-* ``predictive_entropy``: H(p_n) = -sum_c p_nc log p_nc (0 log 0 = 0), high where the
-  model does not know.
-* ``regression_nll``: Gaussian NLL of targets under a predictive (mean, variance).
+- `expected_calibration_error`: $\mathrm{ECE} = \sum_b \frac{n_b}{N}\,|\mathrm{acc}_b - \mathrm{conf}_b|$
+  over the bins (Naeini et al. 2015; Guo et al. 2017), 0 for a perfectly calibrated model.
+- `predictive_entropy`: $H(p_n) = -\sum_c p_{nc} \log p_{nc}$ (with $0 \log 0 = 0$), high where
+  the model does not know.
+- `regression_nll`: the Gaussian NLL of targets under a predictive (mean, variance).
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:  # matplotlib is needed only to draw
+    import matplotlib.axes
 
 
 def _check(probs, labels, where):
@@ -33,21 +36,21 @@ def _log(p):
     return jnp.log(jnp.maximum(p, jnp.finfo(jnp.result_type(p)).tiny))
 
 
-def nll(probs, labels):
-    """Mean negative log-probability of the true class."""
+def nll(probs: jax.Array, labels: jax.Array) -> jax.Array:
+    """The mean negative log-probability of the true class: probabilities `(N, C)`, labels `(N,)` -> scalar."""
     _check(probs, labels, "nll")
     return -jnp.mean(_log(jnp.take_along_axis(probs, labels[:, None], axis=1)))
 
 
-def brier(probs, labels):
-    """Mean squared distance between the probabilities and the one-hot labels."""
+def brier(probs: jax.Array, labels: jax.Array) -> jax.Array:
+    """The mean squared distance between the probabilities `(N, C)` and the one-hot labels `(N,)`: a scalar."""
     _check(probs, labels, "brier")
     return jnp.mean(jnp.sum((probs - jax.nn.one_hot(labels, probs.shape[1], dtype=probs.dtype)) ** 2, axis=1))
 
 
 class Reliability(NamedTuple):
-    """Per bin (B,): ``confidence`` (mean max-probability), ``accuracy``, ``count``; both
-    means are 0 in an empty bin. ``edges`` (B + 1,) are the bin boundaries."""
+    """Per bin, each `(B,)`: `confidence` (the mean max-probability), `accuracy`, `count`; both
+    means are 0 in an empty bin. `edges`, `(B + 1,)`, are the bin boundaries."""
 
     edges: jax.Array
     confidence: jax.Array
@@ -55,8 +58,8 @@ class Reliability(NamedTuple):
     count: jax.Array
 
 
-def reliability(probs, labels, bins: int = 15) -> Reliability:
-    """Reliability-diagram data over ``bins`` equal confidence bins (lo, hi]."""
+def reliability(probs: jax.Array, labels: jax.Array, bins: int = 15) -> Reliability:
+    """Reliability-diagram data over `bins` equal confidence bins $(lo, hi]$: probabilities `(N, C)`, labels `(N,)`."""
     _check(probs, labels, "reliability")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"reliability: bins must be a positive integer, got {bins!r}")
@@ -69,23 +72,23 @@ def reliability(probs, labels, bins: int = 15) -> Reliability:
     return Reliability(jnp.linspace(0.0, 1.0, bins + 1), conf @ member / safe, correct @ member / safe, count)
 
 
-def expected_calibration_error(probs, labels, bins: int = 15):
-    """ECE = sum_b (n_b / N) |accuracy_b - confidence_b|."""
+def expected_calibration_error(probs: jax.Array, labels: jax.Array, bins: int = 15) -> jax.Array:
+    r"""$\mathrm{ECE} = \sum_b (n_b / N)\,|\mathrm{acc}_b - \mathrm{conf}_b|$: probabilities `(N, C)`, labels `(N,)` -> scalar."""
     r = reliability(probs, labels, bins)
     return jnp.sum(r.count * jnp.abs(r.accuracy - r.confidence)) / probs.shape[0]
 
 
-def predictive_entropy(probs):
-    """Entropy of each row of ``probs``, in nats: (N,)."""
+def predictive_entropy(probs: jax.Array) -> jax.Array:
+    """The entropy of each row of `probs` `(N, C)`, in nats: shape `(N,)`."""
     return -jnp.sum(jnp.where(probs > 0, probs * _log(probs), 0.0), axis=-1)
 
 
-def regression_nll(mean, variance, target):
-    """Mean over elements of the Gaussian NLL 0.5 (log 2 pi v + (t - m)^2 / v)."""
+def regression_nll(mean: jax.Array, variance: jax.Array, target: jax.Array) -> jax.Array:
+    r"""The mean over elements of the Gaussian NLL $\frac12(\log 2\pi v + (t - m)^2 / v)$; all three the same shape -> scalar."""
     return 0.5 * jnp.mean(math.log(2 * math.pi) + jnp.log(variance) + (target - mean) ** 2 / variance)
 
 
-def plot_reliability(ax, rel: Reliability, label: str | None = None, **style):
+def plot_reliability(ax: "matplotlib.axes.Axes", rel: Reliability, label: str | None = None, **style) -> None:
     """Draw accuracy against confidence for the non-empty bins, and the diagonal."""
     import numpy as np
 

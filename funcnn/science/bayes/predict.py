@@ -1,21 +1,21 @@
-"""Predictive distributions by Monte Carlo over the model's randomness.
+r"""Predictive distributions by Monte Carlo over the model's randomness.
 
-``predict`` runs the model S times in training mode (``train=True``), each time with
-its own key, so every ``BayesDense`` draws fresh weights and every ``Dropout`` a fresh
-mask (MC dropout, Gal & Ghahramani 2016); the S runs are one ``vmap`` inside one
-``jit``. With y_s the S outputs:
+`predict` runs the model $S$ times in training mode (`train=True`), each time with its own
+key, so every `BayesDense` draws fresh weights and every `Dropout` a fresh mask (MC
+dropout, Gal & Ghahramani 2016); the $S$ runs are one `vmap` inside one `jit`. With $y_s$
+the $S$ outputs:
 
-* ``output="mean"`` (regression, the net outputs the mean):
-  mean = (1/S) sum_s y_s,  variance = (1/S) sum_s (y_s - mean)^2 + ``noise_var``
-  (epistemic spread plus a known aleatoric noise variance);
-* ``output="mean_logvar"`` (heteroscedastic regression, the net outputs [mu, log v]):
-  mean = E_s[mu_s],  variance = Var_s[mu_s] + E_s[exp(log v_s)] + ``noise_var``;
-* ``output="logits"`` (classification): mean = (1/S) sum_s softmax(y_s), the averaged
-  class probabilities, and variance = their variance across samples.
+- `output="mean"` (regression, the network outputs the mean):
+  $\bar y = \frac1S \sum_s y_s$ and variance $\frac1S \sum_s (y_s - \bar y)^2 + \sigma^2_{\text{noise}}$
+  (the epistemic spread plus a known aleatoric noise variance, `noise_var`);
+- `output="mean_logvar"` (heteroscedastic regression, the network outputs $[\mu, \log v]$):
+  mean $\mathbb E_s[\mu_s]$ and variance $\operatorname{Var}_s[\mu_s] + \mathbb E_s[v_s] + \sigma^2_{\text{noise}}$;
+- `output="logits"` (classification): the averaged class probabilities
+  $\frac1S \sum_s \operatorname{softmax}(y_s)$ and their variance across samples.
 
-Training mode also switches on anything else that behaves differently in training
-(e.g. batch statistics in a normalisation layer): use ``predict`` with models whose
-only train-mode difference is the sampling. A deterministic model gives zero variance.
+Training mode also switches on anything else that behaves differently in training (e.g.
+batch statistics in a normalisation layer): use `predict` with models whose only
+train-mode difference is the sampling. A deterministic model gives zero variance.
 """
 from __future__ import annotations
 
@@ -24,20 +24,33 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnn.core.layer import Layer
 from funcnn.core.validate import positive_int
 
 OUTPUTS = ("mean", "mean_logvar", "logits")
 
 
 class Predictive(NamedTuple):
-    """The predictive mean (N, D) (class probabilities for logits) and variance (N, D)."""
+    """What `predict` returns: `mean`, shape `(N, D)` (class probabilities for `output="logits"`),
+    and `variance`, shape `(N, D)`."""
 
     mean: jax.Array
     variance: jax.Array
 
 
-def sample_outputs(model, params, state, x, key, samples: int):
-    """The model's outputs under ``samples`` keys split from ``key``: shape (S, N, ...)."""
+def sample_outputs(model: Layer, params: dict, state: dict, x: jax.Array, key: jax.Array,
+                   samples: int) -> jax.Array:
+    """The model's outputs in training mode under `samples` keys split from `key`.
+
+    **Arguments:**
+
+    - `model`, `params`, `state`: the model; `x`: inputs, shape `(N, ...)`.
+    - `key`: a PRNG key; `samples`: $S$, the number of runs.
+
+    **Returns:**
+
+    The outputs stacked, shape `(S, N, ...)`.
+    """
     keys = jax.random.split(key, samples)
     return jax.vmap(lambda k: model.apply(params, state, x, key=k, train=True)[0])(keys)
 
@@ -66,12 +79,20 @@ def _compiled(model, samples, output):
     return _COMPILED[k]
 
 
-def predict(model, params, state, x, key, *, samples: int = 32, output: str = "mean",
-            noise_var: float = 0.0) -> Predictive:
-    """Monte Carlo predictive mean and variance of ``model`` at ``x`` (see the module doc).
+def predict(model: Layer, params: dict, state: dict, x: jax.Array, key: jax.Array, *, samples: int = 32,
+            output: str = "mean", noise_var: float = 0.0) -> Predictive:
+    """The Monte Carlo predictive mean and variance of `model` at `x` (module docstring).
 
-    Raises ``ValueError`` for a non-positive ``samples``, an unknown ``output``, a
-    negative ``noise_var``, or an odd output width with ``output="mean_logvar"``.
+    **Arguments:**
+
+    - `model`, `params`, `state`: the model; `x`: inputs, shape `(N, ...)`.
+    - `key`: a PRNG key; `samples`: $S$, the number of runs (a positive int).
+    - `output`: `"mean"`, `"mean_logvar"` (an even output width $2D$) or `"logits"`.
+    - `noise_var`: a known noise variance added to the variance (>= 0).
+
+    **Returns:**
+
+    `Predictive(mean, variance)`, each `(N, D)`; raises `ValueError` naming a bad argument.
     """
     positive_int(samples, "samples", "predict")
     if output not in OUTPUTS:

@@ -1,22 +1,20 @@
 r"""Analysis: equilibria, stability, nullclines, spikes, firing rates, f–I curves, onsets.
 
-* Equilibria solve :math:`I = I_{ss}(V)`, the ionic current with every gate at its steady
-  state (:math:`N_\infty(V)` or :math:`m_\infty, h_\infty, n_\infty`), on a 0.1 mV grid
-  over [-120, 100] mV refined by 40 bisection steps. :func:`rest_state` (the
-  lowest-voltage root) is jit-able and vmaps over currents.
-* Stability: eigenvalues of the Jacobian :math:`\partial f/\partial y` from ``jax.jacfwd``.
-  :func:`rest_instability_current` bisects on the sign of :math:`\max \mathrm{Re}\,\lambda`
-  at rest: the Hopf point (class II, HH) or the saddle-node knee (class I).
-* Saddle-node (fold) currents are the local extrema of :math:`I_{ss}(V)`.
-* Spikes are upward crossings of ``threshold`` (linearly interpolated), ignoring crossings
-  within ``refractory`` ms of the previous spike. The steady-state rate is
-  :math:`1000 (n - 1)/(t_n - t_1)` Hz over the spikes after ``t_transient`` (0 when n < 2).
-* :func:`fi_curve` counts spikes inside the RK4 scan (no trajectory stored) and vmaps over
-  all currents in one compiled call.
-* :func:`onset_current` bisects on "fires at steady state". ``start="rest"`` starts at the
+- **Equilibria** solve $I = I_{ss}(V)$, the ionic current with every gate at its steady
+  state (`funcnn.science.neurons.equilibrium`; `rest_state` and `equilibria` are re-exported here).
+- **Stability**: the eigenvalues of the Jacobian $\partial f/\partial y$ from `jax.jacfwd`.
+  `rest_instability_current` bisects on the sign of $\max \operatorname{Re}\lambda$ at rest:
+  the Hopf point (class II, HH) or the saddle-node knee (class I).
+- **Saddle-node (fold) currents** are the local extrema of $I_{ss}(V)$.
+- **Spikes** are upward crossings of `threshold` (linearly interpolated), ignoring
+  crossings within `refractory` ms of the previous spike. The steady-state rate over the
+  $n$ spikes after `t_transient` is $1000\,(n - 1)/(t_n - t_1)$ Hz (0 when $n < 2$).
+- `fi_curve` counts spikes inside the RK4 scan (no trajectory stored) and vmaps over all
+  currents in one compiled call.
+- `onset_current` bisects on "fires at steady state". `start="rest"` starts at the
   equilibrium of each current plus a 0.1 mV kick (rest loses stability: firing *from
-  rest*); ``start="cycle"`` starts from a depolarised state (a spike), so firing persists
-  down to the lowest current with a stable cycle. :func:`bistability_range` gives both.
+  rest*); `start="cycle"` starts from a depolarised state (a spike), so firing persists
+  down to the lowest current with a stable cycle. `bistability_range` gives both.
 """
 from __future__ import annotations
 
@@ -26,65 +24,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.science.neurons.equilibrium import GRID, NeuronModel, equilibria, rest_state, steady_current
 from funcnn.science.neurons.integrate import n_steps_for, rk4_step
 
-_GRID = (-120.0, 100.0, 2201)
 KICK = 0.1  # mV, perturbation off the equilibrium for start="rest"
 
 
-def steady_current(params, V):
-    """I_ss(V): the applied current that makes V an equilibrium (gates at steady state)."""
-    y = params.steady_state(V)
-    return params.ionic_current(*[y[i] for i in range(y.shape[0])])
+def jacobian(params: NeuronModel, y: jax.Array, current: jax.Array | float) -> jax.Array:
+    r"""The Jacobian $\partial f/\partial y$ of the vector field at state `y` (from `jax.jacfwd`).
 
+    **Arguments:**
 
-@partial(jax.jit, static_argnames=("iters",))
-def _bisect_root(params, current, a, b, iters=40):
-    g = lambda v: steady_current(params, v) - current
+    - `params`: the model; `y`: a state, shape `(S,)`; `current`: the applied current.
 
-    def body(_, ab):
-        a, b = ab
-        m = 0.5 * (a + b)
-        left = jnp.sign(g(m)) == jnp.sign(g(a))
-        return jnp.where(left, m, a), jnp.where(left, b, m)
+    **Returns:**
 
-    a, b = jax.lax.fori_loop(0, iters, body, (a, b))
-    return 0.5 * (a + b)
-
-
-@jax.jit
-def rest_state(params, current):
-    """The lowest-voltage equilibrium at ``current`` (jit-able, vmaps over ``current``)."""
-    V = jnp.linspace(*_GRID)
-    g = steady_current(params, V) - current
-    i = jnp.argmax(g >= 0)
-    i = jnp.maximum(i, 1)
-    return params.steady_state(_bisect_root(params, current, V[i - 1], V[i]))
-
-
-def equilibria(params, current):
-    """All equilibria at ``current`` (concrete), as an array of states sorted by V."""
-    V = np.linspace(*_GRID)
-    g = np.asarray(steady_current(params, jnp.asarray(V))) - float(current)
-    idx = np.nonzero(np.sign(g[:-1]) * np.sign(g[1:]) <= 0)[0]
-    idx = [i for i in idx if not (g[i] == 0 and i > 0 and g[i - 1] * g[i + 1] > 0)]
-    roots = [_bisect_root(params, float(current), V[i], V[i + 1]) for i in idx]
-    roots = sorted({round(float(r), 6) for r in roots})
-    return jnp.stack([params.steady_state(jnp.asarray(r)) for r in roots])
-
-
-def jacobian(params, y, current):
+    The Jacobian, shape `(S, S)`.
+    """
     return jax.jacfwd(lambda z: params.rhs(z, current))(jnp.asarray(y))
 
 
 @jax.jit
-def jacobian_eigenvalues(params, y, current):
-    """Eigenvalues of the Jacobian at state ``y`` (from ``jax.jacfwd``); stable iff all Re < 0."""
+def jacobian_eigenvalues(params: NeuronModel, y: jax.Array, current: jax.Array | float) -> jax.Array:
+    """The eigenvalues of the Jacobian at state `y`: the state is stable iff every real part is negative.
+
+    **Arguments:**
+
+    - `params`: the model; `y`: a state, shape `(S,)`; `current`: the applied current.
+
+    **Returns:**
+
+    Complex eigenvalues, shape `(S,)`.
+    """
     return jnp.linalg.eigvals(jacobian(params, y, current))
 
 
-def stability(params, current):
-    """[(state, eigenvalues, 'stable'|'unstable'), ...] for every equilibrium at ``current``."""
+def stability(params: NeuronModel, current: float) -> list[tuple[jax.Array, jax.Array, str]]:
+    """Every equilibrium at `current` with its eigenvalues and verdict.
+
+    **Arguments:**
+
+    - `params`: the model; `current`: the applied current (concrete).
+
+    **Returns:**
+
+    `[(state (S,), eigenvalues (S,), "stable" | "unstable"), ...]`, sorted by voltage.
+    """
     out = []
     for y in equilibria(params, current):
         ev = jacobian_eigenvalues(params, y, current)
@@ -92,10 +77,20 @@ def stability(params, current):
     return out
 
 
-def nullclines(params, current, V):
-    """Morris–Lecar nullclines over voltages ``V``: ``{"V", "N_dV0", "N_dN0"}``.
+def nullclines(params: NeuronModel, current: float, V: jax.Array) -> dict[str, jax.Array]:
+    r"""The Morris–Lecar nullclines over the voltages `V`.
 
-    dV/dt = 0: N = (I - gL(V-VL) - gCa m_inf(V)(V-VCa)) / (gK (V-VK)); dN/dt = 0: N = N_inf(V).
+    $\dot V = 0$: $N = \dfrac{I - g_L(V - V_L) - g_{Ca} m_\infty(V)(V - V_{Ca})}{g_K (V - V_K)}$;
+    $\dot N = 0$: $N = N_\infty(V)$.
+
+    **Arguments:**
+
+    - `params`: a `MorrisLecar` model (`ValueError` otherwise: only it has a 2-D phase plane).
+    - `current`: the applied current; `V`: voltages, shape `(K,)`.
+
+    **Returns:**
+
+    `{"V": (K,), "N_dV0": (K,), "N_dN0": (K,)}`.
     """
     if params.name != "morris_lecar":
         raise ValueError(f"nullclines: only Morris–Lecar has a 2-D phase plane, got {params.name}")
@@ -105,9 +100,18 @@ def nullclines(params, current, V):
     return {"V": V, "N_dV0": nv, "N_dN0": p.N_inf(V)}
 
 
-def saddle_node_currents(params):
-    """Fold points of the equilibrium curve: [(V, I)] at the local extrema of I_ss(V)."""
-    V = np.linspace(*_GRID)
+def saddle_node_currents(params: NeuronModel) -> list[tuple[float, float]]:
+    """The folds of the equilibrium curve: the local extrema of $I_{ss}(V)$.
+
+    **Arguments:**
+
+    - `params`: the model.
+
+    **Returns:**
+
+    `[(V, I), ...]`, one pair per fold, in mV and µA/cm².
+    """
+    V = np.linspace(*GRID)
     dI = np.asarray(_dI(params, jnp.asarray(V)))
     out = []
     for i in np.nonzero(np.sign(dI[:-1]) * np.sign(dI[1:]) < 0)[0]:
@@ -117,13 +121,13 @@ def saddle_node_currents(params):
 
 
 @jax.jit
-def _dI(params, V):
+def _dI(params: NeuronModel, V: jax.Array) -> jax.Array:
     return jax.vmap(jax.grad(lambda v: steady_current(params, v)))(V)
 
 
 @jax.jit
 def _fold(params, a, b):
-    """Bisection for the zero of dI_ss/dV in [a, b]."""
+    """Bisection for the zero of $dI_{ss}/dV$ in `[a, b]`."""
     s = jnp.sign(_dI(params, a[None])[0])
 
     def body(_, ab):
@@ -136,16 +140,38 @@ def _fold(params, a, b):
     return 0.5 * (a + b)
 
 
-def rest_instability_current(params, lo, hi, tol=1e-4):
-    """Bisect for the current at which the rest state (lowest equilibrium) loses stability."""
+def rest_instability_current(params: NeuronModel, lo: float, hi: float, tol: float = 1e-4) -> float:
+    """The current at which the rest state (the lowest equilibrium) loses stability, by bisection.
+
+    **Arguments:**
+
+    - `params`: the model.
+    - `lo`, `hi`: a bracket: rest stable at `lo`, unstable at `hi` (`ValueError` otherwise).
+    - `tol`: the bracket's relative width at which to stop.
+
+    **Returns:**
+
+    The current (µA/cm²): the Hopf point, or the saddle-node where rest disappears.
+    """
     @jax.jit
     def growth(c):
         return jnp.max(jacobian_eigenvalues(params, rest_state(params, c), c).real)
     return _bisect(lambda c: float(growth(c)) > 0, lo, hi, tol, "rest_instability_current")
 
 
-def spike_times(t, V, threshold=0.0, refractory=2.0):
-    """Upward threshold crossings (linear interpolation), refractory rule applied (numpy)."""
+def spike_times(t: np.ndarray, V: np.ndarray, threshold: float = 0.0, refractory: float = 2.0) -> np.ndarray:
+    """Upward crossings of `threshold`, linearly interpolated, with the refractory rule (NumPy).
+
+    **Arguments:**
+
+    - `t`, `V`: times (ms) and voltages (mV) of a trajectory, shape `(T,)` each.
+    - `threshold`: the crossing level (mV); `refractory`: crossings closer than this (ms) to
+      the previous spike are ignored.
+
+    **Returns:**
+
+    The spike times, shape `(n,)`.
+    """
     t, V = np.asarray(t, float), np.asarray(V, float)
     i = np.nonzero((V[:-1] < threshold) & (V[1:] >= threshold))[0]
     tc = t[i] + (t[i + 1] - t[i]) * (threshold - V[i]) / (V[i + 1] - V[i])
@@ -157,8 +183,17 @@ def spike_times(t, V, threshold=0.0, refractory=2.0):
     return np.asarray(out)
 
 
-def rate_from_spikes(spikes, t_start=0.0):
-    """Steady-state rate (Hz, time in ms) from the spikes at or after ``t_start``."""
+def rate_from_spikes(spikes: np.ndarray, t_start: float = 0.0) -> float:
+    """The steady-state rate $1000 (n - 1)/(t_n - t_1)$ Hz over the spikes at or after `t_start`.
+
+    **Arguments:**
+
+    - `spikes`: spike times (ms), shape `(n,)`; `t_start`: the first time counted.
+
+    **Returns:**
+
+    The rate in Hz; 0 with fewer than two spikes.
+    """
     s = np.asarray(spikes)
     s = s[s >= t_start]
     return 0.0 if len(s) < 2 else 1000.0 * (len(s) - 1) / (s[-1] - s[0])
@@ -195,8 +230,20 @@ def _rates(params, currents, y0s, dt, n_steps, n_skip, threshold, refractory):
     return jax.vmap(core)(currents, y0s)
 
 
-def initial_states(params, currents, start):
-    """Initial states for ``start`` in {"step", "rest", "cycle"} or an explicit state."""
+def initial_states(params: NeuronModel, currents: jax.Array, start: str | jax.Array) -> jax.Array:
+    """The initial state of each current's simulation.
+
+    **Arguments:**
+
+    - `params`: the model; `currents`: shape `(C,)` (a scalar is one current).
+    - `start`: `"step"` (rest at zero current: a current step), `"rest"` (each current's own
+      equilibrium plus a 0.1 mV kick), `"cycle"` (`params.cycle_seed()`, a depolarised state)
+      or an explicit state of shape `(S,)`.
+
+    **Returns:**
+
+    The states, shape `(C, S)`.
+    """
     currents = jnp.atleast_1d(jnp.asarray(currents, jnp.result_type(float)))
     n = currents.shape[0]
     if isinstance(start, str):
@@ -223,12 +270,25 @@ def _window(params, t_max, dt, t_transient, where):
     return dt, n, int(round(t_transient / dt))
 
 
-def fi_curve(params, currents, t_max=1000.0, dt=None, t_transient=None, start="step",
-             threshold=None, refractory=None):
-    """Steady-state firing rate (Hz) at each current: one vmapped, compiled RK4 scan.
+def fi_curve(params: NeuronModel, currents: jax.Array, t_max: float = 1000.0, dt: float | None = None,
+             t_transient: float | None = None, start: str | jax.Array = "step", threshold: float | None = None,
+             refractory: float | None = None) -> jax.Array:
+    """The steady-state firing rate at each current: one vmapped, compiled RK4 scan.
 
-    Spikes are counted after ``t_transient`` (default t_max/2); a rate below
-    ~1000/(t_max - t_transient) Hz cannot be resolved and reads as 0.
+    Spikes are counted inside the scan after `t_transient` (default `t_max / 2`); a rate
+    below about `1000 / (t_max - t_transient)` Hz cannot be resolved and reads as 0.
+
+    **Arguments:**
+
+    - `params`: the model; `currents`: shape `(C,)`.
+    - `t_max`, `dt`: the simulated time and step (ms; `dt` default `params.default_dt`).
+    - `t_transient`: the time (ms) before which spikes are not counted.
+    - `start`: the initial states (see `initial_states`).
+    - `threshold`, `refractory`: spike detection (default the model's).
+
+    **Returns:**
+
+    The rates in Hz, shape `(C,)`.
     """
     params.validate()
     dt, n, skip = _window(params, t_max, dt, t_transient, "fi_curve")
@@ -264,20 +324,39 @@ def _cycle_state(params, current, y0, dt, n_steps):
     return best
 
 
-def cycle_state(params, current, t_max=1000.0, dt=None):
-    """A point on the stable cycle at ``current``: the spike peak (max V) over the second half
-    of a run started from ``params.cycle_seed()``."""
+def cycle_state(params: NeuronModel, current: float, t_max: float = 1000.0, dt: float | None = None) -> jax.Array:
+    """A point on the stable cycle at `current`: the spike peak over the second half of a run.
+
+    **Arguments:**
+
+    - `params`: the model; `current`: the applied current.
+    - `t_max`, `dt`: the run started from `params.cycle_seed()` (ms).
+
+    **Returns:**
+
+    The state at the highest voltage of the run's second half, shape `(S,)`.
+    """
     dt = params.default_dt if dt is None else dt
     return _cycle_state(params, current, params.cycle_seed(), dt, n_steps_for(t_max, dt))
 
 
-def onset_current(params, lo, hi, start="rest", t_max=2000.0, dt=None, t_transient=None,
-                  tol=1e-4):
-    """Bisect on [lo, hi] for the lowest current that fires repetitively at steady state.
+def onset_current(params: NeuronModel, lo: float, hi: float, start: str | jax.Array = "rest", t_max: float = 2000.0,
+                  dt: float | None = None, t_transient: float | None = None, tol: float = 1e-4) -> float:
+    """The lowest current in `[lo, hi]` that fires repetitively at steady state, by bisection.
 
-    ``start="rest"``: from the equilibrium of each current (+0.1 mV), i.e. firing from rest.
-    ``start="cycle"``: from a point on the stable cycle at ``hi`` (see :func:`cycle_state`),
-    i.e. the lowest current that still sustains firing (continuation down the cycle branch).
+    **Arguments:**
+
+    - `params`: the model.
+    - `lo`, `hi`: a bracket: no firing at `lo`, firing at `hi` (`ValueError` otherwise).
+    - `start`: `"rest"`, from the equilibrium of each current (+0.1 mV): firing from rest;
+      `"cycle"`, from a point on the stable cycle at `hi` (`cycle_state`): the lowest current
+      that still sustains firing (continuation down the cycle branch).
+    - `t_max`, `dt`, `t_transient`: each simulation, as in `fi_curve`.
+    - `tol`: the bracket's relative width at which to stop.
+
+    **Returns:**
+
+    The onset current (µA/cm²).
     """
     params.validate()
     dt, n, skip = _window(params, t_max, dt, t_transient, "onset_current")
@@ -291,7 +370,16 @@ def onset_current(params, lo, hi, start="rest", t_max=2000.0, dt=None, t_transie
     return _bisect(fires, lo, hi, tol, "onset_current")
 
 
-def bistability_range(params, lo, hi, **kw):
-    """(lowest current sustaining firing started on the cycle, onset of firing from rest)."""
+def bistability_range(params: NeuronModel, lo: float, hi: float, **kw) -> tuple[float, float]:
+    """The currents between which rest and repetitive firing coexist.
+
+    **Arguments:**
+
+    - `params`, `lo`, `hi`: as in `onset_current`; `**kw`: its other arguments.
+
+    **Returns:**
+
+    `(lowest current sustaining firing started on the cycle, onset of firing from rest)`.
+    """
     return (onset_current(params, lo, hi, start="cycle", **kw),
             onset_current(params, lo, hi, start="rest", **kw))

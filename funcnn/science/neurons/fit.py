@@ -1,12 +1,14 @@
 r"""Differentiable fitting: recover parameters by gradient descent through the simulator.
 
-Chosen (positive) parameters :math:`\theta_k` are optimised in log space,
-:math:`\theta_k = e^{u_k}`, with Adam (optax) on the voltage-trace loss
+Chosen (positive) parameters $\theta_k$ are optimised in log space, $\theta_k = e^{u_k}$,
+with Adam (optax) on the voltage-trace loss
 
-.. math:: L(u) = \frac{1}{T} \sum_t \big(V_t(\theta(u)) - V^*_t\big)^2 / \sigma^2,
+$$
+L(u) = \frac{1}{T} \sum_t \frac{\big(V_t(\theta(u)) - V^*_t\big)^2}{\sigma^2},
+$$
 
-where :math:`V_t` is the RK4 trajectory of :func:`funcnn.science.neurons.simulate` (gradients by
-reverse-mode through the ``lax.scan``) and :math:`\sigma^2` the target's variance. The
+where $V_t$ is the RK4 trajectory of `funcnn.science.neurons.simulate` (gradients by
+reverse mode through the `lax.scan`) and $\sigma^2$ the target's variance. The
 trace should hold a few spikes: over longer traces small timing errors accumulate and
 the loss becomes non-convex in the parameters.
 """
@@ -19,21 +21,40 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.science.neurons.integrate import _rk4_scan, default_y0, n_steps_for
+from funcnn.science.neurons.equilibrium import NeuronModel
+from funcnn.science.neurons.integrate import default_y0, n_steps_for, rk4_trajectory
 
 
 class FitResult(NamedTuple):
-    params: object   # fitted parameter pytree
-    losses: np.ndarray  # loss per step
-    history: dict    # name -> values per step
+    """What `fit_parameters` returns.
+
+    - `params`: the fitted model (the guess with the chosen fields replaced).
+    - `losses`: the loss before each step and after the last, shape `(steps + 1,)`.
+    - `history`: for each fitted name, its value before each step and after the last, `(steps + 1,)`.
+    """
+
+    params: NeuronModel
+    losses: np.ndarray
+    history: dict[str, np.ndarray]
 
 
-def fit_parameters(params, target_V, names, current, t_max, dt=None, y0=None, steps=300,
-                   learning_rate=0.03, save_every=1):
-    """Fit ``names`` (fields of ``params``, the initial guess) to the voltage trace ``target_V``.
+def fit_parameters(params: NeuronModel, target_V: jax.Array, names: list[str] | tuple[str, ...],
+                   current: float, t_max: float, dt: float | None = None, y0: jax.Array | None = None,
+                   steps: int = 300, learning_rate: float = 0.03, save_every: int = 1) -> FitResult:
+    """Fit the fields `names` of `params` (the initial guess) to the voltage trace `target_V`.
 
-    ``target_V`` must be sampled at the times of ``simulate(params, current, t_max, dt,
-    save_every=save_every)``. Returns a :class:`FitResult`.
+    **Arguments:**
+
+    - `params`: the initial guess; the fields in `names` must be positive.
+    - `target_V`: the target voltage, shape `(T,)`, sampled at the times of
+      `simulate(params, current, t_max, dt, save_every=save_every)`.
+    - `names`: the fields to fit, e.g. `["gCa", "gK", "phi"]`.
+    - `current`, `t_max`, `dt`, `y0`, `save_every`: the simulation, as in `simulate`.
+    - `steps`, `learning_rate`: Adam's steps and rate (in log-parameter space).
+
+    **Returns:**
+
+    A `FitResult`; raises `ValueError` naming a bad argument.
     """
     params.validate()
     bad = [n for n in names if n not in params._fields]
@@ -54,7 +75,7 @@ def fit_parameters(params, target_V, names, current, t_max, dt=None, y0=None, st
 
     def loss(u):
         p = params._replace(**{k: jnp.exp(v) for k, v in u.items()})
-        _, ys = _rk4_scan(p, current, y0, dt, n_save, save_every)
+        _, ys = rk4_trajectory(p, current, y0, dt, n_save, save_every)
         return jnp.mean((ys[:, 0] - target_V) ** 2) / scale
 
     opt = optax.adam(learning_rate)
