@@ -156,7 +156,7 @@ def op_contenders():
         g = geometry((side, side), (2, 2), (2, 2), (1, 1), "VALID", "pool")
         window = lambda v: lax.reduce_window(v, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
         auto = jax.jit(lambda x, dy: jax.vjp(window, x)[1](dy)[0])
-        manual = jax.jit(lambda x, dy, g=g: P._max_backward(x, P._max_forward(x, g), dy, g))
+        manual = jax.jit(lambda x, dy, g=g: P.max_pool_backward(dy, P.max_pool_forward(x, g)[1]))
         layer = f"maxpool 2x2 {side}x{side}x{ch}"
         ops[layer, "forward + backward", "autodiff of reduce_window (select_and_scatter)"] = lambda f=auto, x=x, dy=dy: f(x, dy)
         ops[layer, "forward + backward", "funcnn (tap slices + first-max mask)"] = lambda f=manual, x=x, dy=dy: f(x, dy)

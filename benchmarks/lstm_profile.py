@@ -76,11 +76,11 @@ def parts():
     params, _ = layer.init(jax.random.key(0), x.shape[1:])
     _, _, cache = layer.forward(params, {}, x)
     dy = jnp.ones((B, H), x.dtype)
-    x_tm, _, h0, hs, cell_cache = cache
+    x_tm, h0, hs, cell_cache = cache.x_tm, cache.h0, cache.hs, cache.cell
     xp = x_tm @ params["w_ih"].T + params["b"]
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     dcarry = (dy, jnp.zeros_like(dy))
-    da = jax.jit(lambda p, c, hp, d: lstm._reverse_scan(p, c, hp, None, d)[0])(params, cell_cache, h_prev, dcarry)
+    da = jax.jit(lambda p, c, hp, d: lstm.lstm_backward(p, c, hp, None, d)[0])(params, cell_cache, h_prev, dcarry)
 
     def hoisted(params, da, x_tm, h_prev):
         return time_sum_product(da, x_tm), time_sum_product(da, h_prev), da @ params["w_ih"]
@@ -94,8 +94,8 @@ def parts():
 
     fwd = jax.jit(lambda p, x: layer.forward(p, {}, x)[2])
     bwd = jax.jit(layer.backward)
-    scan = jax.jit(lambda p, xp, c: lstm._scan(p, xp, c))
-    rscan = jax.jit(lambda p, c, hp, d: lstm._reverse_scan(p, c, hp, None, d))
+    scan = jax.jit(lambda p, xp, c: lstm.lstm_forward(p, xp, c))
+    rscan = jax.jit(lambda p, c, hp, d: lstm.lstm_backward(p, c, hp, None, d))
     prod = jax.jit(hoisted)
     cf, cb = jax.jit(chain_forward), jax.jit(chain_backward)
     h = 0.1 * jnp.ones((B, H), x.dtype)
