@@ -1,6 +1,6 @@
 """Data-parallel scaling: step time and throughput on 1, 2, 4, 8 devices.
 
-    python benchmarks/scaling.py [--rounds 10] [--runs 3] [--models mlp,cnn,lstm,gpt] [--readme] [--quick]
+    python benchmarks/scaling.py [--rounds 10] [--runs 3] [--models mlp,cnn,lstm,gpt] [--quick]
 
 One training step (forward, manual or autodiff backward, Adam update) of the MLP, the
 CNN, the LSTM and a small GPT (2 layers x 4 heads, width 64, context 32, next-character
@@ -16,7 +16,7 @@ the parameters replicated (``funcnn.training.distributed``): CPU devices are vir
 Steps are timed interleaved (``harness.time_interleaved``), one model at a time; ``--runs N``
 repeats the whole measurement in N separate processes and the table gives the median over
 runs with the spread (min-max) of the runs' medians. The
-table goes to ``benchmarks/results/scaling.md`` (and the README with ``--readme``).
+table goes to ``benchmarks/results/scaling.md`` (the docs' results page includes it).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from harness import funcnn_stepper, machine, time_interleaved, versions, write_s
 
 from funcnn import layers as L  # noqa: E402
 from funcnn import losses, models  # noqa: E402
-from funcnn.training import lm, distributed
+from funcnn.training import distributed  # noqa: E402
 from funcnn.core.layer import serial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _models():
         "cnn": (models.cnn((28, 28, 1), 10, hidden=(128,)), (28, 28, 1), _classes, ce),
         "lstm": (serial(L.LSTM(64, return_sequences=False), L.Dense(10)), (20, 16), _classes, ce),
         "gpt": (models.gpt(VOCAB, context=GPT_CONTEXT, layers=2, heads=4, width=64), (GPT_CONTEXT,), _characters,
-                lm.next_char_cross_entropy),
+                losses.softmax_cross_entropy),
     }
 
 
@@ -104,7 +104,6 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--models", default=",".join(_models()))
-    p.add_argument("--readme", action="store_true", help="also replace the table in README.md")
     p.add_argument("--quick", action="store_true", help="2 rounds on 1 and 2 devices, printed only")
     p.add_argument("--runs", type=int, default=1, help="separate processes to repeat the measurement in")
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child run writes its medians here
@@ -112,8 +111,6 @@ def main(argv=None):
     unknown = sorted(set(args.models.split(",")) - set(_models()))
     if unknown:
         p.error(f"--models: expected names from {','.join(_models())}, got {','.join(unknown)}")
-    if args.quick and args.readme:
-        p.error("--quick: a check that the script runs, it writes nothing; drop --readme")
     rounds = 2 if args.quick else args.rounds
     counts = [d for d in ((1, 2) if args.quick else (1, 2, 4, 8)) if d <= len(jax.devices())]
     if args.json:
@@ -162,8 +159,6 @@ def main(argv=None):
         return
     key = f"scaling-{dev.platform}"
     write_section(ROOT / "benchmarks" / "results" / "scaling.md", key, text)
-    if args.readme:
-        write_section(ROOT / "README.md", key, text)
     print(text)
 
 

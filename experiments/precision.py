@@ -30,7 +30,7 @@ Reported per model and precision:
 * the largest gradient difference at the first training batch (initial params), per leaf
   max|g - g_ref| / max|g_ref|, maximised over leaves: manual vs autodiff (both computed in the
   policy's dtypes; for the GPT with the loss of integer ids above,
-  ``lm.next_char_cross_entropy``), and each of them vs the fp32 run's autodiff gradient (same
+  ``losses.softmax_cross_entropy`` over (B, T, V)), and each of them vs the fp32 run's autodiff gradient (same
   params, same batch). A difference from fp32 holds the forward's rounding in the compute dtype,
   common to both backwards, and the backward's own; where manual-vs-fp32 is far below
   autodiff-vs-fp32 (the GPT), the manual-vs-autodiff gap is autodiff's rounding: jax.grad of
@@ -141,7 +141,7 @@ def run_gpt(corpus, config, steps, eval_every, eval_windows, prec):
     opt = optax.adam(GPT_LR)
     result = lm.train_lm(model, corpus, context=context, steps=steps, batch_size=BATCH, optimizer=opt,
                          grad="manual", eval_every=eval_every, eval_windows=eval_windows, seed=0, policy=prec)
-    pm, pl, popt = precision.prepare(model, lm.next_char_cross_entropy, opt, prec)
+    pm, pl, popt = precision.prepare(model, softmax_cross_entropy, opt, prec)
     params, state = pm.init(jax.random.key(0), (context,))  # train_lm's initial params (seed 0)
     # the validation windows' logits as (N T, V) rows: evaluate's loss and argmax accuracy per character
     vx, vy = text.eval_windows(corpus.validation, context, eval_windows)
