@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax
 
+from funcnn.core.machine import machine, versions_line
 from funcnn.bench import kernels, report, steps
 from funcnn.bench.setting import FULL, QUICK, Setting
 from funcnn.core import autotune
@@ -47,7 +48,7 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log: Callable[[str], No
     `versions`, `backend`, `device_kind`, `peak` (measured and published), `kernels` and
     `steps` (one row per case) and the `autotune` decisions.
     """
-    log(f"funcnn bench ({setting.name}) on {report.machine()}")
+    log(f"funcnn bench ({setting.name}) on {machine()}")
     kernel_rows = kernels.run(setting, log=log)
     peak = max(r["flops"] / r["best_ms"] * 1e-6 for r in kernel_rows if r["kind"] == "gemm")
     bandwidth = max(r["bytes"] / r["best_ms"] * 1e-6 for r in kernel_rows if r["kind"] == "stream")
@@ -59,9 +60,9 @@ def run(setting: Setting = QUICK, *, peers: bool = True, log: Callable[[str], No
     return {
         "setting": setting._asdict(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": report.machine(),
+        "machine": machine(),
         "load_average": load,  # 1-minute load average at the end: how busy the machine was
-        "versions": report.versions_line(),
+        "versions": versions_line(),
         "backend": dev.platform,
         "device_kind": dev.device_kind,
         "peak": {"measured_gemm_gflops": peak, "measured_bandwidth_gbytes_per_s": bandwidth,

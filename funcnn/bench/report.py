@@ -1,11 +1,9 @@
-"""The machine, the versions, published peaks of known GPUs, and `funcnn bench`'s table and
+"""Published peaks of known GPUs and `funcnn bench`'s table and
 roofline figure (log-log: achieved GFLOP/s against arithmetic intensity FLOP/byte, under
 the roof min(P, W I) of the measured GEMM peak P and stream bandwidth W)."""
 from __future__ import annotations
 
 import os
-
-from funcnn.core.machine import machine, versions_line
 
 # Published dense peaks (vendor datasheets): TFLOP/s by dtype, memory bandwidth TB/s.
 # Matched against jax's device_kind, most specific first.

@@ -5,7 +5,7 @@ from funcnn.check.custom import check_custom_jvp, check_custom_vjp
 from funcnn.check.diagnose import diagnose, explain
 from funcnn.check.model import ModelReport, ModelRow, check_model
 from funcnn.check.report import Report, Row
-from funcnn.check import debug
+from funcnn.check import debug as debug
 
 __all__ = ["ModelReport", "ModelRow", "Report", "Row", "TOL_AUTODIFF", "TOL_FD", "check_backward",
            "check_custom_jvp", "check_custom_vjp", "check_layer", "check_loss", "check_model", "diagnose",

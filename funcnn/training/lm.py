@@ -31,15 +31,12 @@ the text is shorter than the window it sits at positions 0..n-1 and the rest of 
 padding that causal attention keeps out of positions < n; afterwards the window is the last
 ``context`` ids. The next id is drawn from softmax(z / temperature).
 
-**Runs** (``save_run``/``load_run``): ``run.json`` (model, its sizes, the vocabulary, the
-training arguments and history) and the final params as an orbax checkpoint in ``params/``.
+**Runs**: a GPT run folder has the format of every run (``funcnn.training.runs``).
 """
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -47,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn import models
 from funcnn.core.layer import Layer
 from funcnn.data import text
 from funcnn.losses import softmax_cross_entropy

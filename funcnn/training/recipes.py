@@ -200,7 +200,7 @@ def _train_gpt(options: dict, out: Path, resume: bool, mesh: Any, progress: bool
     model = models.build("gpt", (o["context"],), corpus.vocab_size, **model_options)
     optimizer = make_optimizer(o["optimizer"], o["lr"], o["schedule"], steps)
     policy = Policy.parse(o["precision"])
-    policy_model, policy_loss, _ = prepare(model, lm.next_char_cross_entropy, optimizer, policy)
+    policy_model, policy_loss, _ = prepare(model, losses.softmax_cross_entropy, optimizer, policy)
     params, state = policy_model.init(jax.random.key(o["seed"]), (o["context"],))
     primary = jax.process_index() == 0
     if not resume and primary:
