@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from funcnn.core import extras
+
 # Published dense peaks (vendor datasheets): TFLOP/s by dtype, memory bandwidth TB/s.
 # Matched against jax's device_kind, most specific first.
 PUBLISHED = (
@@ -57,10 +59,7 @@ def roofline(result: dict, path: str | os.PathLike) -> None:
 
     matplotlib is imported here: only the figure needs it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = extras.pyplot("the roofline figure")
     import numpy as np
 
     peak = result["peak"]["measured_gemm_gflops"]

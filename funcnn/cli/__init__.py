@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from funcnn.cli.args import Parser, UsageError
+from funcnn.core.extras import MissingExtra
 
 COMMANDS = ("train", "evaluate", "check", "perceptron", "neuron", "sample", "bench")
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         except (UsageError, RunRecordError) as e:
             print(f"funcnn {args.command}: error: {e}", file=sys.stderr)
             return 2
+        except MissingExtra as e:  # an optional dependency the command needs: the extra to install
+            print(f"funcnn {args.command}: {e}", file=sys.stderr)
+            return 1
         except OSError as e:  # a run folder or output file that cannot be read or written
             print(f"funcnn {args.command}: {e}", file=sys.stderr)
             return 1

@@ -9,6 +9,8 @@ import csv
 import os
 from typing import Any, Iterable, Sequence
 
+from funcnn.core import extras
+
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Write ``header`` and ``rows`` as a CSV file at ``path``."""
@@ -19,12 +21,7 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return extras.pyplot("the neuron figures")
 
 
 def trace_figure(path: str | os.PathLike, t: Any, v: Any, title: str) -> None:

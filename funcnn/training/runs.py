@@ -33,11 +33,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from funcnn import models
+from funcnn.core.extras import MissingExtra
 from funcnn.core.layer import Layer
 from funcnn.core.machine import versions
 from funcnn.training.checkpoint import (
@@ -280,7 +282,10 @@ def save_run(out: str | os.PathLike, *, params: dict, state: dict, metrics: dict
         remove_stale_temporaries(out)
         write_json(out / METRICS, metrics)
         if plot is not None:
-            write_atomically(out / CURVES, plot)
+            try:
+                write_atomically(out / CURVES, plot)
+            except MissingExtra as e:  # the run is complete without its figure
+                print(f"{CURVES} skipped: {e}", file=sys.stderr)
     save_tree(out / FINAL, {"params": params, "state": state})
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import jax
 import jax.numpy as jnp
 
+from funcnn.core import extras
 from funcnn.science.neurons.equilibrium import NeuronModel, rest_state
 
 if TYPE_CHECKING:  # diffrax is needed only by simulate_adaptive
@@ -171,8 +172,7 @@ def simulate_adaptive(params: NeuronModel, current: jax.Array | float, t_max: fl
 
     `{"t": (T,), "V": (T,), <gate>: (T,), ...}` as `simulate`.
     """
-    import diffrax
-
+    diffrax = extras.require("diffrax", "simulate_adaptive")
     params.validate()
     n_steps_for(t_max, t_max, "simulate_adaptive")
     y0 = default_y0(params) if y0 is None else jnp.asarray(y0)
