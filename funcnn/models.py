@@ -138,6 +138,7 @@ def _block(width: int, heads: int, bias: bool, gelu: str, inits: dict[str, Any])
 
 def _gpt_arguments(vocab: int, context: int, layers: int, heads: int, width: int, tie_embeddings: bool,
                    bias: bool, init: str, gelu: str) -> None:
+    """One-line errors for `gpt`'s arguments."""
     for value, arg in ((vocab, "vocab"), (context, "context"), (layers, "layers"), (heads, "heads"),
                        (width, "width")):
         positive_int(value, arg, "gpt")
@@ -156,7 +157,8 @@ def gpt(vocab: int, *, context: int, layers: int, heads: int, width: int, tie_em
     r"""A decoder-only transformer over token ids `(B, T)` -> next-token logits `(B, T, vocab)`, $T \le$ `context`.
 
     $x_0$ = Embedding(ids) + $P_{:T}$ (learned positions); `layers` pre-norm blocks
-    $x \leftarrow x + \mathrm{MHA}(\mathrm{LN}(x))$, $x \leftarrow x + W_2\, \mathrm{GELU}(W_1 \mathrm{LN}(x) + b_1) + b_2$
+    $x \leftarrow x + \mathrm{MHA}(\mathrm{LN}(x))$,
+    $x \leftarrow x + W_2\, \mathrm{GELU}(W_1 \mathrm{LN}(x) + b_1) + b_2$
     (MLP width 4 `width`); a final LayerNorm and a linear head. Every piece has its
     hand-written backward; the residual adds the skip's gradient.
 
@@ -208,6 +210,7 @@ _BLOCK_LEAVES = (("ln_1.weight", 0, ("0_layernorm", "gamma")), ("ln_1.bias", 0, 
 
 
 def _get(tree: Params, path: tuple[str, ...]) -> Any:
+    """The leaf (or subtree) of `tree` at the key `path`."""
     for k in path:
         tree = tree[k]
     return tree
@@ -241,6 +244,7 @@ def gpt_paths(params: Params) -> dict[str, tuple[str, ...]]:
 
 
 def _has(tree: Params, path: tuple[str, ...]) -> bool:
+    """Whether `tree` has a leaf at the key `path`."""
     for k in path:
         if not isinstance(tree, dict) or k not in tree:
             return False
@@ -300,7 +304,8 @@ def gpt_weights(params: Params) -> dict[str, Any]:
     blocks = [{s: leaf[f"transformer.h.{i}.{k}"] for k, s in short.items() if f"transformer.h.{i}.{k}" in leaf}
               for i in range(n)]
     out = {"tok": leaf["transformer.wte.weight"], "pos": leaf["transformer.wpe.weight"], "blocks": blocks,
-           "lnf_g": leaf["transformer.ln_f.weight"], "w_head": leaf.get("lm_head.weight", leaf["transformer.wte.weight"])}
+           "lnf_g": leaf["transformer.ln_f.weight"],
+           "w_head": leaf.get("lm_head.weight", leaf["transformer.wte.weight"])}
     for name, s in (("transformer.ln_f.bias", "lnf_b"), ("lm_head.bias", "b_head")):
         if name in leaf:
             out[s] = leaf[name]

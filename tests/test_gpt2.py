@@ -41,9 +41,9 @@ def test_each_variant_passes_the_checker(name):
 
 
 def test_the_gpt2_shaped_model_passes_check_model():
-    report = fn.check_model(gpt2_shaped(), (CONTEXT,), x=IDS, max_fd=64)
+    report = fn.check_model(gpt2_shaped(layers=1), (CONTEXT,), x=IDS, max_fd=64)
     assert report.ok, str(report)
-    assert "1_first/0_body/3_residual/0_serial/1_attention" in [r.path for r in report.rows]
+    assert "1_first/0_body/1_residual/0_serial/1_attention" in [r.path for r in report.rows]
 
 
 def test_check_model_names_the_broken_layer_of_the_gpt2_model(monkeypatch):

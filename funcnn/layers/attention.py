@@ -55,6 +55,7 @@ The scores, the softmax (max-shifted) and the products with $P$ run in at least 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -142,6 +143,7 @@ def attention_backward(do: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, 
 
 
 def _project(a: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    """`a @ w.T (+ b)`: `(..., in)` -> `(..., out)`."""
     return a @ w.T if b is None else a @ w.T + b
 
 
@@ -200,8 +202,9 @@ def decode_forward(params: dict, state: dict, x: jax.Array, heads: int) -> tuple
     pos = state["pos"]
     qkv = _project(x, params["w_in"], params.get("b_in"))
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    keys = jax.lax.dynamic_update_slice(state["k"], k.astype(state["k"].dtype), (0, pos, 0))
-    values = jax.lax.dynamic_update_slice(state["v"], v.astype(state["v"].dtype), (0, pos, 0))
+    at = (jnp.zeros_like(pos), pos, jnp.zeros_like(pos))
+    keys = jax.lax.dynamic_update_slice(state["k"], k.astype(state["k"].dtype), at)
+    values = jax.lax.dynamic_update_slice(state["v"], v.astype(state["v"].dtype), at)
     sd = jnp.promote_types(x.dtype, jnp.float32)
     o, _ = attention_forward(*(split_heads(a, heads).astype(sd) for a in (q, keys, values)), True, pos)
     y = _project(merge_heads(o).astype(x.dtype), params["w_out"], params.get("b_out"))
@@ -220,7 +223,17 @@ def attention_params(key: jax.Array, d: int, w_init: Callable, out_init: Callabl
     return params
 
 
+def checked_shape(shape: Any, heads: int) -> tuple[int, ...]:
+    """One example's shape `(T, D)` as a tuple; a one-line `ValueError` unless D is divisible by `heads`."""
+    shape = tuple(shape)
+    if len(shape) != 2 or shape[1] % heads:
+        raise ValueError(f"MultiHeadAttention: input must be (time, D) per example with D divisible by "
+                         f"heads={heads}, got {shape}")
+    return shape
+
+
 def _check_input(x: Any, d: int) -> None:
+    """One-line errors unless `x` is a float array `(batch, time, d)`."""
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise TypeError(f"MultiHeadAttention: x must be a floating-point array, got dtype {jnp.result_type(x)}")
     if jnp.ndim(x) != 3 or jnp.shape(x)[-1] != d:
@@ -249,13 +262,7 @@ def MultiHeadAttention(heads: int, *, causal: bool = False, w_init: str | Callab
     w_init = initializers.get(w_init, "w_init")
     out_init = w_init if out_init is None else initializers.get(out_init, "out_init")
     b_init = initializers.get(b_init, "b_init") if use_bias else None
-
-    def check_shape(shape):
-        shape = tuple(shape)
-        if len(shape) != 2 or shape[1] % heads:
-            raise ValueError(f"MultiHeadAttention: input must be (time, D) per example with D divisible by "
-                             f"heads={heads}, got {shape}")
-        return shape
+    check_shape = functools.partial(checked_shape, heads=heads)
 
     def init(key, input_shape):
         return attention_params(key, check_shape(input_shape)[1], w_init, out_init, b_init, param_dtype), {}

@@ -72,6 +72,7 @@ def embedding_backward(dy: jax.Array, ids: jax.Array, w: jax.Array) -> jax.Array
 
 
 def _check_ids(ids: Any, vocab: int, where: str) -> None:
+    """One-line errors unless `ids` are integers in [0, vocab) (values checked when concrete)."""
     if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
         raise TypeError(f"{where}: ids must be an integer array, got dtype {jnp.result_type(ids)}")
     if not isinstance(ids, jax.core.Tracer) and np.size(ids):
@@ -155,7 +156,8 @@ def TiedReadout(vocab: int, *, use_bias: bool = False, param_dtype: Any = jnp.fl
     def forward(params, state, x, *, key=None, train=False):
         if not (isinstance(x, (tuple, list)) and len(x) == 2 and jnp.ndim(x[1]) == 2 and x[1].shape[0] == vocab
                 and x[0].shape[-1] == x[1].shape[1]):
-            raise ValueError(f"TiedReadout: x must be a pair (h (..., F), w ({vocab}, F)), got {jax.tree_util.tree_map(jnp.shape, x)}")
+            shapes = jax.tree_util.tree_map(jnp.shape, x)
+            raise ValueError(f"TiedReadout: x must be a pair (h (..., F), w ({vocab}, F)), got shapes {shapes}")
         logits, cache = readout_forward(x[0], x[1], params.get("b"))
         return logits, state, cache
 

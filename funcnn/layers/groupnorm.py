@@ -25,6 +25,7 @@ the backward run in at least float32 (half-precision inputs are upcast inside).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -36,6 +37,20 @@ from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
 from funcnn.core.validate import positive_int
 from funcnn.core.layer import Layer
 from funcnn.layers.layernorm import affine_norm_backward, affine_norm_forward, float_input, positive_eps
+
+
+def channels(shape: Any, groups: int) -> int:
+    """The channel count C (last axis) of one example's `shape`; a one-line `ValueError` unless `groups` divides it."""
+    shape = tuple(shape)
+    if len(shape) < 1 or shape[-1] % groups:
+        raise ValueError(f"GroupNorm: the last (channel) axis must be divisible by groups={groups}, "
+                         f"got input_shape {shape}")
+    return shape[-1]
+
+
+def group_channels(a: jax.Array, groups: int) -> jax.Array:
+    """`(N, ..., C)` -> `(N, S, G, C/G)`, S the product of the spatial axes: the statistics are over axes 1 and 3."""
+    return a.reshape(a.shape[0], math.prod(a.shape[1:-1]), groups, a.shape[-1] // groups)
 
 
 def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init: str | Callable = "ones",
@@ -55,27 +70,17 @@ def GroupNorm(groups: int, eps: float = 1e-5, *, gamma_init: str | Callable = "o
     param_dtype, dtype = layer_dtypes(param_dtype, dtype, "GroupNorm")
     gamma_init = initializers.get(gamma_init, "gamma_init")
     beta_init = initializers.get(beta_init, "beta_init")
-
-    def channels(shape):
-        shape = tuple(shape)
-        if len(shape) < 1 or shape[-1] % groups:
-            raise ValueError(f"GroupNorm: the last (channel) axis must be divisible by groups={groups}, "
-                             f"got input_shape {shape}")
-        return shape[-1]
+    grouped = functools.partial(group_channels, groups=groups)
 
     def init(key, input_shape):
-        c = channels(input_shape)
+        c = channels(input_shape, groups)
         kg, kb = jax.random.split(key)
         return {"gamma": gamma_init(kg, (c,), c, c, dtype=param_dtype),
                 "beta": beta_init(kb, (c,), c, c, dtype=param_dtype)}, {}
 
     def output_shape(input_shape):
-        channels(input_shape)
+        channels(input_shape, groups)
         return tuple(input_shape)
-
-    def grouped(a):
-        """(N, ..., C) -> (N, S, G, C/G): the statistics are over axes 1 and 3."""
-        return a.reshape(a.shape[0], math.prod(a.shape[1:-1]), groups, a.shape[-1] // groups)
 
     def forward(params, state, x, *, key=None, train=False):
         float_input(x, "GroupNorm")

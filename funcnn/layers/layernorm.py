@@ -78,7 +78,7 @@ def normalize(x: jax.Array, axes: Any, eps: float) -> tuple[jax.Array, jax.Array
 
 
 def normalize_backward(g: jax.Array, xhat: jax.Array, inv_std: jax.Array, axes: Any) -> jax.Array:
-    r"""$dx = s\,(g - \overline{g} - \hat x\, \overline{g \hat x})$, the means over `axes`; $g = \partial L/\partial \hat x$.
+    r"""$dx = s\,(g - \overline{g} - \hat x\, \overline{g \hat x})$, means over `axes`, $g = \partial L/\partial \hat x$.
 
     **Arguments:** `g`, `xhat` of one shape; `inv_std` $s$ as `normalize` returns it.
 
@@ -99,6 +99,7 @@ def affine_grads(dy: jax.Array, xhat: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _same(a: jax.Array) -> jax.Array:
+    """The identity: LayerNorm's `group` (no regrouping)."""
     return a
 
 

@@ -47,7 +47,7 @@ def rms_forward(gamma: jax.Array, x: jax.Array, eps: float) -> tuple[jax.Array, 
 
 
 def rms_backward(gamma: jax.Array, cache: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""$(d\gamma, dx)$ of `rms_forward`: $d\gamma = \sum_n dy_n \hat x_n$, $dx = (g - \hat x\,\overline{g \hat x}) / r$.
+    r"""$(d\gamma, dx)$ of `rms_forward`: $d\gamma = \sum_n dy_n \hat x_n$, $dx = (g - \hat x \overline{g \hat x}) / r$.
 
     **Arguments:** `gamma` `(D,)`; the forward's `cache`; `dy` `(..., D)`.
 

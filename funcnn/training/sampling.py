@@ -105,6 +105,7 @@ def _cached_steps(model: Layer, params: dict, buf: jax.Array, prompt_len: int, k
 
 
 def _validate(prompt_ids: Any, context: Any, length: Any, temperature: Any, cache: Any, vocab: int) -> np.ndarray:
+    """One-line `ValueError`s for `sample`'s arguments; the prompt as int32 ids `(P,)`."""
     positive_int(context, "context", "sample")
     positive_int(length, "length", "sample")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) \
@@ -113,7 +114,7 @@ def _validate(prompt_ids: Any, context: Any, length: Any, temperature: Any, cach
     if not isinstance(cache, bool):
         raise ValueError(f"sample: cache must be a bool, got {cache!r}")
     prompt = np.asarray(prompt_ids)
-    if prompt.ndim != 1 or prompt.size == 0 or not (np.issubdtype(prompt.dtype, np.integer) or prompt.dtype == bool):
+    if prompt.ndim != 1 or prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer):
         raise ValueError(f"sample: prompt_ids must be a non-empty 1-D sequence of integer ids, got shape "
                          f"{prompt.shape} dtype {prompt.dtype}")
     if prompt.min() < 0 or prompt.max() >= vocab:
