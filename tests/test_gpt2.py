@@ -34,14 +34,25 @@ VARIANTS = {
 }
 
 
+def perturbed_params(model: Layer) -> dict:
+    """Float64 initial params moved off their special values (gains 1, zero biases), so no term hides."""
+    with jax.enable_x64(True):
+        params, _ = model.init(jax.random.key(0), (CONTEXT,))
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        return jax.tree_util.tree_unflatten(tree, [p.astype(jnp.float64) + 0.3 * jax.random.normal(k, p.shape, jnp.float64)
+                                                   for p, k in zip(leaves, keys)])
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_each_variant_passes_the_checker(name):
     model = models.gpt(VOCAB, context=CONTEXT, layers=1, heads=2, width=8, **VARIANTS[name])
-    fn.check_layer(model, (CONTEXT,), x=IDS, max_fd=64).assert_ok()
+    fn.check_layer(model, (CONTEXT,), x=IDS, params=perturbed_params(model), max_fd=64).assert_ok()
 
 
 def test_the_gpt2_shaped_model_passes_check_model():
-    report = fn.check_model(gpt2_shaped(layers=1), (CONTEXT,), x=IDS, max_fd=64)
+    model = gpt2_shaped(layers=1)
+    report = fn.check_model(model, (CONTEXT,), x=IDS, params=perturbed_params(model), max_fd=64)
     assert report.ok, str(report)
     assert "1_first/0_body/1_residual/0_serial/1_attention" in [r.path for r in report.rows]
 
@@ -122,7 +133,7 @@ def test_state_dict_round_trip_and_names(name):
     assert sd["transformer.h.1.attn.c_attn.weight"].shape == (24, 8)
     assert sd["transformer.h.0.mlp.c_proj.weight"].shape == (8, 32)
     assert ("transformer.h.0.ln_1.bias" in sd) == bias and ("lm_head.bias" in sd) == (bias and not tied)
-    assert len(sd) == 2 + 2 * (6 if bias else 4) + (2 if bias else 1) + 1 + (bias and not tied)
+    assert len(sd) == 2 + 2 * (12 if bias else 6) + (2 if bias else 1) + 1 + (bias and not tied)
 
 
 def test_state_dict_refusals_name_the_entry():

@@ -29,6 +29,7 @@ layer acts on each position alone.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -141,15 +142,20 @@ def sample(model: Layer, params: dict, prompt_ids: Any, *, context: int, length:
     prompt = _validate(prompt_ids, context, length, temperature, cache, vocab)
     p = len(prompt)
     buf = jnp.zeros(max(p + length, context), jnp.int32).at[:p].set(prompt)
-    keys = jax.random.split(key, length)
     cached = min(length, context - p + 1) if cache and p <= context else 0  # ids drawn with the cache
+    out = _generate(model, params, buf, jax.random.split(key, length), prompt_len=p, cached=cached,
+                    context=context, temperature=float(temperature))
+    return np.asarray(out)[p:p + length]
 
-    @jax.jit
-    def run(params, buf, keys):
-        if cached:
-            buf = _cached_steps(model, params, buf, p, keys[:cached], context, temperature)
-        if cached < length:
-            buf = _window_steps(model, params, buf, p + cached, keys[cached:], context, temperature)
-        return buf
 
-    return np.asarray(run(params, buf, keys))[p:p + length]
+@functools.partial(jax.jit, static_argnames=("model", "prompt_len", "cached", "context", "temperature"))
+def _generate(model: Layer, params: dict, buf: jax.Array, keys: jax.Array, *, prompt_len: int, cached: int,
+              context: int, temperature: float) -> jax.Array:
+    """`buf` `(N,)` with the ids after its first `prompt_len` drawn, one per key: the first `cached`
+    with the key/value cache, the rest each from its full window. Compiled once per model and sizes."""
+    if cached:
+        buf = _cached_steps(model, params, buf, prompt_len, keys[:cached], context, temperature)
+    if cached < keys.shape[0]:
+        buf = _window_steps(model, params, buf, prompt_len + cached, keys[cached:], context, temperature)
+    return buf
+
