@@ -7,7 +7,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "funcnn"
 LAYER_CODE = sorted(p for d in ("layers", "science/bayes") for p in (ROOT / d).rglob("*.py")) + [ROOT / f for f in (
     "losses.py", "regularization.py", "models.py", "core/combinators.py", "core/dtypes.py", "core/sharding.py",
-    "core/layer.py")]
+    "core/layer.py", "training/sampling.py")]
 AUTODIFF = re.compile(r"\b(jax\.(grad|vjp|jvp|linearize|value_and_grad|jacfwd|jacrev|hessian)|custom_vjp)\b")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import funcnn as fn
 from funcnn import models
-from funcnn.training import lm
+from funcnn.training import lm, sampling
 from funcnn.cli import main
 from helpers import RTOL_F64, assert_close
 
@@ -70,6 +70,8 @@ def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64()
 def test_token_dense_backward_passes_the_checker():
     report = fn.check_layer(models.token_dense(5), (4, 3))
     assert report.ok, str(report)
+    report = fn.check_layer(models.token_dense(5, use_bias=False), (4, 3))
+    assert report.ok, str(report)
 
 
 def test_gpt_forward_equals_the_plain_jax_reference_and_is_causal():
@@ -124,6 +126,69 @@ def test_sample_refuses_bad_arguments():
         lm.sample(model, params, [1], context=CONTEXT, length=2, temperature=0.0, key=jax.random.key(0))
     with pytest.raises(ValueError, match="sample: prompt must hold at least one character"):
         lm.sample(model, params, [], context=CONTEXT, length=2, key=jax.random.key(0))
+
+
+# ---- the sampler with a key/value cache (funcnn.training.sampling) ----
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("prompt_len,length", [(3, 4), (3, 12), (8, 3), (10, 4), (1, 1)],
+                         ids=["inside", "slides", "full-prompt", "long-prompt", "one"])
+def test_cached_sampling_draws_the_same_ids_as_uncached(tied, prompt_len, length):
+    model = models.gpt(VOCAB, context=CONTEXT, layers=2, heads=2, width=16, tie_embeddings=tied)
+    params, _ = random_params(model, jax.random.key(0))
+    prompt = np.asarray(ids(jax.random.key(1), batch=1, t=prompt_len))[0]
+    kw = dict(context=CONTEXT, length=length, temperature=4.0, key=jax.random.key(7))  # flat: varied ids
+    cached = sampling.sample(model, params, prompt, cache=True, **kw)
+    assert cached.shape == (length,) and cached.dtype == np.int32
+    np.testing.assert_array_equal(cached, sampling.sample(model, params, prompt, cache=False, **kw))
+    if length >= 12:
+        assert len(set(cached.tolist())) > 2  # a real draw, not a constant
+
+
+def test_sampling_at_tiny_temperature_is_greedy_decoding_on_the_last_context_ids():
+    model = tiny()
+    params, state = random_params(model, jax.random.key(0))
+    prompt = np.asarray(ids(jax.random.key(1), batch=1, t=6))[0]
+    apply = jax.jit(lambda p, w: model.apply(p, state, w)[0])
+    seq = list(prompt)
+    for _ in range(5):  # greedy, running the model on exactly the last <= CONTEXT ids (no padding)
+        seq.append(int(jnp.argmax(apply(params, jnp.asarray([seq[-CONTEXT:]], jnp.int32))[0, -1])))
+    for temperature in (0.0, 0.5 * sampling.GREEDY_BELOW):
+        for cache in (True, False):
+            got = sampling.sample(model, params, prompt, context=CONTEXT, length=5, temperature=temperature,
+                                  key=jax.random.key(2), cache=cache)
+            np.testing.assert_array_equal(got, seq[6:])
+
+
+def test_sampling_draws_from_the_tempered_softmax():
+    # one step from a one-id prompt, many keys: the frequencies follow softmax(z / T)
+    model = tiny()
+    params, state = random_params(model, jax.random.key(0))
+    z = np.asarray(model.apply(params, state, jnp.asarray([[3]]))[0][0, -1], np.float64)
+    p = np.exp(z / 2.0 - np.max(z / 2.0))
+    p /= p.sum()
+    draws = [int(sampling.sample(model, params, [3], context=CONTEXT, length=1, temperature=2.0,
+                                 key=jax.random.key(i))[0]) for i in range(400)]
+    freq = np.bincount(draws, minlength=VOCAB) / len(draws)
+    assert np.max(np.abs(freq - p)) < 4 * np.sqrt(0.25 / len(draws))
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(length=0), "sample: length must be a positive integer, got 0"),
+    (dict(temperature=-0.1), "sample: temperature must be a finite number >= 0, got -0.1"),
+    (dict(temperature=float("nan")), "sample: temperature must be a finite number >= 0, got nan"),
+    (dict(prompt_ids=[]), "sample: prompt_ids must be a non-empty 1-D sequence of integer ids"),
+    (dict(prompt_ids=[1.5]), "sample: prompt_ids must be a non-empty 1-D sequence of integer ids"),
+    (dict(prompt_ids=[1, VOCAB]), rf"sample: prompt_ids must be in \[0, {VOCAB}\), got values in \[1, {VOCAB}\]"),
+    (dict(context=0), "sample: context must be a positive integer, got 0"),
+])
+def test_sampler_refuses_bad_arguments_in_one_line(kwargs, expected):
+    model = tiny()
+    params, _ = model.init(jax.random.key(0), (CONTEXT,))
+    args = {**dict(prompt_ids=[1, 2], context=CONTEXT, length=3, temperature=1.0, key=jax.random.key(0)), **kwargs}
+    with pytest.raises(ValueError, match=expected) as info:
+        sampling.sample(model, params, args.pop("prompt_ids"), **args)
+    assert "\n" not in str(info.value)
 
 
 def test_build_dispatches_gpt_and_gpt_refuses_bad_sizes():

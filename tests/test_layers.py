@@ -20,6 +20,17 @@ def test_dense_forward_is_wx_plus_b_per_example():
         assert_close(y[n], np.asarray(params["w"]) @ np.asarray(x[n]) + np.asarray(params["b"]), RTOL_F32)
 
 
+def test_dense_without_bias_has_no_b_and_its_backward_passes_the_checker():
+    layer = fn.Dense(3, use_bias=False)
+    params, state = layer.init(jax.random.key(0), (4,))
+    assert set(params) == {"w"}
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    assert_close(layer.apply(params, state, x)[0], x @ params["w"].T, RTOL_F32)
+    fn.check_layer(layer, (4,)).assert_ok()
+    with pytest.raises(TypeError, match="Dense: use_bias must be a bool, got 'no'"):
+        fn.Dense(3, use_bias="no")
+
+
 @pytest.mark.parametrize("layer,ref", [
     (fn.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
     (fn.Tanh(), np.tanh),

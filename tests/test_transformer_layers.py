@@ -11,6 +11,7 @@ from layer_checks import check_at, params64
 
 import funcnn as fn
 from funcnn.layers import attention, layernorm
+from funcnn.layers.embedding import TiedEmbedding, TiedReadout
 
 
 def normal(key, shape, dtype=jnp.float32):
@@ -34,12 +35,20 @@ CASES = {
     "positional": (lambda: fn.PositionalEmbedding(6, 4), (4, 4), lambda: normal(1, (2, 4, 4))),
     "attention": (lambda: fn.MultiHeadAttention(2), (4, 6), lambda: normal(1, (2, 4, 6))),
     "attention(causal)": (lambda: fn.MultiHeadAttention(3, causal=True), (5, 6), lambda: normal(1, (2, 5, 6))),
+    "attention(causal, no bias)": (lambda: fn.MultiHeadAttention(2, causal=True, use_bias=False), (4, 6),
+                                   lambda: normal(1, (2, 4, 6))),
+    "layernorm(no bias)": (lambda: fn.LayerNorm(use_bias=False), (3, 5), lambda: normal(1, (2, 3, 5))),
+    "tied_embedding": (lambda: TiedEmbedding(7, 3), (5,), lambda: ids(1, (2, 5), 7)),
+    "tied_readout": (lambda: TiedReadout(7), ((4, 3), (7, 3)), lambda: (normal(1, (2, 4, 3)), normal(2, (7, 3)))),
+    "tied_readout(bias)": (lambda: TiedReadout(7, use_bias=True), ((4, 3), (7, 3)),
+                           lambda: (normal(1, (2, 4, 3)), normal(2, (7, 3)))),
 }
 
 
 # every layer is also checked at random params by `funcnn check`'s catalog (tests/test_check_gallery.py);
 # here the configurations it does not hold: instance norm (G = C), three causal heads
-@pytest.mark.parametrize("name", ["groupnorm(C)", "attention(causal)"])
+@pytest.mark.parametrize("name", ["groupnorm(C)", "attention(causal)", "attention(causal, no bias)",
+                                  "layernorm(no bias)", "tied_embedding", "tied_readout", "tied_readout(bias)"])
 def test_backward_matches_autodiff_and_finite_differences_at_perturbed_params(name):
     make, shape, x = CASES[name]
     check_at(make(), shape, x()).assert_ok()
@@ -70,6 +79,7 @@ TORCH = {
     "gelu": lambda t, p, x: t.nn.functional.gelu(x),
     "gelu(tanh)": lambda t, p, x: t.nn.functional.gelu(x, approximate="tanh"),
     "positional": lambda t, p, x: x + p["w"][: x.shape[1]],
+    "layernorm(no bias)": lambda t, p, x: t.nn.functional.layer_norm(x, (x.shape[-1],), p["gamma"], None, 1e-5),
 }
 
 
@@ -142,6 +152,25 @@ def test_attention_cache_is_linear_in_t(t):
     leaves = jax.tree_util.tree_leaves(cache)
     assert sum(leaf.size for leaf in leaves) == b * t * (5 * d + h)  # x, [Q K V], O, the row log-sum-exp
     assert all(leaf.shape.count(t) == 1 for leaf in leaves)  # no T x T array is kept
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no bias"])
+def test_attention_decoding_with_the_cache_equals_the_full_causal_forward(use_bias):
+    # prefill 3 positions, then 2 single positions: the outputs are the full forward's rows
+    layer = fn.MultiHeadAttention(2, causal=True, use_bias=use_bias)
+    with jax.enable_x64(True):
+        params, state = params64(layer, (5, 6))
+        x = normal(1, (2, 5, 6), jnp.float64)
+        full, _ = layer.apply(params, state, x)
+        cache = attention.decode_state(2, 8, 6, jnp.float64)  # a buffer longer than the text
+        parts = []
+        for lo, hi in ((0, 3), (3, 4), (4, 5)):
+            y, cache = layer.apply(params, cache, x[:, lo:hi])
+            parts.append(y)
+    assert int(cache["pos"]) == 5
+    assert_close(jnp.concatenate(parts, axis=1), full, RTOL_F64)
+    with pytest.raises(ValueError, match="MultiHeadAttention: decoding with a key/value cache needs causal=True"):
+        fn.MultiHeadAttention(2).apply(params, attention.decode_state(2, 8, 6), x[:, :1].astype(jnp.float32))
 
 
 # ---- jit, vmap ----
