@@ -43,7 +43,7 @@ from contenders_gpt import torch_gpt, torch_state_dict  # noqa: E402
 
 from funcnn import models  # noqa: E402
 from funcnn.data import text
-from funcnn.training import lm
+from funcnn.training import lm, sampling  # noqa: E402
 
 FULL = {"layers": 4, "heads": 4, "width": 128, "context": 64}
 QUICK = {"layers": 1, "heads": 2, "width": 32, "context": 32}
@@ -115,8 +115,8 @@ def main(argv=None):
     print(f"pytorch: validation {h['val_loss'][-1]:.4f} nats/char ({runs['pytorch'][1]:.0f} s)", flush=True)
 
     prompt = "The "
-    sampled = lm.sample(model, results["manual"].params, corpus.encode(prompt), context=config["context"],
-                        length=400, temperature=0.8, key=jax.random.key(1))
+    sampled = sampling.sample(model, results["manual"].params, corpus.encode(prompt), context=config["context"],
+                              length=400, temperature=0.8, key=jax.random.key(1))
     sample_text = prompt + corpus.decode(sampled)
     elapsed = time.perf_counter() - start
 

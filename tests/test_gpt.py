@@ -111,21 +111,23 @@ def test_sample_at_low_temperature_is_greedy_decoding_on_the_last_context_charac
     model = tiny()
     params, state = random_params(model, jax.random.key(0))
     prompt = np.asarray(ids(jax.random.key(1), batch=1, t=6))[0]
-    got = lm.sample(model, params, prompt, context=CONTEXT, length=4, temperature=1e-6, key=jax.random.key(2))
+    got = [sampling.sample(model, params, prompt, context=CONTEXT, length=4, temperature=1e-6, key=jax.random.key(2),
+                           cache=cache) for cache in (True, False)]
     apply = jax.jit(lambda p, w: model.apply(p, state, w)[0])
     seq = list(prompt)
     for _ in range(4):  # greedy, running the model on exactly the last <= CONTEXT ids (no padding)
         seq.append(int(jnp.argmax(apply(params, jnp.asarray([seq[-CONTEXT:]], jnp.int32))[0, -1])))
-    np.testing.assert_array_equal(got, seq[6:])
+    np.testing.assert_array_equal(got[0], seq[6:])
+    np.testing.assert_array_equal(got[1], seq[6:])
 
 
 def test_sample_refuses_bad_arguments():
     model = tiny()
     params, _ = model.init(jax.random.key(0), (CONTEXT,))
-    with pytest.raises(ValueError, match="sample: temperature must be positive"):
-        lm.sample(model, params, [1], context=CONTEXT, length=2, temperature=0.0, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="sample: prompt must hold at least one character"):
-        lm.sample(model, params, [], context=CONTEXT, length=2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="sample: temperature must be a finite number >= 0"):
+        sampling.sample(model, params, [1], context=CONTEXT, length=2, temperature=-1.0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="sample: prompt_ids must be a non-empty 1-D sequence"):
+        sampling.sample(model, params, [], context=CONTEXT, length=2, key=jax.random.key(0))
 
 
 # ---- the sampler with a key/value cache (funcnn.training.sampling) ----

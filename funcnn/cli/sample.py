@@ -2,9 +2,9 @@
 
 Prints the prompt followed by ``--length`` generated characters, each drawn from
 softmax(logits / ``--temperature``) given the (at most ``context``) characters before it.
-A temperature below ``GREEDY_BELOW`` (1e-6) is greedy decoding: each character is the most
-likely one (the arg max of the logits; softmax(z / T) tends to it as T -> 0, and dividing by
-such a T directly would overflow float32).
+A temperature below ``funcnn.training.sampling.GREEDY_BELOW`` is greedy decoding: each
+character is the most likely one (the arg max of the logits, the limit of softmax(z / T) as
+T -> 0). Keys and values are cached, so each character costs the same whatever the length.
 """
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ import argparse
 from pathlib import Path
 
 from funcnn.cli.args import UsageError, arg_type, seed
+from funcnn.training.sampling import GREEDY_BELOW
 
-GREEDY_BELOW = 1e-6
-# the temperature the sampler is called with for greedy decoding: logits over it stay finite
-# (|z| < 3e18) and the Gumbel noise of categorical sampling (|g| < 21) cannot reorder logits
-# further apart than 21 * 1e-20, so the draw is the arg max
-GREEDY_TEMPERATURE = 1e-20
 MAX_LENGTH = 100_000  # one compiled step per character
 MAX_TEMPERATURE = 1e6
 
@@ -48,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from funcnn.data import text
-    from funcnn.training import lm
+    from funcnn.training import sampling
     from funcnn.training.runs import RunRecordError, load_run
 
     try:
@@ -59,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"--prompt: character {bad[0]!r} is not in the run's vocabulary")
     corpus = text.Corpus(None, None, r.vocab, "sample")
-    t = GREEDY_TEMPERATURE if args.temperature < GREEDY_BELOW else args.temperature
-    ids = lm.sample(r.model, r.params, corpus.encode(args.prompt), context=r.input_shape[0], length=args.length,
-                    temperature=t, key=jax.random.key(args.seed))
+    ids = sampling.sample(r.model, r.params, corpus.encode(args.prompt), context=r.input_shape[0],
+                          length=args.length, temperature=args.temperature, key=jax.random.key(args.seed))
     print(args.prompt + corpus.decode(ids))
     return 0

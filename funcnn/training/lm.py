@@ -26,10 +26,7 @@ loss is a mean over the $BT$ positions, so with $D$ shards of $B/D$ windows
 $L = \frac{1}{D}\sum_d L_d$ and the gradient is the mean of the shards' gradients: the batch
 contractions of the backward (``funcnn.core.sharding``) are where it is all-reduced.
 
-**Sampling** (``sample``): autoregressive. The model sees a window of ``context`` ids; while
-the text is shorter than the window it sits at positions 0..n-1 and the rest of the window is
-padding that causal attention keeps out of positions < n; afterwards the window is the last
-``context`` ids. The next id is drawn from softmax(z / temperature).
+**Sampling**: ``funcnn.training.sampling.sample`` (with a key/value cache).
 
 **Runs**: a GPT run folder has the format of every run (``funcnn.training.runs``).
 """
@@ -222,28 +219,3 @@ def train_lm(model: Layer, corpus: Any, *, context: int, steps: int, batch_size:
                             snapshot=lambda carry: _params_and_opt_state(place.local(carry)), history=history,
                             checkpoints=checkpoints, done=done, progress=progress)
     return LMResult(place.local(carry)[0], history)
-
-
-def sample(model, params, prompt_ids, *, context, length, temperature=1.0, key):
-    """``length`` new ids after ``prompt_ids`` (module docstring); returns them as a NumPy array."""
-    if not temperature > 0:
-        raise ValueError(f"sample: temperature must be positive, got {temperature!r}")
-    prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
-    if prompt_ids.size == 0:
-        raise ValueError("sample: prompt must hold at least one character, got an empty prompt")
-
-    state = _state(model, context)
-
-    @jax.jit
-    def next_id(params, window, last, key):
-        logits, _ = model.apply(params, state, window[None], train=False)
-        return jax.random.categorical(key, logits[0, last] / temperature)
-
-    ids = list(prompt_ids)
-    for k in jax.random.split(key, length):
-        n = min(len(ids), context)
-        window = np.zeros(context, np.int32)
-        window[:n] = ids[-n:]
-        ids.append(int(next_id(params, window, n - 1, k)))
-    return np.array(ids[len(prompt_ids):], np.int32)
-
