@@ -280,17 +280,25 @@ def _fd_all(forward, primals, y, dy, gidx, plan):
     return tuple(r.reshape(-1)[:total] for r in jax.lax.map(jax.vmap(directional), padded.reshape(steps_n, batch)))
 
 
-def _program(forward, backward, reference_fn, plan, with_manual):
+def _program(forward, backward, reference_fn, plan, with_manual, forms):
     """The jitted check, vmapped over points: ``run(primals, extra, dy, gidx)`` with
     ``forward(extra, *primals)``, ``backward(extra, *primals, dy)`` (random draws are made
-    outside, ``funcnn.check.draws``: no threefry to compile in here)."""
+    outside, ``funcnn.check.draws``: no threefry to compile in here).
+
+    ``forms``: the formulations to check (``autotune.forcing`` dicts): autodiff and the
+    hand-written backward run in each, the finite differences (the truth, whatever the
+    formulation) once, in the first."""
     def run(primals, extra, dy, gidx):
-        out = {"auto": jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy)}
-        if with_manual:
-            out["manual"] = backward(extra, *primals, dy)
+        out = {"auto": [], "manual": []}
+        for form in forms:
+            with autotune.forcing(form):
+                out["auto"].append(jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy))
+                if with_manual:
+                    out["manual"].append(backward(extra, *primals, dy))
         if plan:
-            y = forward(extra, *primals)
-            out["fd"] = _fd_all(lambda *p: forward(extra, *p), primals, y, dy, gidx, plan)
+            with autotune.forcing(forms[0]):
+                y = forward(extra, *primals)
+                out["fd"] = _fd_all(lambda *p: forward(extra, *p), primals, y, dy, gidx, plan)
         return out
 
     return jax.jit(jax.vmap(run, in_axes=(0, None, None, None)))
@@ -316,14 +324,15 @@ _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConv
 
 
 def _check_points(forward, backward, primals_list, points, *, extra=None, key=None, name="backward", fd=True,
-                  max_fd=512, argnames=None, order=1, identity=None) -> Report:
+                  max_fd=512, argnames=None, order=1, identity=None, forms=({},)) -> Report:
     """The check of ``check_backward`` at several points of the same shapes, in one program.
 
     ``forward(extra, *primals)``, ``backward(extra, *primals, dy)``; ``primals_list`` holds
     one primals tuple per entry of ``points`` (their names). The rows come point by point,
     each point's first-order rows followed by its second-order ones. ``identity``: what
     makes ``forward`` and ``backward`` the same functions across calls (a cache key), or
-    None when they are not."""
+    None when they are not. ``forms``: the formulations (``_program``); rows come formulation
+    by formulation, tagged with it when there are several."""
     if order not in (1, 2):
         raise ValueError(f"check_backward: order must be 1 or 2, got {order!r}")
     key = jax.random.key(0) if key is None else key
@@ -344,51 +353,66 @@ def _check_points(forward, backward, primals_list, points, *, extra=None, key=No
         dy = _normal_like(kdy, y)
         plan = _diff_plan(first, max_fd) if fd else None
         gidx = _fd_indices(first, kfd, plan) if fd else None
+        forms = tuple(forms)
         signature = (_signature(first), _signature(extra), _signature(dy), len(primals_list), plan,
-                     autotune.forcing_state())
+                     autotune.forcing_state(), tuple(tuple(sorted(f.items())) for f in forms))
         cache_key = None if identity is None or has_rules else (identity, signature)
         manual = None
         try:
             program = _cached_program(cache_key and (cache_key, True),
-                                      lambda: _program(forward, backward, reference_fn, plan, True))
+                                      lambda: _program(forward, backward, reference_fn, plan, True, forms))
             results = program(stacked, extra, dy, gidx)
         except _NOT_TRACEABLE:  # a backward that needs concrete values runs eagerly
             program = _cached_program(cache_key and (cache_key, False),
-                                      lambda: _program(forward, backward, reference_fn, plan, False))
+                                      lambda: _program(forward, backward, reference_fn, plan, False, forms))
             results = program(stacked, extra, dy, gidx)
-            manual = [backward(extra, *p, dy) for p in primals_list]
+            manual = []
+            for form in forms:
+                with autotune.forcing(form):
+                    manual.append([backward(extra, *p, dy) for p in primals_list])
         rows = []
-        for k, (point, primals) in enumerate(zip(points, primals_list)):
-            def at(tree, k=k):
-                return jax.tree_util.tree_map(lambda a: np.asarray(a)[k], tree)
-
-            m = manual[k] if manual is not None else results["manual"]
-            if manual is None:
-                m = at(m)
-            if not isinstance(m, (tuple, list)) or len(m) != len(primals):
-                got = f"{type(m).__name__} of length {len(m)}" if isinstance(m, (tuple, list)) else type(m).__name__
-                rows.append(Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
-                                f"backward must return a tuple of {len(primals)} gradients, got {got}", point))
-                continue
-            auto = at(results["auto"])
-            fd_fn = None
-            if fd:
-                table, start = {}, 0
-                central, right, left = (np.asarray(a)[k] for a in results["fd"]) if plan else ((), (), ())
-                for (i, j, n, count), offset in zip(plan, _offsets(plan)):
-                    sl = slice(start, start + count)
-                    table[(i, j)] = (gidx[sl] - offset, central[sl], right[sl], left[sl])
-                    start += count
-
-                def fd_fn(i, j, table=table):
-                    return table[(i, j)]
-            host = jax.tree_util.tree_map(np.asarray, primals)
-            point_rows = _compare(host, m, auto, argnames, _max_abs(auto), order=1, point=point, fd_fn=fd_fn)
-            if order == 2 and all(r.ok for r in point_rows):
-                point_rows += _second_order(lambda *p: reference_fn(extra, *p),
-                                            lambda *a: backward(extra, *a), primals, dy, kv, argnames, point)
-            rows += point_rows
+        for f, form in enumerate(forms):
+            tag = ",".join(f"{op}={choice}" for op, choice in form.items()) if len(forms) > 1 else ""
+            with autotune.forcing(form):
+                form_rows = _point_rows(results, manual, f, points, primals_list, plan, gidx, fd, argnames,
+                                        order, reference_fn, backward, extra, dy, kv)
+            rows += [dataclasses.replace(r, formulation=tag) for r in form_rows] if tag else form_rows
     return Report(name, tuple(rows), TOL_AUTODIFF, TOL_FD)
+
+
+def _point_rows(results, manual, f, points, primals_list, plan, gidx, fd, argnames, order, reference_fn,
+                backward, extra, dy, kv):
+    """The rows of formulation ``f`` of a ``_program``'s results, point by point."""
+    rows = []
+    for k, (point, primals) in enumerate(zip(points, primals_list)):
+        def at(tree, k=k):
+            return jax.tree_util.tree_map(lambda a: np.asarray(a)[k], tree)
+
+        m = manual[f][k] if manual is not None else at(results["manual"][f])
+        if not isinstance(m, (tuple, list)) or len(m) != len(primals):
+            got = f"{type(m).__name__} of length {len(m)}" if isinstance(m, (tuple, list)) else type(m).__name__
+            rows.append(Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
+                            f"backward must return a tuple of {len(primals)} gradients, got {got}", point))
+            continue
+        auto = at(results["auto"][f])
+        fd_fn = None
+        if fd:
+            table, start = {}, 0
+            central, right, left = (np.asarray(a)[k] for a in results["fd"]) if plan else ((), (), ())
+            for (i, j, n, count), offset in zip(plan, _offsets(plan)):
+                sl = slice(start, start + count)
+                table[(i, j)] = (gidx[sl] - offset, central[sl], right[sl], left[sl])
+                start += count
+
+            def fd_fn(i, j, table=table):
+                return table[(i, j)]
+        host = jax.tree_util.tree_map(np.asarray, primals)
+        point_rows = _compare(host, m, auto, argnames, _max_abs(auto), order=1, point=point, fd_fn=fd_fn)
+        if order == 2 and all(r.ok for r in point_rows):
+            point_rows += _second_order(lambda *p: reference_fn(extra, *p),
+                                        lambda *a: backward(extra, *a), primals, dy, kv, argnames, point)
+        rows += point_rows
+    return rows
 
 
 def _stack(*leaves):
@@ -636,17 +660,9 @@ def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None
         state0 = points[0][2]
         x = _to64(x)
         found = formulations(layer, points[0][1], state0, x, k_layer, train) if every_formulation else [{}]
-        report = None
-        for forced in found:
-            with autotune.forcing(forced):
-                r = _check_points(forward, backward, [(p, x) for _, p, _ in points], [pt for pt, _, _ in points],
-                                  extra=(state0, k_layer), key=k_check, name=name or layer.name,
-                                  argnames=["params", "x"], identity=_layer_identity(layer, train), **kwargs)
-            if forced:
-                tag = ",".join(f"{op}={choice}" for op, choice in forced.items())
-                r = dataclasses.replace(r, rows=tuple(dataclasses.replace(row, formulation=tag) for row in r.rows))
-            report = r if report is None else report.merged(r)
-        return report
+        return _check_points(forward, backward, [(p, x) for _, p, _ in points], [pt for pt, _, _ in points],
+                             extra=(state0, k_layer), key=k_check, name=name or layer.name,
+                             argnames=["params", "x"], identity=_layer_identity(layer, train), forms=found, **kwargs)
 
 
 def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None, weights=None,
