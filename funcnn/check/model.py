@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from funcnn.check import draws
-from funcnn.check.core import _check_points, _layer_fns, _layer_identity, _points, _stack, _to64
+from funcnn.check.core import _check_points, _layer_fns, _layer_identity, _points, _to64
 from funcnn.check.report import Report
 
 
@@ -105,28 +105,22 @@ class ModelReport:
         return self
 
 
-def _forward_all(child, train):
-    """``child``'s output at every point (stacked params and inputs), one compiled program."""
-    def run(params, h, state, key):
-        return child.forward(params, state, h, key=key, train=train)[0]
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)))
-
-
-def _walk(layer, params, state, x, key, train, path, points, check_kwargs):
+def _walk(layer, params, state, x, key, train, path, points, check_kwargs, outputs=None):
     """[(path, layer, report or None, note)] in forward order, combinators after children.
 
     ``params`` and ``x`` are lists, one entry per point (same shapes); every layer is
-    checked at all points in one program (``funcnn.check.core``)."""
+    checked at all points in one program (``funcnn.check.core``), which also gives its
+    output at every point (appended to ``outputs``): the next layer's input."""
     entries = []
     if layer.children:
         if layer.sequential:
             keys = [None] * len(layer.children) if key is None else draws.split(key, len(layer.children))
             h = x
             for (k, child), ck in zip(layer.children, keys):
-                sub = [p[k] for p in params]
-                entries += _walk(child, sub, state[k], h, ck, train, f"{path}{k}/", points, check_kwargs)
-                out = _forward_all(child, train)(_stacked(sub), _stacked(h), state[k], ck)
-                h = [jax.tree_util.tree_map(lambda a, i=i: np.asarray(a)[i], out) for i in range(len(points))]
+                out: list = []
+                entries += _walk(child, [p[k] for p in params], state[k], h, ck, train, f"{path}{k}/", points,
+                                 check_kwargs, out)
+                h = out
         elif layer.feed is not None:  # the combinator says what each child receives
             fed = [layer.feed(xi, key) for xi in x]
             for c, (k, child) in enumerate(layer.children):
@@ -148,13 +142,9 @@ def _walk(layer, params, state, x, key, train, path, points, check_kwargs):
     kwargs["max_fd"] = max([kwargs.get("max_fd", 512)] + [int(np.size(h)) for h in jax.tree_util.tree_leaves(x[0])])  # kinks
     report = _check_points(forward, backward, [(p, xi) for p, xi in zip(params, x)], points, extra=(state, key),
                            key=jax.random.key(1), name=layer.name, argnames=["params", "x"],
-                           identity=_layer_identity(layer, train), **kwargs)
+                           identity=_layer_identity(layer, train), outputs=outputs, **kwargs)
     entries.append((path.rstrip("/") or "(model)", layer.name, report, ""))
     return entries
-
-
-def _stacked(trees):
-    return jax.tree_util.tree_map(_stack, *trees)
 
 
 def check_model(model, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
