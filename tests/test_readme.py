@@ -12,6 +12,7 @@ def test_readme_has_examples():
     assert len(BLOCKS) >= 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing an example writes lands in the checkout
