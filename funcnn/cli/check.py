@@ -10,6 +10,9 @@ parentheses (case names such as ``conv2d(3x3,SAME)`` hold commas, never outside
 parentheses), and may be given several times. Each entry selects the case of exactly that
 name, or else every case whose name starts with it (``conv2d`` selects both convolutions,
 ``model:`` every model).
+
+Compiling is most of a check's time: with ``JAX_COMPILATION_CACHE_DIR`` set (JAX's
+persistent compilation cache) a second run reuses the compiled checks.
 """
 from __future__ import annotations
 
