@@ -49,7 +49,7 @@ import numpy as np
 import pytest
 
 import funcnn.layers
-from funcnn.check import catalog
+from funcnn.check import catalog, core
 from funcnn.check.core import _layer_fns, _normal_like, _points, _to64, draws, formulations
 from funcnn.core import autotune
 
@@ -216,10 +216,12 @@ def installed(mutant: Mutant):
     fn = inspect.unwrap(getattr(module, mutant.top))
     old = fn.__code__
     fn.__code__ = new_code
+    core._PROGRAMS.clear()  # a program compiled from the original code must not be reused
     try:
         yield
     finally:
         fn.__code__ = old
+        core._PROGRAMS.clear()
 
 
 # ---- which cases run which function ----------------------------------------------------
