@@ -1,8 +1,9 @@
 """How long proving a backward takes: funcnn's checker against JAX's own, side by side.
 
 Every measurement runs in a fresh process (compilation included, JAX's import not: the
-clock starts after ``import jax, funcnn``), and the whole set is repeated ``--runs`` times
-(separate processes every time), so the table gives the median and the spread:
+clock starts after ``import jax, funcnn``), ``--runs`` times (separate processes every
+time), so the table gives the median and the spread; the table is rewritten after every
+measurement:
 
 * ``check_layer`` of the README's 4-wide LayerNorm (the ``LayerNorm`` of "Writing and
   checking your own layer") at a batch of 3, against
@@ -107,12 +108,13 @@ def run_cli() -> float:
     return wall
 
 
-def one_run() -> dict:
-    return {"funcnn_layernorm": float(run_worker("funcnn_layernorm")),
-            "check_grads_layernorm": float(run_worker("check_grads_layernorm")),
-            "layers": json.loads(run_worker("layers")),
-            "gpt": float(run_worker("gpt")),
-            "cli": run_cli()}
+MEASUREMENTS = {  # name -> one measurement in fresh processes; the cheap ones first
+    "funcnn_layernorm": lambda: float(run_worker("funcnn_layernorm")),
+    "check_grads_layernorm": lambda: float(run_worker("check_grads_layernorm")),
+    "gpt": lambda: float(run_worker("gpt")),
+    "layers": lambda: json.loads(run_worker("layers")),
+    "cli": run_cli,
+}
 
 
 def _fmt(values) -> str:
@@ -120,34 +122,38 @@ def _fmt(values) -> str:
     return f"{med:.2f}" + (f" ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else "")
 
 
-def table(runs: list, note: str) -> str:
+def table(runs: dict, note: str) -> str:
     from funcnn.core.machine import machine, versions
 
     v = versions(("jax", "jaxlib"))
     lines = ["# Gradient checks: how long a proof takes", "",
              f"Machine: {machine()}; jax {v['jax']}, jaxlib {v['jaxlib']}. "
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-             f"{len(runs)} runs, each in fresh processes; seconds, median (min-max), compile included, "
+             "Each measurement in fresh processes, repeated (runs per row in the table); seconds, median "
+             "(min-max), compile included, "
              "JAX's import not; persistent compilation cache off.", ""]
     if note:
         lines += [note, ""]
     lines += ["Reproduce: `python benchmarks/check_speed.py --runs 3`", "",
-              "| work | seconds | target |", "|---|---:|---|"]
-    ln = [r["funcnn_layernorm"] for r in runs]
-    cg = [r["check_grads_layernorm"] for r in runs]
-    lines.append(f"| `check_layer` of the README's 4-wide LayerNorm, fresh process | {_fmt(ln)} | "
-                 f"<= check_grads |")
-    lines.append(f"| `jax.test_util.check_grads(order=1, modes=(\"rev\",))` on the same function | {_fmt(cg)} | |")
-    worst = [max(r["layers"].values()) for r in runs]
-    lines.append(f"| slowest built-in layer's `check_layer` | {_fmt(worst)} | < {TARGETS['layer_s']:.0f} |")
-    lines.append(f"| `check_model` of the built-in GPT | {_fmt([r['gpt'] for r in runs])} | "
-                 f"< {TARGETS['gpt_s']:.0f} |")
-    lines.append(f"| `funcnn check` (every case, wall time of the command) | {_fmt([r['cli'] for r in runs])} | "
-                 f"< {TARGETS['cli_s']:.0f} |")
-    lines += ["", "Every built-in layer's `check_layer` (one process, catalog order; the first case also "
-              "compiles the checker's shared programs):", "", "| case | seconds |", "|---|---:|"]
-    for name in runs[0]["layers"]:
-        lines.append(f"| `{name}` | {_fmt([r['layers'][name] for r in runs])} |")
+              "| work | seconds | runs | target |", "|---|---:|---:|---|"]
+
+    def row(label, values, target=""):
+        if values:
+            lines.append(f"| {label} | {_fmt(values)} | {len(values)} | {target} |")
+
+    row("`check_layer` of the README's 4-wide LayerNorm, fresh process", runs.get("funcnn_layernorm"),
+        "<= check_grads")
+    row("`jax.test_util.check_grads(order=1, modes=(\"rev\",))` on the same function",
+        runs.get("check_grads_layernorm"))
+    row("slowest built-in layer's `check_layer`", [max(r.values()) for r in runs.get("layers", [])],
+        f"< {TARGETS['layer_s']:.0f}")
+    row("`check_model` of the built-in GPT", runs.get("gpt"), f"< {TARGETS['gpt_s']:.0f}")
+    row("`funcnn check` (every case, wall time of the command)", runs.get("cli"), f"< {TARGETS['cli_s']:.0f}")
+    if runs.get("layers"):
+        lines += ["", "Every built-in layer's `check_layer` (one process, catalog order; the first case also "
+                  "compiles the checker's shared programs):", "", "| case | seconds |", "|---|---:|"]
+        for name in runs["layers"][0]:
+            lines.append(f"| `{name}` | {_fmt([r[name] for r in runs['layers']])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,19 +161,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3, help="separate runs (each in fresh processes), default 3")
     p.add_argument("--out", type=Path, default=RESULT, help=f"the markdown table (default {RESULT})")
+    p.add_argument("--only", default="", help=f"comma-separated measurements, of {', '.join(MEASUREMENTS)}")
     p.add_argument("--note", default="", help="a line for the table, e.g. what else loaded the machine")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error(f"--runs: expected a positive integer, got {args.runs}")
-    runs = []
-    for i in range(args.runs):
-        runs.append(one_run())
-        print(f"run {i + 1}/{args.runs}: " + json.dumps({k: v for k, v in runs[-1].items() if k != "layers"}),
-              flush=True)
-    text = table(runs, args.note)
+    only = args.only.split(",") if args.only else list(MEASUREMENTS)
+    unknown = [m for m in only if m not in MEASUREMENTS]
+    if unknown:
+        p.error(f"--only: unknown measurement(s) {', '.join(unknown)}; known: {', '.join(MEASUREMENTS)}")
+    runs: dict = {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    for name in only:  # the table is rewritten after every measurement
+        for i in range(args.runs):
+            runs.setdefault(name, []).append(MEASUREMENTS[name]())
+            print(f"{name} {i + 1}/{args.runs}: " + (json.dumps(runs[name][-1]) if name != "layers" else "done"),
+                  flush=True)
+            args.out.write_text(table(runs, args.note))
+    print(table(runs, args.note))
     return 0
 
 

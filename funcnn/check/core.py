@@ -104,7 +104,8 @@ def _rel_error(a, b, scale):
         return 0.0, 0.0
     diff = np.abs(a - b)
     floor = max(1e-3 * scale, 1e-300)
-    rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
+    with np.errstate(invalid="ignore"):  # a NaN gradient gives a NaN error (a failed row), quietly
+        rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     return float(diff.max()), float(rel.max())
 
 
