@@ -28,6 +28,8 @@ maximum likelihood:
   s = log sigma^2, and L = mean_n sum_d [(s + (t - mu)^2 e^{-s} + log 2 pi) / 2];
   dL/dmu = (mu - t) e^{-s} / N and dL/ds = (1 - (t - mu)^2 e^{-s}) / (2N).
 
+Every ``grad`` validates its arguments exactly as its ``value`` does (a pred of shape
+(3, 1) with a target of shape (3,) is refused by both, never broadcast to (3, 3)).
 Targets are validated where their values are concrete (outside ``jit``): labels
 outside [0, C), BCE targets outside [0, 1], negative probabilities or weights raise a
 one-line ``ValueError`` instead of contributing a silent 0. Inside ``jit`` nothing can
@@ -91,6 +93,7 @@ def _mse_value(pred, target):
 
 
 def _mse_grad(pred, target):
+    _same_shape(jnp.shape(pred), target, "mse")
     return 2.0 * (pred - target) / pred.size
 
 
@@ -108,6 +111,7 @@ def _bce_value(logits, target):
 
 
 def _bce_grad(logits, target):
+    _bce_validate(jnp.shape(logits), target)
     return (jax.nn.sigmoid(logits) - target) / logits.size
 
 
@@ -237,6 +241,7 @@ def gaussian_nll(sigma: float | None = None) -> Loss:
             return jnp.sum(sq) / mu.shape[0]
 
         def grad(mu, target):
+            _same_shape(jnp.shape(mu), target, "gaussian_nll")
             return (mu - target) / (sigma**2 * mu.shape[0])
 
         return Loss(f"gaussian_nll(sigma={sigma})", value, grad)

@@ -107,6 +107,7 @@ def test_real_measure_reports_every_candidate():
     assert all(t > 0 for t in times.values()) and all(t > 0 for t in compile_s.values())
 
 
+@pytest.mark.slow
 def test_conv_candidates_agree_and_the_choice_is_made_under_jit(monkeypatch):
     """Every convolution candidate (formulation x chunking) computes the same forward and
     backward (float64, against lax and its autodiff); ``impl=None`` under ``jit`` measures
@@ -168,6 +169,7 @@ def _fit_case():
     return model, params, state, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("faster", ["scan", "step"])
 def test_fit_scans_or_steps_by_measurement(monkeypatch, faster):
     monkeypatch.setattr(autotune, "MIN_WORK", 0.0)
@@ -200,6 +202,7 @@ def test_fit_choice_forced_or_fallback(monkeypatch):
     assert timer.calls == 0 and autotune.decisions()[-1]["source"] == "fallback"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_unrolls_agree_and_the_choice_is_measured(monkeypatch, cell):
     """Every scan unroll runs the same steps in the same order (float64: equal to rounding);

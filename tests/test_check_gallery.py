@@ -82,7 +82,13 @@ def test_wrong_gradient_shape_is_flagged():
     assert not report.ok and "shape" in str(report)
 
 
-@pytest.mark.parametrize("case", catalog.LAYER_CASES, ids=lambda c: c.name)
+# sequences (one program per unroll), convolutions at a batch of 12 (four formulations) and
+# attention are the slow cases: the rest of the catalog runs in the quick loop
+SLOW_CASES = ("simple_rnn", "lstm", "gru", "conv", "attention")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name.startswith(SLOW_CASES) else c
+                                  for c in catalog.LAYER_CASES], ids=lambda c: c.name)
 def test_every_builtin_layer_passes(case):
     catalog.run_layer_case(case).assert_ok()
 

@@ -239,3 +239,32 @@ def test_inside_jit_labels_are_checked_only_under_debug_checked():
     assert_close(debug.checked(step)(z, jnp.array([0, 3, 1])), np.log(4.0), RTOL_F32)
     with pytest.raises(ValueError, match="nan"):
         debug.checked(lambda a: jnp.log(a) * 0.0)(-jnp.ones(2))
+
+
+BAD_PAIRS = [  # (pred, target) that every loss of the list refuses, value and grad alike
+    (jnp.ones((3, 1)), jnp.ones((3,))),
+    (jnp.ones((3, 2)), jnp.ones((3, 2, 1))),
+]
+
+
+@pytest.mark.parametrize("loss", [losses.mse, losses.binary_cross_entropy, losses.gaussian_nll(0.5),
+                                  losses.gaussian_nll(), losses.softmax_cross_entropy, losses.multiclass_hinge],
+                         ids=lambda l: l.name)
+@pytest.mark.parametrize("pair", range(len(BAD_PAIRS)))
+def test_grad_validates_like_value(loss, pair):
+    """mse.grad with pred (3, 1) and target (3,) used to return a (3, 3) gradient without a word."""
+    pred, target = BAD_PAIRS[pair]
+    if loss.name == "gaussian_nll" and pair == 0:
+        pred = jnp.ones((3, 3))  # learned variance: pred (N, 2D); (3, 1) would be refused for its own shape
+    errors = []
+    for part in (loss.value, loss.grad):
+        with pytest.raises((ValueError, TypeError)) as e:
+            part(pred, target)
+        assert "\n" not in str(e.value)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+
+
+def test_bce_grad_validates_target_range():
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: targets must lie in \[0, 1\]"):
+        losses.binary_cross_entropy.grad(jnp.zeros((2, 1)), jnp.array([[0.0], [2.0]]))

@@ -18,6 +18,7 @@ from funcnn.training import distributed
 from funcnn.cli import main
 
 
+@pytest.mark.slow
 def test_every_backward_agrees_with_autodiff_under_a_mesh():
     """Manual vs autodiff under Explicit (and Auto) axes; the mesh vs one device; the
     parameter gradients replicated (the all-reduce happened). The GPT's layers (the
@@ -57,6 +58,7 @@ def test_bad_meshes_and_arguments_raise_one_clear_line():
     (["--model", "gpt", "--data", "pydoc", "--steps", "2", "--context", "8", "--layers", "1", "--heads", "2",
       "--width", "16", "--batch-size", "6", "--eval-every", "2", "--eval-windows", "4"], "val_loss"),
 ])
+@pytest.mark.slow
 def test_cli_trains_on_two_devices(tmp_path, flags, history):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "funcnn", "train", "--devices", "2", *flags, "--optimizer", "momentum",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import RTOL_F32, RTOL_F64
 from parallel_run import run
 
 
+@pytest.mark.slow
 def test_fit_on_1_2_4_8_devices_and_the_shard_map_gradient():
     proc = run("parallel_worker.py", "fit", "shard_map", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -26,6 +29,7 @@ def test_fit_on_1_2_4_8_devices_and_the_shard_map_gradient():
         assert err <= RTOL_F64, f"{name}: relative error {err:.3e}"
 
 
+@pytest.mark.slow
 def test_train_lm_on_1_2_4_devices_gives_the_parameters_of_one_device():
     proc = run("parallel_worker.py", "lm", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -36,6 +36,7 @@ def _wait(procs, timeout=300):
     return [(p.returncode, *o) for p, o in zip(procs, outs)]
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_devices_end_like_one_process_of_four(tmp_path):
     coordinator = f"127.0.0.1:{_free_port()}"
     procs = [subprocess.Popen(command("multihost_worker.py", 2, coordinator, 2, i, tmp_path / f"p{i}.npz"),
@@ -79,6 +80,7 @@ RUNS = {  # (flags, the final params' folder, the history keys that are determin
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(RUNS))
 def test_two_process_cli_run_checkpoints_and_resumes_to_the_run_left_alone(tmp_path, model):
     flags, final, keys = RUNS[model]

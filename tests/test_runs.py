@@ -48,6 +48,7 @@ def _same_run(a, b):
     assert json.loads((a / "metrics.json").read_text())["history"] == json.loads((b / "metrics.json").read_text())["history"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
     epochs = ["--epochs", "12"]
     proc = _start([*RUN, *epochs, "--out", str(tmp_path / "killed")], tmp_path)
@@ -61,6 +62,7 @@ def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path):
     _same_run(tmp_path / "killed", tmp_path / "whole")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_checkpoints_prints_one_line_and_exits(tmp_path, sig, code):
     out = tmp_path / "run"

@@ -1,6 +1,8 @@
 """Every built-in layer, loss and model, at small float64 test points, for ``funcnn check``.
 
 A case is a name, a zero-argument constructor and an input shape (one example);
+``check_layer`` checks every formulation the autotuner may pick (a batch of 12 makes
+the convolutions' chunks of 8 one of them; sequences of 4 steps or more the unroll by 4);
 ``check_layer`` draws params and a standard-normal batch from a fixed key, which
 keeps inputs away from kinks (ReLU at 0, max-pool ties) with probability one, and
 checks at random parameters as well as the initial ones. Models go through
@@ -50,9 +52,10 @@ LAYER_CASES: list[LayerCase] = [
     LayerCase("dropout(0.3)", lambda: L.Dropout(0.3), (8,)),
     LayerCase("mlp", lambda: serial(L.Flatten(), L.Dense(8), L.Tanh(), L.Dense(6), L.ReLU(), L.Dense(3)), (2, 2, 1)),
     # convolution (issue 3)
-    LayerCase("conv2d(3x3,SAME)", lambda: L.Conv2D(3, 3), (5, 5, 2)),
-    LayerCase("conv2d(2x2,s(2,1),pads,dil(1,2),xla)", lambda: L.Conv2D(2, 2, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), impl="xla"), (5, 5, 3)),
-    LayerCase("conv1d(3,s2,SAME)", lambda: L.Conv1D(3, 3, stride=2), (9, 2)),
+    # a batch of 12: chunks of 8 examples are among the formulations (check_layer checks each)
+    LayerCase("conv2d(3x3,SAME)", lambda: L.Conv2D(3, 3), (5, 5, 2), {"batch": 12}),
+    LayerCase("conv2d(2x2,s(2,1),pads,dil(1,2),xla)", lambda: L.Conv2D(2, 2, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), impl="xla"), (5, 5, 3), {"batch": 12}),
+    LayerCase("conv1d(3,s2,SAME)", lambda: L.Conv1D(3, 3, stride=2), (9, 2), {"batch": 12}),
     LayerCase("maxpool2d(3,s2,SAME)", lambda: L.MaxPool2D(3, 2, "SAME"), (5, 6, 2)),
     LayerCase("avgpool2d(3,s2,SAME)", lambda: L.AvgPool2D(3, 2, "SAME"), (5, 6, 2)),
     LayerCase("global_avg_pool", L.GlobalAvgPool, (3, 4, 2)),
@@ -90,7 +93,8 @@ LAYER_CASES: list[LayerCase] = [
                                                                     L.Dense(4, b_init="glorot_normal"))), (4,)),
     LayerCase("fan_out+parallel+fan_in_sum",
               lambda: serial(fan_out(2), parallel(L.Dense(3), serial(L.Dense(3), L.GELU())), fan_in_sum()), (4,)),
-    LayerCase("fan_out+parallel+fan_in_concat", lambda: serial(fan_out(2), parallel(L.Dense(2), L.Tanh()),
+    # three pieces of different widths: every split bound of the backward is exercised
+    LayerCase("fan_out+parallel+fan_in_concat", lambda: serial(fan_out(3), parallel(L.Dense(2), L.Tanh(), L.Dense(3)),
                                                               fan_in_concat()), (4,)),
 ]
 

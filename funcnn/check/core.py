@@ -64,11 +64,15 @@ likewise draws predictions and targets away from special points when not given.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.check import draws
 from funcnn.check.diagnose import diagnose, wrong_mask
+from funcnn.core import autotune
 from funcnn.check.report import Report, Row
 
 TOL_AUTODIFF = 1e-10
@@ -80,6 +84,8 @@ CUSTOM_CALLS = ("custom_vjp_call", "custom_jvp_call")
 
 def _to64(tree):
     def cast(x):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x if x.dtype == jnp.float64 else jnp.asarray(np.asarray(x, np.float64))  # no program compiled
         x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
         if jnp.issubdtype(x.dtype, jnp.floating):
             return x.astype(jnp.float64)
@@ -98,7 +104,8 @@ def _rel_error(a, b, scale):
         return 0.0, 0.0
     diff = np.abs(a - b)
     floor = max(1e-3 * scale, 1e-300)
-    rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
+    with np.errstate(invalid="ignore"):  # a NaN gradient gives a NaN error (a failed row), quietly
+        rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
     return float(diff.max()), float(rel.max())
 
 
@@ -189,50 +196,260 @@ def primal_only(forward, *primals):
     return f
 
 
-# ---- the check ---------------------------------------------------------------------
+# ---- the check: one compiled program per call -------------------------------------
+#
+# Compiling is what a check costs (a 4-wide LayerNorm: ~50 small programs, 3.4 of its
+# 4.1 s), not arithmetic. So everything numeric -- the forward, the cotangent dy, the
+# hand-written backward, autodiff, and the finite-difference stencils of every sampled
+# element of every leaf -- is one jitted function, vmapped over the points (random and
+# initial parameters) and compiled once per call; only the comparison and the
+# diagnosis (cheap numpy) run outside it. The function depends on nothing but its
+# arguments, so it is cached by (forward, backward, shapes) and reused by later calls.
 
-def _fd_leaf(forward, dy, primals, arg, leaf_index, key, max_fd):
-    """Fourth-order central differences of <dy, forward> w.r.t. elements of one leaf.
+FD_BATCH = 256  # stencil directions evaluated side by side (vmap) per step of lax.map
+FD_BATCH_ELEMENTS = 1 << 21  # ... fewer when 4 forwards of that many outputs would be larger
+# XLA's cheaper backend passes: the program runs once, so compiling it fast matters more than
+# running it fast (~25% less compile time on CPU); float64 arithmetic is IEEE either way.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_PROGRAMS: dict = {}  # cache key -> jitted program
+_MAX_PROGRAMS = 64
 
-    The outputs are differenced elementwise before the dot product with dy, so outputs
-    that an element does not touch contribute exactly zero (less rounding error)."""
-    leaves, treedef = jax.tree_util.tree_flatten(primals[arg])
-    leaf = leaves[leaf_index]
-    n = leaf.size
-    idx = np.arange(n) if n <= max_fd else np.sort(
-        np.asarray(jax.random.choice(key, n, (max_fd,), replace=False)))
+
+def _diff_plan(primals, max_fd):
+    """[(arg, leaf index, size, sampled)] of every float leaf, in flattening order."""
+    plan = []
+    for i, p in enumerate(primals):
+        for j, leaf in enumerate(jax.tree_util.tree_leaves(p)):
+            if _is_diff(leaf) and np.size(leaf):
+                n = int(np.size(leaf))
+                plan.append((i, j, n, min(n, max_fd)))
+    return tuple(plan)
+
+
+def _fd_indices(primals, kfd, plan):
+    """The sampled elements of every planned leaf, as indices into the leaves laid end to
+    end (``_fd_all``): every element of a leaf of at most ``max_fd``, else a fixed random
+    sample of that many."""
+    parts, off = [], 0
+    for i, j, n, count in plan:
+        idx = np.arange(n) if count == n else draws.sample(jax.random.fold_in(kfd, 1000 * i + j), n, count)
+        parts.append(idx + off)
+        off += n
+    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+def _fd_all(forward, primals, y, dy, gidx, plan):
+    """Fourth-order central and second-order one-sided differences of <dy, forward> for the
+    sampled elements ``gidx`` of every float leaf of ``primals``, in one batched evaluation.
+
+    Every float leaf is laid end to end in one vector v; a direction is an index g of v
+    (element j of leaf k). The outputs are differenced elementwise before the dot product
+    with dy, so outputs that an element does not touch contribute exactly zero (less
+    rounding error). Returns ``(central, right, left)``, each of ``gidx``'s shape."""
+    flat = [jax.tree_util.tree_flatten(p) for p in primals]
+    offsets, off = [], 0
+    for i, j, n, count in plan:
+        offsets.append(off)
+        off += n
+    vec = jnp.concatenate([jnp.ravel(flat[i][0][j]) for i, j, _, _ in plan])
     dy_flat = jnp.concatenate([jnp.ravel(d) for d in jax.tree_util.tree_leaves(dy)])
+    o0 = jnp.concatenate([jnp.ravel(o) for o in jax.tree_util.tree_leaves(y)])
 
-    def out(j, h):
-        flat = leaf.reshape(-1).at[j].add(h)
-        new = list(leaves)
-        new[leaf_index] = flat.reshape(leaf.shape)
-        args = list(primals)
-        args[arg] = jax.tree_util.tree_unflatten(treedef, new)
-        return jnp.concatenate([jnp.ravel(o) for o in jax.tree_util.tree_leaves(forward(*args))])
+    def rebuild(v):
+        leaves = [list(ls) for ls, _ in flat]
+        for (i, j, n, _), start in zip(plan, offsets):
+            leaves[i][j] = v[start:start + n].reshape(jnp.shape(flat[i][0][j]))
+        return [jax.tree_util.tree_unflatten(td, ls) for ls, (_, td) in zip(leaves, flat)]
 
-    def directional(j):
-        h = FD_STEP
-        o0, p1, p2, m1, m2 = out(j, 0.0), out(j, h), out(j, 2 * h), out(j, -h), out(j, -2 * h)
+    def out(v):
+        return jnp.concatenate([jnp.ravel(o) for o in jax.tree_util.tree_leaves(forward(*rebuild(v)))])
+
+    h = FD_STEP
+    steps = jnp.array([h, 2 * h, -h, -2 * h])
+
+    def directional(g):
+        p1, p2, m1, m2 = jax.vmap(lambda s: out(vec.at[g].add(s)))(steps)
         central = jnp.vdot(dy_flat, (-p2 + 8 * p1) - (8 * m1 - m2)) / (12 * h)
         right = jnp.vdot(dy_flat, 4 * (p1 - o0) - (p2 - o0)) / (2 * h)  # one-sided, second order
         left = jnp.vdot(dy_flat, 4 * (o0 - m1) - (o0 - m2)) / (2 * h)
         return central, right, left
 
-    central, right, left = jax.jit(jax.vmap(directional))(jnp.asarray(idx))
-    return idx, central, right, left
+    total = int(gidx.shape[0])
+    width = max(int(o0.size), int(vec.size), 1)
+    batch = max(1, min(total, FD_BATCH, FD_BATCH_ELEMENTS // (4 * width)))
+    if batch >= total:
+        return jax.vmap(directional)(gidx)
+    steps_n = -(-total // batch)  # whole batches only: a remainder would be a second copy of the program
+    padded = jnp.concatenate([gidx, jnp.broadcast_to(gidx[-1:], (steps_n * batch - total,))])
+    return tuple(r.reshape(-1)[:total] for r in jax.lax.map(jax.vmap(directional), padded.reshape(steps_n, batch)))
+
+
+def _program(forward, backward, reference_fn, plan, with_manual, forms):
+    """The jitted check, vmapped over points: ``run(primals, extra, dy, gidx)`` with
+    ``forward(extra, *primals)``, ``backward(extra, *primals, dy)`` (random draws are made
+    outside, ``funcnn.check.draws``: no threefry to compile in here).
+
+    ``forms``: the formulations to check (``autotune.forcing`` dicts): autodiff and the
+    hand-written backward run in each, the finite differences (the truth, whatever the
+    formulation) once, in the first."""
+    def run(primals, extra, dy, gidx):
+        out = {"auto": [], "manual": []}
+        for form in forms:
+            with autotune.forcing(form):
+                out["auto"].append(jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy))
+                if with_manual:
+                    out["manual"].append(backward(extra, *primals, dy))
+        with autotune.forcing(forms[0]):
+            out["y"] = y = forward(extra, *primals)
+            if plan:
+                out["fd"] = _fd_all(lambda *p: forward(extra, *p), primals, y, dy, gidx, plan)
+        return out
+
+    return jax.jit(jax.vmap(run, in_axes=(0, None, None, None)), compiler_options=COMPILER_OPTIONS)
+
+
+def _signature(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(l), str(jnp.result_type(l))) for l in leaves)
+
+
+def _cached_program(cache_key, build):
+    if cache_key is None:
+        return build()
+    if cache_key not in _PROGRAMS:
+        if len(_PROGRAMS) >= _MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        _PROGRAMS[cache_key] = build()
+    return _PROGRAMS[cache_key]
+
+
+_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                  jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
+def _check_points(forward, backward, primals_list, points, *, extra=None, key=None, name="backward", fd=True,
+                  max_fd=512, argnames=None, order=1, identity=None, forms=({},), outputs=None) -> Report:
+    """The check of ``check_backward`` at several points of the same shapes, in one program.
+
+    ``forward(extra, *primals)``, ``backward(extra, *primals, dy)``; ``primals_list`` holds
+    one primals tuple per entry of ``points`` (their names). The rows come point by point,
+    each point's first-order rows followed by its second-order ones. ``identity``: what
+    makes ``forward`` and ``backward`` the same functions across calls (a cache key), or
+    None when they are not. ``forms``: the formulations (``_program``); rows come formulation
+    by formulation, tagged with it when there are several. ``outputs``: a list that receives
+    the forward's output at every point (host arrays), computed by the same program."""
+    if order not in (1, 2):
+        raise ValueError(f"check_backward: order must be 1 or 2, got {order!r}")
+    key = jax.random.key(0) if key is None else key
+    with jax.enable_x64(True):
+        primals_list = [_to64(tuple(p)) for p in primals_list]
+        extra = _to64(extra)
+        first = primals_list[0]
+        argnames = argnames or [f"arg{i}" for i in range(len(first))]
+        at_extra = lambda *p: forward(extra, *p)  # noqa: E731
+        reference = primal_only(at_extra, *first)
+        has_rules = reference is not at_extra
+        reference_fn = (lambda e, *p: reference(*p)) if has_rules else forward
+        stacked = jax.tree_util.tree_map(_stack, *primals_list)
+        kdy, kfd, kv = draws.split(key, 3)
+        y = jax.eval_shape(at_extra, *first)
+        if not all(_is_diff(l) for l in jax.tree_util.tree_leaves(y)):
+            y = jax.jit(at_extra)(*first)  # a non-float output is its own "cotangent"
+        dy = _normal_like(kdy, y)
+        plan = _diff_plan(first, max_fd) if fd else None
+        gidx = _fd_indices(first, kfd, plan) if fd else None
+        forms = tuple(forms)
+        signature = (_signature(first), _signature(extra), _signature(dy), len(primals_list), plan,
+                     autotune.forcing_state(), tuple(tuple(sorted(f.items())) for f in forms))
+        cache_key = None if identity is None or has_rules else (identity, signature)
+        manual = None
+        try:
+            program = _cached_program(cache_key and (cache_key, True),
+                                      lambda: _program(forward, backward, reference_fn, plan, True, forms))
+            results = program(stacked, extra, dy, gidx)
+        except _NOT_TRACEABLE:  # a backward that needs concrete values runs eagerly
+            program = _cached_program(cache_key and (cache_key, False),
+                                      lambda: _program(forward, backward, reference_fn, plan, False, forms))
+            results = program(stacked, extra, dy, gidx)
+            manual = []
+            for form in forms:
+                with autotune.forcing(form):
+                    manual.append([backward(extra, *p, dy) for p in primals_list])
+        if outputs is not None:
+            outputs += [jax.tree_util.tree_map(lambda a, k=k: np.asarray(a)[k], results["y"])
+                        for k in range(len(primals_list))]
+        rows = []
+        for f, form in enumerate(forms):
+            tag = ",".join(f"{op}={choice}" for op, choice in form.items()) if len(forms) > 1 else ""
+            with autotune.forcing(form):
+                form_rows = _point_rows(results, manual, f, points, primals_list, plan, gidx, fd, argnames,
+                                        order, reference_fn, backward, extra, dy, kv)
+            rows += [dataclasses.replace(r, formulation=tag) for r in form_rows] if tag else form_rows
+    return Report(name, tuple(rows), TOL_AUTODIFF, TOL_FD)
+
+
+def _point_rows(results, manual, f, points, primals_list, plan, gidx, fd, argnames, order, reference_fn,
+                backward, extra, dy, kv):
+    """The rows of formulation ``f`` of a ``_program``'s results, point by point."""
+    rows = []
+    for k, (point, primals) in enumerate(zip(points, primals_list)):
+        def at(tree, k=k):
+            return jax.tree_util.tree_map(lambda a: np.asarray(a)[k], tree)
+
+        m = manual[f][k] if manual is not None else at(results["manual"][f])
+        if not isinstance(m, (tuple, list)) or len(m) != len(primals):
+            got = f"{type(m).__name__} of length {len(m)}" if isinstance(m, (tuple, list)) else type(m).__name__
+            rows.append(Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
+                            f"backward must return a tuple of {len(primals)} gradients, got {got}", point))
+            continue
+        auto = at(results["auto"][f])
+        fd_fn = None
+        if fd:
+            table, start = {}, 0
+            central, right, left = (np.asarray(a)[k] for a in results["fd"]) if plan else ((), (), ())
+            for (i, j, n, count), offset in zip(plan, _offsets(plan)):
+                sl = slice(start, start + count)
+                table[(i, j)] = (gidx[sl] - offset, central[sl], right[sl], left[sl])
+                start += count
+
+            def fd_fn(i, j, table=table):
+                return table[(i, j)]
+        host = jax.tree_util.tree_map(np.asarray, primals)
+        point_rows = _compare(host, m, auto, argnames, _max_abs(auto), order=1, point=point, fd_fn=fd_fn)
+        if order == 2 and all(r.ok for r in point_rows):
+            point_rows += _second_order(lambda *p: reference_fn(extra, *p),
+                                        lambda *a: backward(extra, *a), primals, dy, kv, argnames, point)
+        rows += point_rows
+    return rows
+
+
+def _stack(*leaves):
+    """The points' values of one leaf, stacked on a new leading axis (on the host: no program)."""
+    if any(jnp.issubdtype(jnp.result_type(l), jax.dtypes.prng_key) for l in leaves):
+        return jnp.stack(leaves)
+    return np.stack([np.asarray(l) for l in leaves])
+
+
+def _offsets(plan):
+    offsets, off = [], 0
+    for _, _, n, _ in plan:
+        offsets.append(off)
+        off += n
+    return offsets
 
 
 def _normal_like(key, tree):
+    """Standard normal float64 leaves shaped like ``tree``'s float leaves (others kept):
+    ``jax.random.normal`` of one key per leaf of ``jax.random.split(key, leaves)``."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    keys = draws.split(key, max(len(leaves), 1))
     return jax.tree_util.tree_unflatten(treedef, [
-        jax.random.normal(k, jnp.shape(l), jnp.float64) if _is_diff(l) else l for k, l in zip(keys, leaves)])
+        draws.normal(k, jnp.shape(l)) if _is_diff(l) else l for k, l in zip(keys, leaves)])
 
 
 def _max_abs(tree):
-    return max([float(jnp.max(jnp.abs(l))) for l in jax.tree_util.tree_leaves(tree)
-                if jnp.size(l) and _is_diff(l)] + [0.0])
+    return max([float(np.max(np.abs(np.asarray(l)))) for l in jax.tree_util.tree_leaves(tree)
+                if np.size(l) and _is_diff(l)] + [0.0])
 
 
 def _compare(primals, manual, reference, argnames, scale, *, order, point, fd_fn=None, tol=TOL_AUTODIFF):
@@ -306,34 +523,9 @@ def check_backward(forward, backward, *primals, key=None, name="backward", fd=Tr
     differentiated. ``order=2`` also checks the backward differentiated once more
     (module docstring). Returns a ``Report``; call ``.assert_ok()`` to raise on mismatch.
     """
-    if order not in (1, 2):
-        raise ValueError(f"check_backward: order must be 1 or 2, got {order!r}")
-    key = jax.random.key(0) if key is None else key
-    argnames = argnames or [f"arg{i}" for i in range(len(primals))]
-    with jax.enable_x64(True):
-        primals = _to64(primals)
-        reference_fn = primal_only(forward, *primals)
-        y = forward(*primals)
-        kdy, kfd, kv = jax.random.split(key, 3)
-        dy = _normal_like(kdy, jax.tree_util.tree_map(jnp.asarray, y))
-        manual = backward(*primals, dy)
-        if not isinstance(manual, (tuple, list)) or len(manual) != len(primals):
-            got = f"{type(manual).__name__} of length {len(manual)}" if isinstance(manual, (tuple, list)) else type(manual).__name__
-            row = Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
-                      f"backward must return a tuple of {len(primals)} gradients, got {got}", point)
-            return Report(name, (row,), TOL_AUTODIFF, TOL_FD)
-
-        auto = jax.jit(lambda p, d: jax.vjp(reference_fn, *p)[1](d))(primals, dy)
-        scale = _max_abs(auto)
-
-        def fd_fn(i, j):
-            return _fd_leaf(forward, dy, primals, i, j, jax.random.fold_in(kfd, 1000 * i + j), max_fd)
-
-        rows = _compare(primals, manual, auto, argnames, scale, order=1, point=point,
-                        fd_fn=fd_fn if fd else None)
-        if order == 2 and all(r.ok for r in rows):
-            rows += _second_order(reference_fn, backward, primals, dy, kv, argnames, point)
-    return Report(name, tuple(rows), TOL_AUTODIFF, TOL_FD)
+    return _check_points(lambda extra, *p: forward(*p), lambda extra, *a: backward(*a), [primals], [point],
+                         key=key, name=name, fd=fd, max_fd=max_fd, argnames=argnames, order=order,
+                         identity=("function", forward, backward))
 
 
 def _float_part(tree):
@@ -353,52 +545,72 @@ def _second_order(forward, backward, primals, dy, key, argnames, point):
                     total = total + jnp.vdot(gl, vl)
         return total
 
-    def differentiate(s):
-        diff_args = [i for i in range(len(primals))]
-        return jax.jit(jax.grad(s, argnums=diff_args, allow_int=True))(*primals)
-
     def manual_s(*p):
         return inner(backward(*p, dy))
 
     def auto_s(*p):
         return inner(jax.vjp(forward, *p)[1](dy))
 
-    with_manual = differentiate(manual_s)
-    with_auto = differentiate(auto_s)
+    argnums = tuple(range(len(primals)))
+    both = jax.jit(lambda *p: (jax.grad(manual_s, argnums=argnums, allow_int=True)(*p),
+                               jax.grad(auto_s, argnums=argnums, allow_int=True)(*p)))
+    with_manual, with_auto = jax.tree_util.tree_map(np.asarray, both(*primals))
     return _compare(primals, with_manual, with_auto, argnames, _max_abs(with_auto), order=2, point=point)
 
 
 # ---- layers and losses ---------------------------------------------------------------
 
-def _layer_fns(layer, state, key, train):
-    def forward(params, x):
+def _layer_fns(layer, train):
+    """``forward(extra, params, x)`` and ``backward(extra, params, x, dy)`` of ``layer``, with
+    ``extra = (state, key)``: the state and the key are arguments of the compiled check, so
+    that one program serves every point and every call at the same shapes."""
+    def forward(extra, params, x):
+        state, key = extra
         return layer.forward(params, state, x, key=key, train=train)[0]
 
-    def backward(params, x, dy):
+    def backward(extra, params, x, dy):
+        state, key = extra
         _, _, cache = layer.forward(params, state, x, key=key, train=train)
         return layer.backward(params, cache, dy)
 
     return forward, backward
 
 
+def _layer_identity(layer, train):
+    return ("layer", layer.forward, layer.backward, bool(train))
+
+
 def random_params(params, key):
     """Every float leaf moved away from its value: p + N(0, s^2), s = std(p), or 0.5
-    for a leaf that is constant (gains of 1, biases of 0)."""
+    for a leaf that is constant (gains of 1, biases of 0). The noise is
+    ``jax.random.normal`` of one key per leaf, drawn in float64 (``funcnn.check.draws``).
+
+    **Arguments:**
+
+    - `params`: a pytree of arrays (integer leaves are left alone).
+    - `key`: a JAX PRNG key.
+
+    **Returns:**
+
+    A pytree of `params`' structure, shapes and dtypes.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    keys = draws.split(key, max(len(leaves), 1))
     out = []
-    for k, leaf in zip(keys, leaves):
-        if _is_diff(leaf) and jnp.size(leaf):
-            s = float(jnp.std(leaf))
-            s = s if s > 1e-8 * max(float(jnp.max(jnp.abs(leaf))), 1.0) else 0.5
-            leaf = leaf + s * jax.random.normal(k, jnp.shape(leaf), leaf.dtype)
-        out.append(leaf)
+    with jax.enable_x64(True):
+        for k, leaf in zip(keys, leaves):
+            if _is_diff(leaf) and np.size(leaf):
+                a = np.asarray(leaf, np.float64)
+                s = float(np.std(a))
+                s = s if s > 1e-8 * max(float(np.max(np.abs(a))), 1.0) else 0.5
+                leaf = jnp.asarray((a + s * draws.normal(k, a.shape)).astype(jnp.result_type(leaf)))
+            out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _points(layer, input_shape, params, state, key, random):
     """[(point, params, state)]: the given values, or random and initial parameters."""
-    k_init, k_rand = jax.random.split(key)
+    k_init, k_rand = draws.split(key, 2)
     if params is not None:
         if state is None:
             state = layer.init(k_init, tuple(input_shape))[1]
@@ -410,8 +622,28 @@ def _points(layer, input_shape, params, state, key, random):
     return points + [("init", p0, s0)]
 
 
+def formulations(layer, params, state, x, key=None, train=True) -> list[dict]:
+    """The formulations ``layer`` can run at these shapes: one ``{op: candidate}`` per
+    candidate of every autotuned computation with several (``funcnn.core.autotune``),
+    found by tracing the forward once; ``[{}]`` when it has one.
+
+    **Arguments:**
+
+    - `layer`: a `Layer`; `params`, `state`: its values; `x`: a batch, shape `(N, ...)`.
+    - `key`, `train`: as for the layer's forward.
+
+    **Returns:**
+
+    A list of dicts for ``autotune.forcing``, e.g. `[{"conv": "gemm/all"}, {"conv": "xla/all"}]`.
+    """
+    with autotune.recording() as seen:
+        jax.eval_shape(lambda p, s, xx: layer.forward(p, s, xx, key=key, train=train)[0], params, state, x)
+    found = [{op: name} for op, names in seen.items() if len(names) > 1 for name in names]
+    return found or [{}]
+
+
 def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
-                name=None, random=True, **kwargs) -> Report:
+                name=None, random=True, every_formulation=True, **kwargs) -> Report:
     """Check a layer's ``backward`` (params and input), at random *and* initial params.
 
     ``params=``/``state=`` check at given values instead (``state`` alone replaces the
@@ -419,19 +651,26 @@ def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None
     the params, the input and any randomness inside the layer (dropout's mask). Inputs
     are standard normal, which puts ReLU's kink at 0 with probability 0. Other keyword
     arguments (``order=2``, ``fd``, ``max_fd``) go to ``check_backward``.
+
+    A layer with several formulations of its computation (the autotuner's candidates: a
+    convolution as GEMM or XLA, over the whole batch or in chunks; a recurrence unrolled
+    1, 2 or 4 steps) is checked in each of them (``every_formulation=False``: only in the
+    one the autotuner picks), its rows tagged with the formulation. The candidates depend
+    on the shapes: chunks of 8 examples exist only for a batch above 8.
     """
     key = jax.random.key(0) if key is None else key
-    k_init, k_x, k_layer, k_check = jax.random.split(key, 4)
+    k_init, k_x, k_layer, k_check = draws.split(key, 4)
     with jax.enable_x64(True):
         if x is None:
-            x = jax.random.normal(k_x, (batch, *input_shape), jnp.float64)
-        report = None
-        for point, p, s in _points(layer, input_shape, params, state, k_init, random):
-            forward, backward = _layer_fns(layer, s, k_layer, train)
-            r = check_backward(forward, backward, p, x, key=k_check, name=name or layer.name,
-                               argnames=["params", "x"], point=point, **kwargs)
-            report = r if report is None else report.merged(r)
-        return report
+            x = draws.normal(k_x, (batch, *input_shape))
+        points = _points(layer, input_shape, params, state, k_init, random)
+        forward, backward = _layer_fns(layer, train)
+        state0 = points[0][2]
+        x = _to64(x)
+        found = formulations(layer, points[0][1], state0, x, k_layer, train) if every_formulation else [{}]
+        return _check_points(forward, backward, [(p, x) for _, p, _ in points], [pt for pt, _, _ in points],
+                             extra=(state0, k_layer), key=k_check, name=name or layer.name,
+                             argnames=["params", "x"], identity=_layer_identity(layer, train), forms=found, **kwargs)
 
 
 def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None, weights=None,
@@ -444,12 +683,12 @@ def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None,
     is passed to both ``value`` and ``grad``.
     """
     key = jax.random.key(0) if key is None else key
-    k_pred, k_target, k_check = jax.random.split(key, 3)
+    k_pred, k_target, k_check = draws.split(key, 3)
     with jax.enable_x64(True):
         if pred is None:
             if shape is None:
                 raise ValueError("check_loss: give pred (and target) or shape, got neither")
-            pred = 2.0 * jax.random.normal(k_pred, shape, jnp.float64)
+            pred = 2.0 * draws.normal(k_pred, shape)
         if target is None:
             target = default_target(loss, jnp.shape(pred), k_target)
         target = _to64(target)

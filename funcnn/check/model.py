@@ -33,10 +33,10 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from funcnn.check.core import _layer_fns, _points, check_backward
+from funcnn.check import draws
+from funcnn.check.core import _check_points, _layer_fns, _layer_identity, _points, _to64
 from funcnn.check.report import Report
 
 
@@ -105,33 +105,44 @@ class ModelReport:
         return self
 
 
-def _walk(layer, params, state, x, key, train, path, point, check_kwargs):
-    """[(path, layer, report or None, note)] in forward order, combinators after children."""
+def _walk(layer, params, state, x, key, train, path, points, check_kwargs, outputs=None):
+    """[(path, layer, report or None, note)] in forward order, combinators after children.
+
+    ``params`` and ``x`` are lists, one entry per point (same shapes); every layer is
+    checked at all points in one program (``funcnn.check.core``), which also gives its
+    output at every point (appended to ``outputs``): the next layer's input."""
     entries = []
     if layer.children:
         if layer.sequential:
-            keys = [None] * len(layer.children) if key is None else list(jax.random.split(key, len(layer.children)))
+            keys = [None] * len(layer.children) if key is None else draws.split(key, len(layer.children))
             h = x
             for (k, child), ck in zip(layer.children, keys):
-                entries += _walk(child, params[k], state[k], h, ck, train, f"{path}{k}/", point, check_kwargs)
-                h = child.forward(params[k], state[k], h, key=ck, train=train)[0]
+                out: list = []
+                entries += _walk(child, [p[k] for p in params], state[k], h, ck, train, f"{path}{k}/", points,
+                                 check_kwargs, out)
+                h = out
         elif layer.feed is not None:  # the combinator says what each child receives
-            for (k, child), (h, ck) in zip(layer.children, layer.feed(x, key)):
-                entries += _walk(child, params[k], state[k], h, ck, train, f"{path}{k}/", point, check_kwargs)
+            fed = [layer.feed(xi, key) for xi in x]
+            for c, (k, child) in enumerate(layer.children):
+                hs = [f[c][0] for f in fed]
+                entries += _walk(child, [p[k] for p in params], state[k], hs, fed[0][c][1], train,
+                                 f"{path}{k}/", points, check_kwargs)
         else:
             for k, child in layer.children:
                 try:
                     jax.eval_shape(lambda p, s, h: child.forward(p, s, h, key=key, train=train)[0],
-                                   params[k], state[k], x)
+                                   params[0][k], state[k], x[0])
                 except Exception:  # noqa: BLE001 -- any failure means the input is not this child's
                     entries.append((f"{path}{k}", child.name, None, "  not checked (its input is not reproducible)"))
                     continue
-                entries += _walk(child, params[k], state[k], x, key, train, f"{path}{k}/", point, check_kwargs)
-    forward, backward = _layer_fns(layer, state, key, train)
+                entries += _walk(child, [p[k] for p in params], state[k], x, key, train, f"{path}{k}/", points,
+                                 check_kwargs)
+    forward, backward = _layer_fns(layer, train)
     kwargs = dict(check_kwargs)
-    kwargs["max_fd"] = max([kwargs.get("max_fd", 512)] + [int(np.size(h)) for h in jax.tree_util.tree_leaves(x)])  # kinks
-    report = check_backward(forward, backward, params, x, key=jax.random.key(1), name=layer.name,
-                            argnames=["params", "x"], point=point, **kwargs)
+    kwargs["max_fd"] = max([kwargs.get("max_fd", 512)] + [int(np.size(h)) for h in jax.tree_util.tree_leaves(x[0])])  # kinks
+    report = _check_points(forward, backward, [(p, xi) for p, xi in zip(params, x)], points, extra=(state, key),
+                           key=jax.random.key(1), name=layer.name, argnames=["params", "x"],
+                           identity=_layer_identity(layer, train), outputs=outputs, **kwargs)
     entries.append((path.rstrip("/") or "(model)", layer.name, report, ""))
     return entries
 
@@ -146,16 +157,13 @@ def check_model(model, input_shape, *, params=None, state=None, x=None, key=None
     ``.assert_ok()``, ``str`` one row per layer).
     """
     key = jax.random.key(0) if key is None else key
-    k_init, k_x, k_layer = jax.random.split(key, 3)
+    k_init, k_x, k_layer = draws.split(key, 3)
     with jax.enable_x64(True):
         if x is None:
-            x = jax.random.normal(k_x, (batch, *input_shape), jnp.float64)
-        merged: dict[str, list] = {}
-        for point, p, s in _points(model, input_shape, params, state, k_init, random):
-            for path, lname, report, note in _walk(model, p, s, x, k_layer, train, "", point, kwargs):
-                if path in merged and report is not None and merged[path][2] is not None:
-                    merged[path][2] = merged[path][2].merged(report)
-                elif path not in merged:
-                    merged[path] = [path, lname, report, note]
-    rows = tuple(ModelRow(path, lname, report, note) for path, lname, report, note in merged.values())
+            x = draws.normal(k_x, (batch, *input_shape))
+        x = _to64(x)
+        pts = _points(model, input_shape, params, state, k_init, random)
+        entries = _walk(model, [p for _, p, _ in pts], pts[0][2], [x] * len(pts), k_layer, train, "",
+                        [name for name, _, _ in pts], kwargs)
+    rows = tuple(ModelRow(path, lname, report, note) for path, lname, report, note in entries)
     return ModelReport(name or model.name, rows)

@@ -14,7 +14,9 @@ class Row:
     for plain ``check_backward``), ``order`` is 1 (the backward) or 2 (the backward
     differentiated once more), ``diagnosis`` explains a wrong leaf
     (``funcnn.check.diagnose``), and ``kinks`` counts the elements left out because
-    the function is not differentiable there (``funcnn.check.core``)."""
+    the function is not differentiable there (``funcnn.check.core``). ``formulation``
+    names the autotuner's candidate the layer ran (``"conv=gemm/8"``) when it has several
+    (``funcnn.core.autotune``), else ""."""
 
     path: str
     abs_autodiff: float
@@ -27,6 +29,7 @@ class Row:
     order: int = 1
     diagnosis: str = ""
     kinks: int = 0
+    formulation: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +48,7 @@ class Report:
             return "-" if math.isnan(v) else f"{v:.1e}"
 
         def label(r):
-            tags = [t for t in (r.point, "2nd order" if r.order == 2 else "") if t]
+            tags = [t for t in (r.point, r.formulation, "2nd order" if r.order == 2 else "") if t]
             return r.path + (f" @{' '.join(tags)}" if tags else "")
 
         width = max([len(label(r)) for r in self.rows] + [4])

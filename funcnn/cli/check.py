@@ -1,16 +1,81 @@
 """``funcnn check``: the three-way gradient check of every built-in layer, loss and model.
 
 Prints one table per layer/loss (hand-written backward vs autodiff vs finite
-differences, float64, at random and at initial parameters) and one row per layer of
-each built-in model (``check_model``), and exits 1 on any mismatch.
+differences, float64, at random and at initial parameters, in every formulation the
+autotuner can pick) and one row per layer of each built-in model (``check_model``), and
+exits 1 on any mismatch.
+
+``--only`` selects cases: a comma-separated list split only at commas outside
+parentheses (case names such as ``conv2d(3x3,SAME)`` hold commas, never outside
+parentheses), and may be given several times. Each entry selects the case of exactly that
+name, or else every case whose name starts with it (``conv2d`` selects both convolutions,
+``model:`` every model).
+
+Compiling is most of a check's time: with ``JAX_COMPILATION_CACHE_DIR`` set (JAX's
+persistent compilation cache) a second run reuses the compiled checks.
 """
 from __future__ import annotations
+
+
+def split_names(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses, each entry stripped.
+
+    **Arguments:**
+
+    - `text`: e.g. `"dense,conv2d(3x3,SAME)"`.
+
+    **Returns:**
+
+    The entries, e.g. `["dense", "conv2d(3x3,SAME)"]`. Raises `ValueError` (one line) for an
+    empty entry or unbalanced parentheses.
+    """
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            raise ValueError(f"--only: unbalanced ')' in {text!r}")
+        current += ch
+    if depth != 0:
+        raise ValueError(f"--only: unbalanced '(' in {text!r}")
+    parts.append(current)
+    parts = [p.strip() for p in parts]
+    if any(not p for p in parts):
+        raise ValueError(f"--only: expected comma-separated case names (or prefixes), got an empty entry in {text!r}")
+    return parts
+
+
+def select(names: list[str], wanted: list[str]) -> list[str]:
+    """The case names ``wanted`` selects, in catalog order (module docstring).
+
+    **Arguments:**
+
+    - `names`: every case name; `wanted`: the entries of ``--only``.
+
+    **Returns:**
+
+    The selected names. Raises `ValueError` (one line) naming the entries that select nothing.
+    """
+    chosen, unknown = set(), []
+    for entry in wanted:
+        hits = [entry] if entry in names else [n for n in names if n.startswith(entry)]
+        if not hits:
+            unknown.append(entry)
+        chosen.update(hits)
+    if unknown:
+        raise ValueError(f"--only: unknown case(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    return [n for n in names if n in chosen]
 
 
 def register(sub) -> None:
     p = sub.add_parser("check", help="check every built-in backward against autodiff and finite differences",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="", help="comma-separated case names (default: all)")
+    p.add_argument("--only", action="append", default=[],
+                   help="case names or name prefixes, comma-separated (commas inside parentheses belong to "
+                        "the name); may be repeated (default: all)")
     p.add_argument("--quiet", action="store_true", help="one line per case instead of tables")
     p.set_defaults(func=run)
 
@@ -23,11 +88,12 @@ def run(args) -> int:
     cases += [(c, catalog.run_loss_case) for c in catalog.LOSS_CASES]
     cases += [(c, catalog.run_model_case) for c in catalog.MODEL_CASES]
     if args.only:
-        wanted = args.only.split(",")
-        unknown = sorted(set(wanted) - {c.name for c, _ in cases})
-        if unknown:
-            raise UsageError(f"--only: unknown case(s) {', '.join(unknown)}; known: {', '.join(c.name for c, _ in cases)}")
-        cases = [(c, f) for c, f in cases if c.name in wanted]
+        try:
+            wanted = [name for text in args.only for name in split_names(text)]
+            chosen = set(select([c.name for c, _ in cases], wanted))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        cases = [(c, f) for c, f in cases if c.name in chosen]
     import time
 
     failed, start = [], time.perf_counter()

@@ -7,6 +7,9 @@ depends on the shapes, the backend, the CPU and the library versions, so a const
 tuned on one machine does not hold on another. ``choose`` picks one the first time a
 shape is traced:
 
+0. forced in code: inside ``with forcing({"conv": "gemm/8"})`` that candidate, wherever it is
+   one of the candidates (how ``funcnn.check.check_layer`` checks every formulation);
+   ``recording()`` lists the candidate sets offered (the formulations a computation has);
 1. forced: the caller's ``impl=`` or the environment, ``FUNCNN_IMPL="conv:xla,fit:step"``
    (``op:prefix`` pairs; a prefix keeps the candidates whose name starts with it);
 2. remembered: the first choice made for ``(op, key)`` in this process (so the choice is
@@ -27,6 +30,7 @@ that was chosen. Every decision is recorded (``decisions()``) with its source an
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +51,58 @@ MIN_ROUNDS = 3
 
 _MEMORY: dict = {}  # (op, key) -> name: the process's first choice
 _DECISIONS: dict = {}  # (op, key) -> {"choice", "source", "times_ms", "compile_ms"}
+_FORCING: list = []  # stack of {op: candidate name}, innermost last
+_RECORDING: list = []  # stack of {op: [candidate names, ...]}
+
+
+@contextlib.contextmanager
+def forcing(choices: dict):
+    """Inside the ``with`` block, ``choose(op, ...)`` returns ``choices[op]`` wherever that name
+    is one of its candidates (after ``impl=`` and ``FUNCNN_IMPL`` have narrowed them), ahead of
+    anything measured or remembered, and remembers nothing.
+
+    **Arguments:**
+
+    - `choices`: `{op: candidate name}`, e.g. `{"conv": "gemm/8", "recurrent": "unroll2"}`.
+
+    **Returns:**
+
+    A context manager; nested ones override the outer for the ops they name.
+    """
+    if not isinstance(choices, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in choices.items()):
+        raise ValueError(f"autotune.forcing: choices must be a dict of op name -> candidate name, got {choices!r}")
+    _FORCING.append(dict(choices))
+    try:
+        yield
+    finally:
+        _FORCING.pop()
+
+
+@contextlib.contextmanager
+def recording():
+    """Record the candidates every ``choose`` call inside the ``with`` block offers.
+
+    **Returns:**
+
+    A context manager yielding a dict `{op: [candidate name, ...]}`, filled as choices are
+    made: every name offered for that op, in the order first offered.
+    """
+    seen: dict = {}
+    _RECORDING.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDING.remove(seen)
+
+
+def forcing_state() -> tuple:
+    """The choices forced by the active ``forcing`` blocks, as a sorted tuple of (op, name)
+    (part of the identity of a program compiled under them)."""
+    merged: dict = {}
+    for choices in _FORCING:
+        merged.update(choices)
+    return tuple(sorted(merged.items()))
 
 
 def forced(op: str) -> str | None:
@@ -163,6 +219,14 @@ def choose(op: str, key, candidates: dict, args: Callable[[], tuple], *, fallbac
         candidates = kept
         if fallback not in candidates:
             fallback = next(iter(candidates))
+    for seen in _RECORDING:
+        names = seen.setdefault(op, [])
+        names += [n for n in candidates if n not in names]
+    wanted = dict(forcing_state()).get(op)
+    if wanted in candidates:
+        return wanted
+    if _RECORDING:  # only looking: neither measure nor remember
+        return fallback
     memo = (op, key, tuple(candidates))
     if memo in _MEMORY:
         return _MEMORY[memo]

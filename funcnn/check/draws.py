@@ -1,0 +1,105 @@
+"""The checker's random draws: bit for bit those of ``jax.random``, compiled once per size.
+
+Every draw of ``jax.random`` at a new shape is a new compiled program (threefry is long:
+~0.3 s to compile on one CPU core), and a check needs several: a key split in 3 or 4,
+the cotangent dy, the random parameters, the sampled elements of a large leaf. With the
+default counter-based threefry (``jax_threefry_partitionable``), a draw of n numbers is
+the first n of a draw of any larger size from the same key, and the first n keys of a
+larger split are the keys of ``split(key, n)``. So the checker draws at sizes rounded up
+to a power of two (a handful of programs per process, shared by every check) and keeps
+the prefix: the same numbers as ``jax.random.normal(key, shape)`` and
+``jax.random.split(key, n)``, without a program per shape.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MIN_BUCKET = 64  # keys
+MIN_NORMAL = 4096  # numbers: one program serves every small draw
+
+
+def _bucket(n: int, least: int = MIN_BUCKET) -> int:
+    return max(least, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _typed(key):
+    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(np.asarray(key, np.uint32))  # a raw uint32 key (jax.random.PRNGKey)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_data(key, n):
+    return jax.random.key_data(jax.random.split(key, n))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_flat(key, n):
+    return jax.random.normal(key, (n,), jnp.float64)
+
+
+def split(key, n: int) -> list:
+    """``list(jax.random.split(key, n))``: ``n`` typed keys.
+
+    **Arguments:**
+
+    - `key`: a PRNG key (typed, or a raw `uint32` key of shape `(2,)`).
+    - `n`: how many keys.
+
+    **Returns:**
+
+    A list of `n` scalar typed keys.
+    """
+    key = _typed(key)
+    with jax.enable_x64(True):  # one program whatever the caller's precision
+        data = np.asarray(_split_data(key, _bucket(n)))[:n]
+    impl = jax.random.key_impl(key)
+    return [jax.random.wrap_key_data(d, impl=impl) for d in data]
+
+
+def normal(key, shape) -> np.ndarray:
+    """``jax.random.normal(key, shape, float64)`` as a numpy array (needs ``jax.enable_x64``).
+
+    **Arguments:**
+
+    - `key`: a PRNG key; `shape`: a tuple of ints.
+
+    **Returns:**
+
+    A float64 array of `shape`.
+    """
+    shape = tuple(int(s) for s in shape)
+    size = int(np.prod(shape))
+    if size == 0:
+        return np.zeros(shape, np.float64)
+    with jax.enable_x64(True):
+        return np.asarray(_normal_flat(_typed(key), _bucket(size, MIN_NORMAL)))[:size].reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _choice(data: bytes, impl: str, n: int, count: int) -> np.ndarray:
+    key = jax.random.wrap_key_data(np.frombuffer(data, np.uint32), impl=impl)
+    with jax.enable_x64(True):
+        out = np.sort(np.asarray(jax.random.choice(key, n, (count,), replace=False)))
+    out.setflags(write=False)
+    return out
+
+
+def sample(key, n: int, count: int) -> np.ndarray:
+    """``sort(jax.random.choice(key, n, (count,), replace=False))``, remembered per key and sizes.
+
+    **Arguments:**
+
+    - `key`: a PRNG key; `n`: the population size; `count`: how many, at most `n`.
+
+    **Returns:**
+
+    A sorted int array of shape `(count,)`, read-only.
+    """
+    key = _typed(key)
+    data = np.ascontiguousarray(np.asarray(jax.random.key_data(key), np.uint32)).tobytes()
+    return _choice(data, str(jax.random.key_impl(key)), int(n), int(count))
