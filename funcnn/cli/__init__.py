@@ -15,6 +15,7 @@ import sys
 
 from funcnn.cli.args import Parser, UsageError
 from funcnn.core.extras import MissingExtra
+from funcnn.training.runs import RunRecordError
 
 COMMANDS = ("train", "evaluate", "check", "perceptron", "neuron", "sample", "bench")
 
@@ -33,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        from funcnn.training.runs import RunRecordError
 
         try:
             return int(args.func(args) or 0)

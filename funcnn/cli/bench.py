@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from funcnn import bench
+from funcnn.bench import report
 from funcnn.cli.args import check_out_dir
 
 
@@ -28,8 +30,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from funcnn import bench
-    from funcnn.bench import report
 
     out = check_out_dir(args.out if args.out is not None else
                         Path("bench") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

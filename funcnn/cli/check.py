@@ -16,6 +16,9 @@ persistent compilation cache) a second run reuses the compiled checks.
 """
 from __future__ import annotations
 
+from funcnn.check import catalog
+from funcnn.cli.args import UsageError
+
 
 def split_names(text: str) -> list[str]:
     """``text`` split at the commas outside parentheses, each entry stripped.
@@ -81,9 +84,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from funcnn.check import catalog
-    from funcnn.cli.args import UsageError
-
     cases = [(c, catalog.run_layer_case) for c in catalog.LAYER_CASES]
     cases += [(c, catalog.run_loss_case) for c in catalog.LOSS_CASES]
     cases += [(c, catalog.run_model_case) for c in catalog.MODEL_CASES]

@@ -11,7 +11,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from funcnn import data as datasets
+from funcnn import losses
 from funcnn.cli.args import UsageError
+from funcnn.training.fit import evaluate
+from funcnn.training.runs import RunRecordError, load_run
 
 if TYPE_CHECKING:
     from funcnn.training.runs import Run
@@ -27,9 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the run, evaluate it on both splits, print one line per split."""
-    from funcnn import data as datasets
-    from funcnn.training.fit import evaluate
-    from funcnn.training.runs import RunRecordError, load_run
 
     if args.data == "pydoc":
         raise UsageError("--data: pydoc is text; evaluate takes the datasets of mlp and cnn runs")
@@ -52,8 +53,6 @@ def _dataset(name: str, r: "Run") -> tuple:
     """The dataset ``name`` as the run's model and loss take it."""
     import numpy as np
 
-    from funcnn import data as datasets
-    from funcnn import losses
 
     try:
         d = datasets.load(name, seed=r.args["seed"])

@@ -8,6 +8,18 @@ import time
 
 from funcnn.cli.args import UsageError, check_out_dir, finite_float, positive_float
 from funcnn.cli.neuron_output import fi_figure, phase_figure, trace_figure, write_csv
+from funcnn.science.neurons import (
+    cycle_state,
+    fi_curve,
+    hodgkin_huxley,
+    morris_lecar,
+    nullclines,
+    onset_current,
+    rate_from_spikes,
+    simulate,
+    spike_times,
+    stability,
+)
 
 MODELS = ("ml", "hh")
 PRESETS = ("hopf", "snlc", "homoclinic")
@@ -79,7 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _model(args):
-    from funcnn.science.neurons import hodgkin_huxley, morris_lecar
     over = dict(args.param)
     try:
         params = morris_lecar(args.preset, **over) if args.model == "ml" else hodgkin_huxley(**over)
@@ -117,7 +128,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Simulate at one current; write ``trace.csv`` and ``trace.png``; print the spikes and rate."""
     import numpy as np
 
-    from funcnn.science.neurons import rate_from_spikes, simulate, spike_times
     params, dt = _model(args)
     t_max = _check_t(args, dt, MIN_T_SIM[args.model], 500.0 if args.model == "ml" else 100.0)
     out = _outdir(args)
@@ -139,7 +149,6 @@ def run_phase(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from funcnn.science.neurons import nullclines, simulate, stability
     params, dt = _model(args)
     t_max = _check_t(args, dt, MIN_T_SIM["ml"], 1000.0)
     out = _outdir(args)
@@ -161,7 +170,6 @@ def run_phase(args: argparse.Namespace) -> int:
 def _onset(params, currents, rates, start, t_max, dt):
     import numpy as np
 
-    from funcnn.science.neurons import onset_current
     firing = np.flatnonzero(rates > 0)
     if len(firing) == 0 or firing[0] == 0:
         return None
@@ -175,7 +183,6 @@ def run_fi(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from funcnn.science.neurons import cycle_state, fi_curve
     params, dt = _model(args)
     if args.dt is None:
         dt = FI_RUN[args.model]["dt"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from funcnn import data
 from funcnn.cli.args import arg_type, seed
+from funcnn.science import perceptron
 
 MAX_EPOCHS = 100_000
 epochs = arg_type("epochs", int, lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]")
@@ -28,8 +30,6 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from funcnn import data
-    from funcnn.science import perceptron
 
     d = data.load(args.data, seed=args.seed)
     r = perceptron.train(d.x_train, d.y_train, epochs=args.epochs, key=jax.random.key(args.seed))

@@ -12,6 +12,9 @@ import argparse
 from pathlib import Path
 
 from funcnn.cli.args import UsageError, arg_type, seed
+from funcnn.data import text
+from funcnn.training import sampling
+from funcnn.training.runs import RunRecordError, load_run
 from funcnn.training.sampling import GREEDY_BELOW
 
 MAX_LENGTH = 100_000  # one compiled step per character
@@ -43,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
                          f"got {str(args.run_dir)!r}")
     import jax
 
-    from funcnn.data import text
-    from funcnn.training import sampling
-    from funcnn.training.runs import RunRecordError, load_run
 
     try:
         r = load_run(args.run_dir, kind="gpt")

@@ -23,9 +23,27 @@ from pathlib import Path
 
 from funcnn.cli import gpt
 from funcnn.cli.args import (
-    UsageError, check_out_dir, coordinator, int_list, nonnegative_float, nonnegative_int, positive_float,
-    positive_int, seed,
+    UsageError,
+    check_out_dir,
+    coordinator,
+    int_list,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    seed,
 )
+from funcnn.training import distributed
+from funcnn.training.checkpoint import CheckpointError
+from funcnn.training.fit import NonFiniteError
+from funcnn.training.interrupt import Interrupted
+from funcnn.training.recipes import (
+    OptionError,
+    check_run_folder,
+    resume_options,
+    train_run,
+)
+from funcnn.training.runs import RunRecordError
 
 DATASETS = ("digits", "mnist5k", "mnist1d", "xor", "blobs", "moons", "pydoc")
 MODELS = ("cnn", "gpt", "mlp")
@@ -102,9 +120,6 @@ def _validate(args: argparse.Namespace) -> dict:
 
 
 def _check_writable(out: Path, resume: bool) -> None:
-    from funcnn.training.checkpoint import CheckpointError
-    from funcnn.training.recipes import check_run_folder
-
     try:
         check_run_folder(out, resume=resume)
     except CheckpointError as e:
@@ -119,8 +134,6 @@ def _check_batch_divides(batch_size: int, devices: int, where: str) -> None:
 
 def _resumed_options(args: argparse.Namespace) -> dict:
     """The recorded options of the run in ``--resume DIR``; no other training flag allowed."""
-    from funcnn.training.recipes import resume_options
-    from funcnn.training.runs import RunRecordError
 
     defaults = build_defaults()
     given = [k for k in (*RUN_ARGS, *gpt.GPT_ARGS, "out") if getattr(args, k) != defaults[k]]
@@ -144,10 +157,6 @@ def build_defaults() -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Check the flags, set up the devices, train (``funcnn.training.recipes.train_run``), print."""
-    from funcnn.training import distributed
-    from funcnn.training.fit import NonFiniteError
-    from funcnn.training.interrupt import Interrupted
-    from funcnn.training.recipes import OptionError, train_run
 
     options = _validate(args)
     try:  # before JAX starts its backend

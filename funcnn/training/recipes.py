@@ -27,6 +27,7 @@ from funcnn import data as datasets
 from funcnn import losses, models
 from funcnn.data import text
 from funcnn.training import lm, runs
+from funcnn.training.checkpoint import CheckpointError, check_writable
 from funcnn.training.diagnostics import first_step_gradient_gap
 from funcnn.training.fit import fit
 from funcnn.training.interrupt import catching_signals
@@ -82,7 +83,6 @@ def resume_options(path: str | os.PathLike, *, who: str = "--resume") -> dict:
 def check_run_folder(out: str | os.PathLike, *, resume: bool) -> None:
     """The run folder (existing when resuming) and its checkpoint folder can be written: a probe
     file in the nearest existing folder of each; raises `CheckpointError` in one line."""
-    from funcnn.training.checkpoint import CheckpointError, check_writable
 
     out = Path(out)
     for folder, what in ((out, "run folder"), (out / runs.CHECKPOINTS, "checkpoint folder")):
