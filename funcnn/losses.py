@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -214,7 +214,7 @@ def _hinge_grad(scores, labels):
 multiclass_hinge = Loss("multiclass_hinge", _hinge_value, _hinge_grad, _hinge_validate)
 
 
-def validate_targets(loss: Loss, output_shape, target) -> None:
+def validate_targets(loss: Loss, output_shape: Sequence[int], target: jax.typing.ArrayLike) -> None:
     """Raise a one-line ``ValueError`` if ``target`` (with its batch axis) does not fit
     ``loss`` for a model whose output for one example has shape ``output_shape``
     (labels out of range, BCE targets outside [0, 1], wrong shapes). Call it once on
@@ -279,6 +279,17 @@ LOSSES = {
 
 
 def get(name: str) -> Loss:
+    """The built-in loss called ``name``.
+
+    **Arguments:**
+
+    - `name`: one of ``"mse"``, ``"binary_cross_entropy"``, ``"softmax_cross_entropy"``,
+      ``"multiclass_hinge"`` (the keys of ``LOSSES``).
+
+    **Returns:**
+
+    The ``Loss``. Raises ``ValueError`` (one line) for any other name.
+    """
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
     return LOSSES[name]

@@ -10,7 +10,7 @@ checks at random parameters as well as the initial ones. Models go through
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +20,23 @@ from funcnn import layers as L
 from funcnn import losses, models
 from funcnn.layers.bayes_dense import BayesDense
 from funcnn.check.core import check_layer, check_loss
-from funcnn.check.model import check_model
+from funcnn.check.model import ModelReport, check_model
+from funcnn.check.report import Report
 from funcnn.core.combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual
 from funcnn.core.layer import serial
 
 
 class LayerCase(NamedTuple):
+    """One built-in layer to check.
+
+    **Arguments:**
+
+    - `name`: the case's name (what ``funcnn check --only`` selects).
+    - `make`: a zero-argument constructor of the layer (a fresh layer per check).
+    - `input_shape`: the shape of one example, without the batch axis.
+    - `options`: extra keyword arguments for ``check_layer`` (e.g. `{"batch": 12}`, `{"x": ...}`).
+    """
+
     name: str
     make: Callable
     input_shape: tuple
@@ -33,6 +44,16 @@ class LayerCase(NamedTuple):
 
 
 class LossCase(NamedTuple):
+    """One built-in loss to check.
+
+    **Arguments:**
+
+    - `name`: the case's name (what ``funcnn check --only`` selects).
+    - `loss`: the loss.
+    - `pred_shape`: the shape of the predictions, batch axis included.
+    - `target`: ``target(key)`` draws a target that fits predictions of `pred_shape`.
+    """
+
     name: str
     loss: losses.Loss
     pred_shape: tuple
@@ -129,6 +150,16 @@ LOSS_CASES: list[LossCase] = [
 
 
 class ModelCase(NamedTuple):
+    """One built-in model to check, layer by layer and end to end (``check_model``).
+
+    **Arguments:**
+
+    - `name`: the case's name (what ``funcnn check --only`` selects).
+    - `make`: a zero-argument constructor of the model.
+    - `input_shape`: the shape of one example, without the batch axis.
+    - `options`: extra keyword arguments for ``check_model`` (e.g. `{"batch": 2, "max_fd": 64}`).
+    """
+
     name: str
     make: Callable
     input_shape: tuple
@@ -144,24 +175,71 @@ MODEL_CASES: list[ModelCase] = [
 ]
 
 
-def run_layer_case(case: LayerCase, key=None, **kwargs):
+def run_layer_case(case: LayerCase, key: jax.Array | None = None, **kwargs: Any) -> Report:
+    """Check one layer case with ``check_layer``.
+
+    **Arguments:**
+
+    - `case`: the case.
+    - `key`: a JAX PRNG key (default `jax.random.key(0)`).
+    - `kwargs`: further keyword arguments for ``check_layer`` (after the case's `options`).
+
+    **Returns:**
+
+    The ``Report`` of the check.
+    """
     key = jax.random.key(0) if key is None else key
     return check_layer(case.make(), case.input_shape, key=key, name=case.name, **case.options, **kwargs)
 
 
-def run_loss_case(case: LossCase, key=None, **kwargs):
+def run_loss_case(case: LossCase, key: jax.Array | None = None, **kwargs: Any) -> Report:
+    """Check one loss case with ``check_loss``, at standard-normal predictions of shape
+    `case.pred_shape` and a target drawn by `case.target`.
+
+    **Arguments:**
+
+    - `case`: the case.
+    - `key`: a JAX PRNG key (default `jax.random.key(0)`), split for the predictions, the
+      target and the check.
+    - `kwargs`: further keyword arguments for ``check_loss``.
+
+    **Returns:**
+
+    The ``Report`` of the check.
+    """
     key = jax.random.key(0) if key is None else key
     k_pred, k_target, k_check = jax.random.split(key, 3)
     pred = jax.random.normal(k_pred, case.pred_shape)
     return check_loss(case.loss, pred, case.target(k_target), key=k_check, name=case.name, **kwargs)
 
 
-def run_model_case(case: ModelCase, key=None, **kwargs):
+def run_model_case(case: ModelCase, key: jax.Array | None = None, **kwargs: Any) -> ModelReport:
+    """Check one model case with ``check_model``.
+
+    **Arguments:**
+
+    - `case`: the case.
+    - `key`: a JAX PRNG key (default `jax.random.key(0)`).
+    - `kwargs`: further keyword arguments for ``check_model`` (after the case's `options`).
+
+    **Returns:**
+
+    The ``ModelReport`` of the check.
+    """
     key = jax.random.key(0) if key is None else key
     return check_model(case.make(), case.input_shape, key=key, name=case.name, **case.options, **kwargs)
 
 
-def run_all(key=None):
-    """Reports for every built-in layer, then every built-in loss, then every model."""
+def run_all(key: jax.Array | None = None) -> list[Report | ModelReport]:
+    """Reports for every built-in layer, then every built-in loss, then every model.
+
+    **Arguments:**
+
+    - `key`: a JAX PRNG key for every case (default `jax.random.key(0)`).
+
+    **Returns:**
+
+    One ``Report`` per layer and loss case, then one ``ModelReport`` per model case.
+    """
     return ([run_layer_case(c, key) for c in LAYER_CASES] + [run_loss_case(c, key) for c in LOSS_CASES]
             + [run_model_case(c, key) for c in MODEL_CASES])

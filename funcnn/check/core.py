@@ -65,6 +65,7 @@ likewise draws predictions and targets away from special points when not given.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,12 @@ from funcnn.check import draws
 from funcnn.check.diagnose import diagnose, wrong_mask
 from funcnn.core import autotune
 from funcnn.check.report import Report, Row
+
+if TYPE_CHECKING:
+    import jax.extend.core
+
+    from funcnn.core.layer import Layer
+    from funcnn.losses import Loss
 
 TOL_AUTODIFF = 1e-10
 TOL_FD = 1e-6
@@ -133,7 +140,7 @@ def _is_user_rule(eqn):
     return not ("/jax/_src/" in src or "/jaxlib/" in src)
 
 
-def user_rules(jaxpr) -> list[str]:
+def user_rules(jaxpr: jax.extend.core.Jaxpr) -> list[str]:
     """Source descriptions of the user-defined custom rules anywhere in ``jaxpr``."""
     found = []
     for eqn in jaxpr.eqns:
@@ -181,7 +188,7 @@ def _eval_primal(jaxpr, consts, args):
     return [read(v) for v in jaxpr.outvars]
 
 
-def primal_only(forward, *primals):
+def primal_only(forward: Callable[..., Any], *primals: Any) -> Callable[..., Any]:
     """``forward`` with every user custom rule inside replaced by its undecorated
     function (``forward`` itself when it has none): autodiff of it is the true derivative."""
     closed = jax.make_jaxpr(forward)(*primals)
@@ -513,8 +520,9 @@ def _compare(primals, manual, reference, argnames, scale, *, order, point, fd_fn
     return rows
 
 
-def check_backward(forward, backward, *primals, key=None, name="backward", fd=True,
-                   max_fd=512, argnames=None, order=1, point="") -> Report:
+def check_backward(forward: Callable[..., Any], backward: Callable[..., Any], *primals: Any,
+                   key: jax.Array | None = None, name: str = "backward", fd: bool = True, max_fd: int = 512,
+                   argnames: Sequence[str] | None = None, order: int = 1, point: str = "") -> Report:
     """Compare ``backward(*primals, dy)`` with autodiff and finite differences of ``forward``.
 
     ``forward(*primals) -> y`` (a pytree of arrays); ``backward(*primals, dy)`` returns a
@@ -580,7 +588,7 @@ def _layer_identity(layer, train):
     return ("layer", layer.forward, layer.backward, bool(train))
 
 
-def random_params(params, key):
+def random_params(params: Any, key: jax.Array) -> Any:
     """Every float leaf moved away from its value: p + N(0, s^2), s = std(p), or 0.5
     for a leaf that is constant (gains of 1, biases of 0). The noise is
     ``jax.random.normal`` of one key per leaf, drawn in float64 (``funcnn.check.draws``).
@@ -622,7 +630,8 @@ def _points(layer, input_shape, params, state, key, random):
     return points + [("init", p0, s0)]
 
 
-def formulations(layer, params, state, x, key=None, train=True) -> list[dict]:
+def formulations(layer: Layer, params: Any, state: Any, x: Any, key: jax.Array | None = None,
+                 train: bool = True) -> list[dict[str, str]]:
     """The formulations ``layer`` can run at these shapes: one ``{op: candidate}`` per
     candidate of every autotuned computation with several (``funcnn.core.autotune``),
     found by tracing the forward once; ``[{}]`` when it has one.
@@ -642,8 +651,10 @@ def formulations(layer, params, state, x, key=None, train=True) -> list[dict]:
     return found or [{}]
 
 
-def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
-                name=None, random=True, every_formulation=True, **kwargs) -> Report:
+def check_layer(layer: Layer, input_shape: Sequence[int], *, params: Any = None, state: Any = None,
+                x: Any = None, key: jax.Array | None = None, batch: int = 3, train: bool = True,
+                name: str | None = None, random: bool = True, every_formulation: bool = True,
+                **kwargs: Any) -> Report:
     """Check a layer's ``backward`` (params and input), at random *and* initial params.
 
     ``params=``/``state=`` check at given values instead (``state`` alone replaces the
@@ -673,8 +684,9 @@ def check_layer(layer, input_shape, *, params=None, state=None, x=None, key=None
                              argnames=["params", "x"], identity=_layer_identity(layer, train), forms=found, **kwargs)
 
 
-def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None, weights=None,
-               **kwargs) -> Report:
+def check_loss(loss: Loss, pred: jax.typing.ArrayLike | None = None, target: jax.typing.ArrayLike | None = None,
+               *, key: jax.Array | None = None, name: str | None = None, shape: Sequence[int] | None = None,
+               weights: jax.typing.ArrayLike | None = None, **kwargs: Any) -> Report:
     """Check a loss's ``grad`` at ``pred`` (the target is held fixed).
 
     ``pred`` and ``target`` default to random values away from special points: logits
@@ -704,7 +716,7 @@ def check_loss(loss, pred=None, target=None, *, key=None, name=None, shape=None,
                               argnames=["pred"], **kwargs)
 
 
-def default_target(loss, pred_shape, key):
+def default_target(loss: Loss, pred_shape: Sequence[int], key: jax.Array) -> jax.Array:
     """A random target that fits ``loss`` for predictions of ``pred_shape``."""
     if loss.name in ("softmax_cross_entropy", "multiclass_hinge"):
         return jax.random.randint(key, pred_shape[:-1], 0, pred_shape[-1])

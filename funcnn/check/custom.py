@@ -18,6 +18,8 @@ The same float64 relative errors and tolerances as ``check_backward`` apply.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,8 @@ def _split(f, primals, kind):
     return diff, restrict
 
 
-def check_custom_vjp(f, *primals, key=None, name=None, fd=True, max_fd=512) -> Report:
+def check_custom_vjp(f: jax.custom_vjp, *primals: Any, key: jax.Array | None = None, name: str | None = None,
+                     fd: bool = True, max_fd: int = 512) -> Report:
     """Compare the VJP rule of ``jax.custom_vjp`` function ``f`` at ``primals`` with
     autodiff and finite differences of its undecorated primal ``f.fun``."""
     if not isinstance(f, jax.custom_vjp):
@@ -65,7 +68,8 @@ def check_custom_vjp(f, *primals, key=None, name=None, fd=True, max_fd=512) -> R
                               fd=fd, max_fd=max_fd, argnames=[f"arg{i}" for i in diff])
 
 
-def check_custom_jvp(f, *primals, key=None, name=None, fd=True) -> Report:
+def check_custom_jvp(f: jax.custom_jvp, *primals: Any, key: jax.Array | None = None, name: str | None = None,
+                     fd: bool = True) -> Report:
     """Compare the JVP rule of ``jax.custom_jvp`` function ``f`` at ``primals`` with
     autodiff and finite differences of its undecorated primal ``f.fun``, one random
     tangent per leaf of every argument."""

@@ -25,8 +25,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from funcnn.check.nonfinite import first_nonfinite  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    import jax
 
 _local = threading.local()
 
@@ -45,7 +49,7 @@ def _tracing_checks():
         _local.depth -= 1
 
 
-def require(ok, message: str) -> None:
+def require(ok: jax.Array | bool, message: str) -> None:
     """Inside ``checked``, assert the traced boolean ``ok`` (all elements) at run time."""
     if enabled():
         import jax.numpy as jnp
@@ -54,7 +58,8 @@ def require(ok, message: str) -> None:
         checkify.check(jnp.all(ok), message)
 
 
-def checked(fn, *, finite: bool = True, static_argnames=()):
+def checked(fn: Callable[..., Any], *, finite: bool = True,
+            static_argnames: str | Sequence[str] = ()) -> Callable[..., Any]:
     """``fn`` jitted with the library's target checks (and NaN/Inf checks if ``finite``).
 
     Returns a function with ``fn``'s signature and outputs that raises ``ValueError``

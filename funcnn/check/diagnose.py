@@ -24,8 +24,10 @@ diagnosis says "no simple explanation" -- it never guesses.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 FIT = 1e-6
 
@@ -46,7 +48,7 @@ def _index_list(idx, limit=6):
     return ", ".join(map(str, idx[:limit])) + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
 
 
-def explain(m, r, *, others=None) -> str:
+def explain(m: npt.ArrayLike, r: npt.ArrayLike, *, others: Mapping[str, npt.ArrayLike] | None = None) -> str:
     """The simplest explanation of m (hand-written) against r (reference) that fits to
     FIT, or "no simple explanation". ``others``: name -> array, candidate extra terms."""
     m, r = np.asarray(m, np.float64), np.asarray(r, np.float64)
@@ -89,13 +91,13 @@ def explain(m, r, *, others=None) -> str:
     return "no simple explanation"
 
 
-def wrong_mask(m, r, tol, floor):
+def wrong_mask(m: npt.ArrayLike, r: npt.ArrayLike, tol: float, floor: float) -> np.ndarray:
     """Elements whose error exceeds ``tol`` relative to max(|m|, |r|, floor)."""
     m, r = np.asarray(m, np.float64), np.asarray(r, np.float64)
     return np.abs(m - r) > tol * np.maximum(np.maximum(np.abs(m), np.abs(r)), floor)
 
 
-def where_wrong(mask) -> str:
+def where_wrong(mask: npt.ArrayLike) -> str:
     """"wrong only in rows/columns/at indices ..." when the wrong elements are confined."""
     mask = np.asarray(mask)
     if mask.ndim == 0 or not mask.any() or mask.all():
@@ -111,7 +113,8 @@ def where_wrong(mask) -> str:
     return ""
 
 
-def diagnose(m, r, *, tol, floor, others=None) -> str:
+def diagnose(m: npt.ArrayLike, r: npt.ArrayLike, *, tol: float, floor: float,
+             others: Mapping[str, npt.ArrayLike] | None = None) -> str:
     """One line: worst element (index, hand-written and reference values), fraction of
     elements wrong, and ``explain``'s explanation (or where the errors are confined)."""
     m, r = np.asarray(m, np.float64), np.asarray(r, np.float64)

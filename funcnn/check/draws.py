@@ -13,6 +13,7 @@ the prefix: the same numbers as ``jax.random.normal(key, shape)`` and
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ def _normal_flat(key, n):
     return jax.random.normal(key, (n,), jnp.float64)
 
 
-def split(key, n: int) -> list:
+def split(key: jax.Array, n: int) -> list[jax.Array]:
     """``list(jax.random.split(key, n))``: ``n`` typed keys.
 
     **Arguments:**
@@ -61,7 +62,7 @@ def split(key, n: int) -> list:
     return [jax.random.wrap_key_data(d, impl=impl) for d in data]
 
 
-def normal(key, shape) -> np.ndarray:
+def normal(key: jax.Array, shape: Sequence[int]) -> np.ndarray:
     """``jax.random.normal(key, shape, float64)`` as a numpy array (needs ``jax.enable_x64``).
 
     **Arguments:**
@@ -89,7 +90,7 @@ def _choice(data: bytes, impl: str, n: int, count: int) -> np.ndarray:
     return out
 
 
-def sample(key, n: int, count: int) -> np.ndarray:
+def sample(key: jax.Array, n: int, count: int) -> np.ndarray:
     """``sort(jax.random.choice(key, n, (count,), replace=False))``, remembered per key and sizes.
 
     **Arguments:**

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import numpy as np
@@ -38,6 +39,9 @@ import numpy as np
 from funcnn.check import draws
 from funcnn.check.core import _check_points, _layer_fns, _layer_identity, _points, _to64
 from funcnn.check.report import Report
+
+if TYPE_CHECKING:
+    from funcnn.core.layer import Layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +55,30 @@ class ModelRow:
 
     @property
     def ok(self) -> bool:
+        """True unless the layer was checked and its check failed (an unchecked layer counts as ok)."""
         return self.report is None or self.report.ok
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelReport:
+    """What ``check_model`` found: one ``ModelRow`` per layer, in forward order, each
+    combinator after its children, the whole model last.
+
+    ``report[path]`` is the row of a key path (``"2_serial/1_dense"``, ``"(model)"``);
+    ``str(report)`` is a table, one line per layer, with the wrong leaves of wrong layers.
+
+    **Arguments:**
+
+    - `name`: the model's name.
+    - `rows`: the rows.
+    """
+
     name: str
     rows: tuple[ModelRow, ...]
 
     @property
     def ok(self) -> bool:
+        """True when every layer's own check passed."""
         return all(r.ok for r in self.rows)
 
     @property
@@ -71,7 +89,7 @@ class ModelReport:
                 return r.path
         return None
 
-    def __getitem__(self, path) -> ModelRow:
+    def __getitem__(self, path: str) -> ModelRow:
         for r in self.rows:
             if r.path == path:
                 return r
@@ -100,6 +118,12 @@ class ModelReport:
         return "\n".join(lines)
 
     def assert_ok(self) -> "ModelReport":
+        """Raise unless every layer's check passed.
+
+        **Returns:**
+
+        This report, when ok; otherwise raises ``AssertionError`` with the table (``str(self)``).
+        """
         if not self.ok:
             raise AssertionError("gradient check failed\n" + str(self))
         return self
@@ -147,8 +171,9 @@ def _walk(layer, params, state, x, key, train, path, points, check_kwargs, outpu
     return entries
 
 
-def check_model(model, input_shape, *, params=None, state=None, x=None, key=None, batch=3, train=True,
-                name=None, random=True, **kwargs) -> ModelReport:
+def check_model(model: Layer, input_shape: Sequence[int], *, params: Any = None, state: Any = None,
+                x: Any = None, key: jax.Array | None = None, batch: int = 3, train: bool = True,
+                name: str | None = None, random: bool = True, **kwargs: Any) -> ModelReport:
     """Check every layer of ``model`` at the input it receives, and the model end to end.
 
     Points as in ``check_layer``: random and initial parameters by default, or the

@@ -14,8 +14,14 @@ which step went wrong, this says which layer.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from funcnn.core.layer import Layer
+    from funcnn.losses import Loss
 
 
 def _finite(tree) -> bool:
@@ -32,7 +38,8 @@ def _leaves(model, params, state, path=""):
     return out
 
 
-def first_nonfinite(model, params, state, x, y, loss, *, key=None, train=False):
+def first_nonfinite(model: Layer, params: Any, state: Any, x: jax.typing.ArrayLike, y: jax.typing.ArrayLike,
+                    loss: Loss, *, key: jax.Array | None = None, train: bool = False) -> str | None:
     """The first non-finite value of a forward and backward pass, described; ``None`` if none.
 
     ``key``/``train`` are passed to the layers (one key split per layer, so dropout masks

@@ -34,6 +34,16 @@ class Row:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """What a gradient check found: one ``Row`` per gradient leaf (per point, formulation
+    and order), and the tolerances it was held to. ``str(report)`` is a table.
+
+    **Arguments:**
+
+    - `name`: what was checked (the layer's, loss's or function's name).
+    - `rows`: the rows.
+    - `tol_autodiff`, `tol_fd`: the relative tolerances against autodiff and finite differences.
+    """
+
     name: str
     rows: tuple[Row, ...]
     tol_autodiff: float
@@ -41,6 +51,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """True when every row passed."""
         return all(r.ok for r in self.rows)
 
     def __str__(self) -> str:
@@ -67,6 +78,12 @@ class Report:
         return "\n".join(lines)
 
     def assert_ok(self) -> "Report":
+        """Raise unless every row passed.
+
+        **Returns:**
+
+        This report, when ok; otherwise raises ``AssertionError`` with the table (``str(self)``).
+        """
         if not self.ok:
             raise AssertionError("gradient check failed\n" + str(self))
         return self

@@ -17,6 +17,12 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line and exit code 2, no usage dump."""
 
     def error(self, message: str) -> None:
+        """Print ``<prog>: error: <message>`` on one line to stderr and exit with code 2.
+
+        **Arguments:**
+
+        - `message`: what was wrong, from ``argparse``.
+        """
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

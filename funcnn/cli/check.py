@@ -16,6 +16,8 @@ persistent compilation cache) a second run reuses the compiled checks.
 """
 from __future__ import annotations
 
+import argparse
+
 from funcnn.check import catalog
 from funcnn.cli.args import UsageError
 
@@ -73,7 +75,13 @@ def select(names: list[str], wanted: list[str]) -> list[str]:
     return [n for n in names if n in chosen]
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``check`` subcommand (``--only``, ``--quiet``) to the ``funcnn`` parser.
+
+    **Arguments:**
+
+    - `sub`: the subparsers of the ``funcnn`` parser (``add_subparsers()``).
+    """
     p = sub.add_parser("check", help="check every built-in backward against autodiff and finite differences",
                        description=__doc__.splitlines()[0])
     p.add_argument("--only", action="append", default=[],
@@ -83,7 +91,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the selected cases (all by default), print their reports and a summary line.
+
+    **Arguments:**
+
+    - `args`: the parsed arguments (`only`, `quiet`).
+
+    **Returns:**
+
+    The exit code: 0 when every case passed, 1 otherwise. Raises ``UsageError`` for an
+    ``--only`` entry that selects nothing or is malformed.
+    """
     cases = [(c, catalog.run_layer_case) for c in catalog.LAYER_CASES]
     cases += [(c, catalog.run_loss_case) for c in catalog.LOSS_CASES]
     cases += [(c, catalog.run_model_case) for c in catalog.MODEL_CASES]

@@ -37,7 +37,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -56,7 +56,7 @@ _RECORDING: list = []  # stack of {op: [candidate names, ...]}
 
 
 @contextlib.contextmanager
-def forcing(choices: dict):
+def forcing(choices: dict[str, str]) -> Iterator[None]:
     """Inside the ``with`` block, ``choose(op, ...)`` returns ``choices[op]`` wherever that name
     is one of its candidates (after ``impl=`` and ``FUNCNN_IMPL`` have narrowed them), ahead of
     anything measured or remembered, and remembers nothing.
@@ -80,7 +80,7 @@ def forcing(choices: dict):
 
 
 @contextlib.contextmanager
-def recording():
+def recording() -> Iterator[dict[str, list[str]]]:
     """Record the candidates every ``choose`` call inside the ``with`` block offers.
 
     **Returns:**
@@ -155,8 +155,8 @@ def _disk_store(path: Path, op: str, key: str, name: str) -> None:
     os.replace(tmp, path)  # atomic: concurrent processes never read half a file
 
 
-def measure(candidates: dict, args: tuple, *, rounds: int = ROUNDS, budget_s: float = BUDGET_S,
-            jit: bool = True):
+def measure(candidates: dict[str, Callable[..., Any]], args: tuple, *, rounds: int = ROUNDS,
+            budget_s: float = BUDGET_S, jit: bool = True) -> tuple[dict[str, float], dict[str, float]]:
     """Compile each candidate ``f(*args)`` alone (``jit=False``: ``f`` compiles itself on its
     first call), then time the candidates in interleaved rounds.
 
@@ -193,12 +193,13 @@ def time_rounds(calls: dict, args: tuple = (), *, rounds: int, budget_s: float =
     return times
 
 
-def dummy(shape, dtype, seed: int = 0):
+def dummy(shape: Sequence[int], dtype: jax.typing.DTypeLike, seed: int = 0) -> jax.Array:
     """A concrete standard-normal array of ``shape`` and ``dtype`` (a stand-in for a traced value)."""
     return jax.numpy.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
-def choose(op: str, key, candidates: dict, args: Callable[[], tuple], *, fallback: str,
+def choose(op: str, key: Hashable, candidates: dict[str, Callable[..., Any]], args: Callable[[], tuple], *,
+           fallback: str,
            impl: str | None = None, work: float | None = None, jit: bool = True) -> str:
     """The name of the candidate to use for ``op`` at ``key`` (see the module docstring).
 

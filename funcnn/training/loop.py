@@ -48,7 +48,7 @@ class NonFiniteError(FloatingPointError):
     - `who`: the trainer's name, first in the message.
     """
 
-    def __init__(self, epoch: int | None, step: int, where: str, *, who: str = "fit"):
+    def __init__(self, epoch: int | None, step: int, where: str, *, who: str = "fit") -> None:
         self.epoch, self.step, self.where = epoch, step, where
         at = f"step {step}" if epoch is None else f"epoch {epoch}, step {step}"
         super().__init__(f"{who}: non-finite value at {at}: {where} "
@@ -109,7 +109,7 @@ def open_checkpoints(directory: str | os.PathLike | None, tree: PyTree, history:
 class _Progress:
     """A tqdm bar over positions, or nothing (tqdm is imported only when shown)."""
 
-    def __init__(self, show: bool, total: int, initial: int, unit: str):
+    def __init__(self, show: bool, total: int, initial: int, unit: str) -> None:
         self.bar = None
         if show:
             from tqdm.auto import tqdm
@@ -117,15 +117,24 @@ class _Progress:
             self.bar = tqdm(total=total, initial=initial, desc="train", unit=unit)
 
     def tick(self, n: int = 1) -> None:
+        """Advance the bar by `n` positions (nothing when not shown)."""
         if self.bar is not None:
             self.bar.update(n)
 
     def reach(self, position: int, postfix: dict) -> None:
+        """Move the bar to `position` and show `postfix` (e.g. the latest losses) beside it.
+
+        **Arguments:**
+
+        - `position`: the position reached (at least the bar's current one).
+        - `postfix`: what to show beside the bar, `{name: value}`.
+        """
         if self.bar is not None:
             self.bar.update(position - self.bar.n)
             self.bar.set_postfix(postfix)
 
     def close(self) -> None:
+        """Close the bar (nothing when not shown)."""
         if self.bar is not None:
             self.bar.close()
 
