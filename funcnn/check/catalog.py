@@ -172,6 +172,9 @@ MODEL_CASES: list[ModelCase] = [
               {"batch": 2, "max_fd": 64}),
     ModelCase("model:gpt", lambda: models.gpt(7, context=4, layers=1, heads=2, width=8), (4,),
               {"x": np.array([[1, 6, 0, 3], [5, 2, 4, 1]], np.int32), "max_fd": 64}),
+    # GPT-2's architecture (tied head, biases, GPT-2 initialisation, tanh GELU) at a small width
+    ModelCase("model:gpt2", lambda: models.gpt2(7, context=4, layers=1, heads=2, width=8), (4,),
+              {"x": np.array([[1, 6, 0, 3], [5, 2, 4, 1]], np.int32), "max_fd": 64}),
 ]
 
 
