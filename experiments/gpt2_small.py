@@ -112,13 +112,12 @@ def run_funcnn(sizes: dict, state_dict: dict, dtype, x: np.ndarray, y: np.ndarra
 
     import funcnn as fn
     from funcnn import models
-    from funcnn.training import lm
 
     model = models.gpt2(sizes["vocab"], **{k: sizes[k] for k in ("context", "layers", "heads", "width")})
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), models.gpt_params(model, state_dict))
     state = _empty_state(model)
-    manual = jax.jit(fn.value_and_grad(model, lm.next_char_cross_entropy, mode="manual"))
-    autodiff = jax.jit(fn.value_and_grad(model, lm.next_char_cross_entropy, mode="autodiff"))
+    manual = jax.jit(fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode="manual"))
+    autodiff = jax.jit(fn.value_and_grad(model, fn.losses.softmax_cross_entropy, mode="autodiff"))
     out = {"logits": np.asarray(jax.jit(lambda p, i: model.apply(p, state, i)[0])(params, x))}
     loss, grads, _ = manual(params, state, x, y)
     out["loss"], out["grads"] = float(loss), models.gpt_state_dict(grads)

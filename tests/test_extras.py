@@ -11,7 +11,7 @@ def _without(monkeypatch, missing):
 
     def fake(name, *args, **kwargs):
         if name.split(".")[0] == missing:
-            raise ModuleNotFoundError(f"No module named {missing!r}")
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib, "import_module", fake)

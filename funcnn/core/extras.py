@@ -32,7 +32,9 @@ def require(module: str, what: str) -> ModuleType:
     top = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != top:  # installed, but broken: not a missing extra
+            raise
         extra = EXTRAS.get(top, top)
         raise MissingExtra(f"{what} needs {top}, which is not installed: pip install \"funcnn[{extra}]\"") from None
 
