@@ -2,9 +2,9 @@
 hand-written backward checked; the nanoGPT state_dict conversion both ways; the AdamW decay
 mask; check_model naming a broken layer of the GPT-2-shaped model; the GPT-2 comparison
 against PyTorch at a small size (experiments/gpt2_small.py)."""
+import importlib.util
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,6 @@ import funcnn as fn
 from funcnn import models
 from funcnn.core.layer import Layer
 from funcnn.regularization import decays_weights, weight_decay_mask
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 
 VOCAB, CONTEXT = 7, 4
 IDS = np.array([[1, 6, 0, 3], [5, 2, 4, 1]], np.int32)
@@ -167,7 +165,12 @@ def test_gpt_refuses_bad_options():
 
 def test_gpt2_small_comparison_against_pytorch_at_a_small_size(tmp_path):
     pytest.importorskip("torch")
-    import gpt2_small
+    # loaded from its file: experiments/ on sys.path would shadow installed packages by the
+    # scripts' names (experiments/mnist1d.py is not the mnist1d package)
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gpt2_small.py"
+    spec = importlib.util.spec_from_file_location("gpt2_small", path)
+    gpt2_small = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpt2_small)
 
     assert gpt2_small.main(["--small", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "gpt2_small.md").read_text()

@@ -19,6 +19,7 @@ import numpy as np
 from funcnn import layers as L
 from funcnn import losses, models
 from funcnn.layers.bayes_dense import BayesDense
+from funcnn.layers.embedding import TiedEmbedding, TiedReadout
 from funcnn.check.core import check_layer, check_loss
 from funcnn.check.model import ModelReport, check_model
 from funcnn.check.report import Report
@@ -104,6 +105,9 @@ LAYER_CASES: list[LayerCase] = [
     LayerCase("groupnorm(2 groups NHWC)", lambda: L.GroupNorm(2, gamma_init="he_normal", beta_init="glorot_normal"),
               (2, 3, 4)),
     LayerCase("embedding", lambda: L.Embedding(7, 3), (4,), {"x": jax.random.randint(jax.random.key(1), (3, 4), 0, 7)}),
+    # a tied head: the readout's gradient of the table added into the embedding's
+    LayerCase("tied_embedding_readout", lambda: serial(TiedEmbedding(7, 3), TiedReadout(7, use_bias=True)), (4,),
+              {"x": jax.random.randint(jax.random.key(1), (3, 4), 0, 7)}),
     LayerCase("gelu", L.GELU, (6,)),
     LayerCase("gelu(tanh)", lambda: L.GELU(approximate=True), (6,)),
     LayerCase("positional_embedding(T<max_len)", lambda: L.PositionalEmbedding(6, 4, w_init="glorot_normal"), (4, 4)),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 
-from funcnn.check import catalog
 from funcnn.cli.args import UsageError
 
 
@@ -103,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     The exit code: 0 when every case passed, 1 otherwise. Raises ``UsageError`` for an
     ``--only`` entry that selects nothing or is malformed.
     """
+    # deferred: the catalog builds its cases' arrays at import, which starts JAX's backend, and
+    # every command module is imported to build the parser (`funcnn train --devices N` must
+    # still set the CPU device count before the backend starts)
+    from funcnn.check import catalog
+
     cases = [(c, catalog.run_layer_case) for c in catalog.LAYER_CASES]
     cases += [(c, catalog.run_loss_case) for c in catalog.LOSS_CASES]
     cases += [(c, catalog.run_model_case) for c in catalog.MODEL_CASES]
