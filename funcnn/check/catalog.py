@@ -73,7 +73,7 @@ LAYER_CASES: list[LayerCase] = [
     LayerCase("flatten", L.Flatten, (2, 3, 2)),
     LayerCase("dropout(0.3)", lambda: L.Dropout(0.3), (8,)),
     LayerCase("mlp", lambda: serial(L.Flatten(), L.Dense(8), L.Tanh(), L.Dense(6), L.ReLU(), L.Dense(3)), (2, 2, 1)),
-    # convolution (issue 3)
+    # convolution
     # a batch of 12: chunks of 8 examples are among the formulations (check_layer checks each)
     LayerCase("conv2d(3x3,SAME)", lambda: L.Conv2D(3, 3), (5, 5, 2), {"batch": 12}),
     LayerCase("conv2d(2x2,s(2,1),pads,dil(1,2),xla)", lambda: L.Conv2D(2, 2, stride=(2, 1), padding=((2, 1), (0, 1)), dilation=(1, 2), impl="xla"), (5, 5, 3), {"batch": 12}),
@@ -81,13 +81,13 @@ LAYER_CASES: list[LayerCase] = [
     LayerCase("maxpool2d(3,s2,SAME)", lambda: L.MaxPool2D(3, 2, "SAME"), (5, 6, 2)),
     LayerCase("avgpool2d(3,s2,SAME)", lambda: L.AvgPool2D(3, 2, "SAME"), (5, 6, 2)),
     LayerCase("global_avg_pool", L.GlobalAvgPool, (3, 4, 2)),
-    # normalization (issue 4)
+    # normalization
     # random gamma/beta (he_normal, glorot_normal) so that no term hides behind gamma = 1, beta = 0
     LayerCase("batchnorm(N,F)", lambda: L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
               (5,), {"batch": 4}),
     LayerCase("batchnorm(NHWC)", lambda: L.BatchNorm(gamma_init="he_normal", beta_init="glorot_normal"),
               (3, 3, 2), {"batch": 2}),
-    # recurrent (issue 5)
+    # recurrent
     LayerCase("simple_rnn(T=5)", lambda: L.SimpleRNN(4), (5, 2)),
     LayerCase("lstm(T=4,last)", lambda: L.LSTM(3, return_sequences=False), (4, 2)),
     LayerCase("gru(T=5)", lambda: L.GRU(3), (5, 2)),
@@ -96,10 +96,10 @@ LAYER_CASES: list[LayerCase] = [
         (jax.random.normal(jax.random.key(2), (3, 3)), jax.random.normal(jax.random.key(3), (3, 3))))}),
     LayerCase("gru(T=4,h0,last)", lambda: L.GRU(3, return_sequences=False), (4, 2), {"x": (
         jax.random.normal(jax.random.key(1), (3, 4, 2)), jax.random.normal(jax.random.key(2), (3, 3)))}),
-    # bayes (issue 7)
+    # bayes
     LayerCase("bayes_dense", lambda: BayesDense(5, sigma_init=0.3), (4,)),
     LayerCase("bayes_dense(eval)", lambda: BayesDense(5), (4,), {"train": False}),
-    # transformers (issue 12): random gains/biases so that no term hides behind gamma = 1, beta = 0
+    # transformers: random gains/biases so that no term hides behind gamma = 1, beta = 0
     LayerCase("layernorm(B T D)", lambda: L.LayerNorm(gamma_init="he_normal", beta_init="glorot_normal"), (3, 4)),
     LayerCase("rmsnorm", lambda: L.RMSNorm(gamma_init="he_normal"), (5,)),
     LayerCase("groupnorm(2 groups NHWC)", lambda: L.GroupNorm(2, gamma_init="he_normal", beta_init="glorot_normal"),
