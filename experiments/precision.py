@@ -18,7 +18,7 @@ Reported per model and precision:
   mean next-character cross-entropy (nats/char), L = 1/(N T) sum_{n,t} [logsumexp_v z_ntv -
   z_nt,y_nt], and the accuracy is the fraction of positions where argmax_v z_ntv = y_nt (the
   next character), both computed by the policy's model (compute dtype, float32 logits);
-* whether the accuracy is within 0.5 points of fp32 (the criterion of issue 13). The image
+* whether the accuracy is within 0.5 points of fp32 (the criterion). The image
   models are trained from SEEDS seeds (initial params and batch order) in every precision and
   compared by their mean accuracy, with the spread over seeds beside it: one seed's accuracy on
   the 1000 mnist5k test images has a binomial standard error of sqrt(p (1 - p) / 1000), about
@@ -71,7 +71,7 @@ from funcnn.training.fit import evaluate, fit, make_epoch  # noqa: E402
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 BATCH = 64
 TIMED_STEPS = 5
-CRITERION = 0.5  # points of accuracy from fp32 (issue 13)
+CRITERION = 0.5  # points of accuracy from fp32
 SEEDS = 3  # image models: seeds per precision (module docstring)
 SETUPS = {"digits MLP": ("digits", "mlp", dict(hidden=(128, 64)), 20),
           "mnist5k CNN": ("mnist5k", "cnn", dict(hidden=(128,)), 2)}

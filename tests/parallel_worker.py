@@ -39,7 +39,7 @@ BATCH = 8
 CASES = ("mlp", "conv2d(3x3,SAME)", "conv2d(2x2,s(2,1),pads,dil(1,2),xla)", "maxpool2d(3,s2,SAME)",
          "avgpool2d(3,s2,SAME)", "batchnorm(NHWC)", "dropout(0.3)", "gru(T=4,h0,last)", "lstm(T=3,h0,c0)",
          "bayes_dense",
-         # the GPT's layers (issue 14): sums over batch and time, a gather and a scatter-add over the batch
+         # the GPT's layers: sums over batch and time, a gather and a scatter-add over the batch
          "layernorm(B T D)", "embedding", "gelu", "positional_embedding(T<max_len)", "attention(2 heads causal)")
 AUTO_TOO = ("mlp", "lstm(T=3,h0,c0)", "embedding", "model:gpt")  # Auto axes, and the mesh against one device
 VOCAB = 7  # of the catalog's embedding case and of the GPT below

@@ -133,7 +133,7 @@ def test_bad_dtypes_are_refused_in_one_line():
 
 
 def test_x64_lstm_model_trains_with_fit():
-    """The bug of issue 13: under x64, LSTM's bias was float64 beside float32 weights and
+    """The bug this guards against: under x64, LSTM's bias was float64 beside float32 weights and
     ``fit`` died in lax.scan. Float32 and float64 data both train, leaves stay float32."""
     with jax.enable_x64(True):
         model = fn.serial(fn.LSTM(4, return_sequences=False), fn.Dense(2))
