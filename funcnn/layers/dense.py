@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from funcnn.core import initializers
 from funcnn.core.dtypes import available, initialise, layer_dtypes, with_compute_dtype
@@ -91,6 +90,24 @@ def grads_of(dw: jax.Array, db: jax.Array | None) -> dict[str, jax.Array]:
     return {"w": dw} if db is None else {"w": dw, "b": db}
 
 
+def dense_options(features: int, w_init: str | Callable, b_init: str | Callable, use_bias: bool,
+                  param_dtype: Any, dtype: Any, who: str) -> tuple[Callable, Callable | None, Any, Any]:
+    """Validate a dense layer's arguments (`Dense`, `token_dense`) and resolve them.
+
+    **Returns:**
+
+    `(w_init, b_init, param_dtype, dtype)`: the initialisers as functions (`b_init` None
+    without a bias) and the dtypes. Raises `ValueError` for a non-positive `features` and
+    `TypeError` for a non-bool `use_bias`, naming `who`.
+    """
+    positive_int(features, "features", who)
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"{who}: use_bias must be a bool, got {use_bias!r}")
+    w_init = initializers.get(w_init, "w_init")
+    b_init = initializers.get(b_init, "b_init") if use_bias else None
+    return (w_init, b_init, *layer_dtypes(param_dtype, dtype, who))
+
+
 def Dense(features: int, w_init: str | Callable = "glorot_uniform", b_init: str | Callable = "zeros", *,
           use_bias: bool = True, param_dtype: Any = "float32", dtype: Any = None) -> Layer:
     r"""$y = x W^\top + b$ over a batch of vectors `(N, R)` -> `(N, features)`.
@@ -102,12 +119,8 @@ def Dense(features: int, w_init: str | Callable = "glorot_uniform", b_init: str 
     **Raises:** `ValueError` if `features` is not a positive integer or the input is not a
     batch of vectors of the size the layer was built for; `TypeError` for a non-bool `use_bias`.
     """
-    positive_int(features, "features", "Dense")
-    if not isinstance(use_bias, bool):
-        raise TypeError(f"Dense: use_bias must be a bool, got {use_bias!r}")
-    w_init = initializers.get(w_init, "w_init")
-    b_init = initializers.get(b_init, "b_init") if use_bias else None
-    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "Dense")
+    w_init, b_init, param_dtype, dtype = dense_options(features, w_init, b_init, use_bias, param_dtype, dtype,
+                                                       "Dense")
     what = "features; add Flatten() before Dense"
 
     def init(key, input_shape):

@@ -25,11 +25,9 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from funcnn.core import initializers
-from funcnn.core.dtypes import available, layer_dtypes, with_compute_dtype
+from funcnn.core.dtypes import available, with_compute_dtype
 from funcnn.core.layer import Layer
-from funcnn.core.validate import positive_int
-from funcnn.layers.dense import dense_backward, dense_forward, dense_params, grads_of
+from funcnn.layers.dense import dense_backward, dense_forward, dense_options, dense_params, grads_of
 
 
 def token_dense(features: int, w_init: str | Callable = "glorot_uniform", b_init: str | Callable = "zeros", *,
@@ -42,12 +40,8 @@ def token_dense(features: int, w_init: str | Callable = "glorot_uniform", b_init
     **Raises:** `ValueError` for a non-positive `features` or an input whose last axis is
     not D; `TypeError` for a non-bool `use_bias`.
     """
-    positive_int(features, "features", "token_dense")
-    if not isinstance(use_bias, bool):
-        raise TypeError(f"token_dense: use_bias must be a bool, got {use_bias!r}")
-    w_init = initializers.get(w_init, "w_init")
-    b_init = initializers.get(b_init, "b_init") if use_bias else None
-    param_dtype, dtype = layer_dtypes(param_dtype, dtype, "token_dense")
+    w_init, b_init, param_dtype, dtype = dense_options(features, w_init, b_init, use_bias, param_dtype, dtype,
+                                                       "token_dense")
 
     def init(key, input_shape):
         return dense_params(key, input_shape[-1], features, w_init, b_init, available(param_dtype, "token_dense"),
