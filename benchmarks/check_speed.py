@@ -5,7 +5,7 @@ clock starts after ``import jax, funcnn``), ``--runs`` times (separate processes
 time), so the table gives the median and the spread; the table is rewritten after every
 measurement:
 
-* ``check_layer`` of the README's 4-wide LayerNorm (the ``LayerNorm`` of "Writing and
+* ``check_layer`` of the guide's 4-wide LayerNorm (the ``LayerNorm`` of "Writing and
   checking your own layer") at a batch of 3, against
   ``jax.test_util.check_grads(f, (params, x), order=1, modes=("rev",))`` on the same
   function ``f(params, x) = LayerNorm forward``;
@@ -39,8 +39,8 @@ TARGETS = {"layer_s": 3.0, "gpt_s": 10.0, "cli_s": 60.0}
 
 
 def readme_layernorm() -> str:
-    """The README's LayerNorm definition (the python block of "Writing and checking your own layer")."""
-    text = (ROOT / "README.md").read_text()
+    """The guide's LayerNorm definition (the python block of docs/guides/own-layer.md)."""
+    text = (ROOT / "docs" / "guides" / "own-layer.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def LayerNorm" in b)
     return block.split("fn.check_layer(")[0]
 
@@ -141,7 +141,7 @@ def table(runs: dict, note: str) -> str:
         if values:
             lines.append(f"| {label} | {_fmt(values)} | {len(values)} | {target} |")
 
-    row("`check_layer` of the README's 4-wide LayerNorm, fresh process", runs.get("funcnn_layernorm"),
+    row("`check_layer` of the guide's 4-wide LayerNorm (docs/guides/own-layer.md), fresh process", runs.get("funcnn_layernorm"),
         "<= check_grads")
     row("`jax.test_util.check_grads(order=1, modes=(\"rev\",))` on the same function",
         runs.get("check_grads_layernorm"))

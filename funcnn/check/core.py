@@ -216,8 +216,13 @@ def primal_only(forward: Callable[..., Any], *primals: Any) -> Callable[..., Any
 FD_BATCH = 256  # stencil directions evaluated side by side (vmap) per step of lax.map
 FD_BATCH_ELEMENTS = 1 << 21  # ... fewer when 4 forwards of that many outputs would be larger
 # XLA's cheaper backend passes: the program runs once, so compiling it fast matters more than
-# running it fast (~25% less compile time on CPU); float64 arithmetic is IEEE either way.
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# running it fast (~30% less compile time on CPU); float64 arithmetic is IEEE either way. Not
+# for a program with a convolution: at level 0 XLA:CPU emits convolutions as naive loops (the
+# check of a small CNN's first convolution ran 543 s instead of 1.9 s).
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                    "xla_cpu_use_fusion_emitters": False}
+DEFAULT_LEVEL_PRIMITIVES = ("conv_general_dilated",)
+CONV_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _PROGRAMS: dict = {}  # cache key -> jitted program
 _MAX_PROGRAMS = 64
 
@@ -301,9 +306,10 @@ def _program(forward, backward, reference_fn, plan, with_manual, forms):
     formulation) once, in the first."""
     def run(primals, extra, dy, gidx):
         out = {"auto": [], "manual": []}
+        with autotune.forcing(forms[0]):
+            out["auto"].append(jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy))
         for form in forms:
             with autotune.forcing(form):
-                out["auto"].append(jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy))
                 if with_manual:
                     out["manual"].append(backward(extra, *primals, dy))
         with autotune.forcing(forms[0]):
@@ -312,7 +318,29 @@ def _program(forward, backward, reference_fn, plan, with_manual, forms):
                 out["fd"] = _fd_all(lambda *p: forward(extra, *p), primals, y, dy, gidx, plan)
         return out
 
-    return jax.jit(jax.vmap(run, in_axes=(0, None, None, None)), compiler_options=COMPILER_OPTIONS)
+    return _Program(jax.jit(jax.vmap(run, in_axes=(0, None, None, None))))
+
+
+def _uses(jaxpr, names) -> bool:
+    """True when a primitive named in ``names`` occurs anywhere in ``jaxpr`` (sub-jaxprs included)."""
+    return any(eqn.primitive.name in names or any(_uses(sub, names) for sub in _sub_jaxprs(eqn.params))
+               for eqn in jaxpr.eqns)
+
+
+class _Program:
+    """A jitted check compiled on its first call, with ``COMPILER_OPTIONS`` unless it uses a
+    primitive of ``DEFAULT_LEVEL_PRIMITIVES``; later calls (same shapes, the cache key's
+    promise) reuse the executable."""
+
+    def __init__(self, jitted):
+        self.jitted, self.executable = jitted, None
+
+    def __call__(self, *args):
+        if self.executable is None:
+            traced = self.jitted.trace(*args)
+            options = CONV_COMPILER_OPTIONS if _uses(traced.jaxpr.jaxpr, DEFAULT_LEVEL_PRIMITIVES) else COMPILER_OPTIONS
+            self.executable = traced.lower().compile(compiler_options=options)
+        return self.executable(*args)
 
 
 def _signature(tree):
@@ -409,7 +437,7 @@ def _point_rows(results, manual, f, points, primals_list, plan, gidx, fd, argnam
             rows.append(Row("(all)", np.nan, np.nan, np.nan, np.nan, False,
                             f"backward must return a tuple of {len(primals)} gradients, got {got}", point))
             continue
-        auto = at(results["auto"][f])
+        auto = at(results["auto"][0])
         fd_fn = None
         if fd:
             table, start = {}, 0
@@ -616,14 +644,23 @@ def random_params(params: Any, key: jax.Array) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _initial(layer, key, input_shape):
+    """``layer.init(key, input_shape)``, compiled as one program (run eagerly, every random
+    draw at a new shape compiles a program of its own: ~0.2 s each); eagerly if it cannot be traced."""
+    try:
+        return jax.jit(layer.init, static_argnums=1, compiler_options=COMPILER_OPTIONS)(key, input_shape)
+    except _NOT_TRACEABLE:
+        return layer.init(key, input_shape)
+
+
 def _points(layer, input_shape, params, state, key, random):
     """[(point, params, state)]: the given values, or random and initial parameters."""
     k_init, k_rand = draws.split(key, 2)
     if params is not None:
         if state is None:
-            state = layer.init(k_init, tuple(input_shape))[1]
+            state = _initial(layer, k_init, tuple(input_shape))[1]
         return [("given", _to64(params), _to64(state))]
-    p0, s0 = layer.init(k_init, tuple(input_shape))
+    p0, s0 = _initial(layer, k_init, tuple(input_shape))
     p0, s0 = _to64(p0), _to64(s0 if state is None else state)
     has_float = any(_is_diff(l) and jnp.size(l) for l in jax.tree_util.tree_leaves(p0))
     points = [("random", random_params(p0, k_rand), s0)] if random and has_float else []

@@ -2,7 +2,7 @@
 
 Every draw of ``jax.random`` at a new shape is a new compiled program (threefry is long:
 ~0.3 s to compile on one CPU core), and a check needs several: a key split in 3 or 4,
-the cotangent dy, the random parameters, the sampled elements of a large leaf. With the
+the cotangent dy, the random parameters, the sampled elements of a large leaf (``sample``). With the
 default counter-based threefry (``jax_threefry_partitionable``), a draw of n numbers is
 the first n of a draw of any larger size from the same key, and the first n keys of a
 larger split are the keys of ``split(key, n)``. So the checker draws at sizes rounded up
@@ -81,17 +81,10 @@ def normal(key: jax.Array, shape: Sequence[int]) -> np.ndarray:
         return np.asarray(_normal_flat(_typed(key), _bucket(size, MIN_NORMAL)))[:size].reshape(shape)
 
 
-@functools.lru_cache(maxsize=256)
-def _choice(data: bytes, impl: str, n: int, count: int) -> np.ndarray:
-    key = jax.random.wrap_key_data(np.frombuffer(data, np.uint32), impl=impl)
-    with jax.enable_x64(True):
-        out = np.sort(np.asarray(jax.random.choice(key, n, (count,), replace=False)))
-    out.setflags(write=False)
-    return out
-
-
 def sample(key: jax.Array, n: int, count: int) -> np.ndarray:
-    """``sort(jax.random.choice(key, n, (count,), replace=False))``, remembered per key and sizes.
+    """A uniformly random subset of ``count`` of ``range(n)``, sorted: the indices of the
+    ``count`` smallest of ``normal(key, (n,))`` (ties have probability zero). Made from the
+    same bucketed draw as ``normal``, so it compiles nothing new.
 
     **Arguments:**
 
@@ -99,8 +92,8 @@ def sample(key: jax.Array, n: int, count: int) -> np.ndarray:
 
     **Returns:**
 
-    A sorted int array of shape `(count,)`, read-only.
+    A sorted int array of shape `(count,)`.
     """
-    key = _typed(key)
-    data = np.ascontiguousarray(np.asarray(jax.random.key_data(key), np.uint32)).tobytes()
-    return _choice(data, str(jax.random.key_impl(key)), int(n), int(count))
+    if not 0 <= count <= n:
+        raise ValueError(f"draws.sample: expected 0 <= count <= n, got count={count}, n={n}")
+    return np.sort(np.argsort(normal(key, (n,)), kind="stable")[:count])

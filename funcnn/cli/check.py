@@ -17,6 +17,7 @@ persistent compilation cache) a second run reuses the compiled checks.
 from __future__ import annotations
 
 import argparse
+import time
 
 from funcnn.cli.args import UsageError
 
@@ -117,15 +118,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         cases = [(c, f) for c, f in cases if c.name in chosen]
-    import time
-
     failed, start = [], time.perf_counter()
     for case, run_case in cases:
+        t = time.perf_counter()
         report = run_case(case)
         if args.quiet:
-            print(f"{'ok      ' if report.ok else 'MISMATCH'}  {report.name}")
+            print(f"{'ok      ' if report.ok else 'MISMATCH'}  {time.perf_counter() - t:5.1f} s  {report.name}",
+                  flush=True)
         else:
-            print(report, end="\n\n")
+            print(report, end="\n\n", flush=True)
         if not report.ok:
             failed.append(report.name)
     print(f"{len(cases) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "")
