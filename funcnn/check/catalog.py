@@ -20,6 +20,7 @@ from funcnn import layers as L
 from funcnn import losses, models
 from funcnn.layers.bayes_dense import BayesDense
 from funcnn.layers.embedding import TiedEmbedding, TiedReadout
+from funcnn.check import draws
 from funcnn.check.core import check_layer, check_loss
 from funcnn.check.model import ModelReport, check_model
 from funcnn.check.report import Report
@@ -124,21 +125,26 @@ LAYER_CASES: list[LayerCase] = [
 ]
 
 
+# Targets from the checker's bucketed normal draw (``funcnn.check.draws``): no program per shape.
 def _labels(n, c):
     shape = n if isinstance(n, tuple) else (n,)
-    return lambda key: jax.random.randint(key, shape, 0, c)
+    return lambda key: draws.labels(key, shape, c)
 
 
 def _normal(shape):
-    return lambda key: jax.random.normal(key, shape)
+    return lambda key: draws.normal(key, shape)
 
 
 def _probs(shape):
-    return lambda key: jax.nn.softmax(jax.random.normal(key, shape), axis=-1)
+    def probs(key):
+        z = draws.normal(key, shape)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return probs
 
 
 def _bits(shape):
-    return lambda key: jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32)
+    return lambda key: (draws.normal(key, shape) > 0).astype(np.float64)  # Bernoulli(1/2)
 
 
 LOSS_CASES: list[LossCase] = [
@@ -215,8 +221,8 @@ def run_loss_case(case: LossCase, key: jax.Array | None = None, **kwargs: Any) -
     The ``Report`` of the check.
     """
     key = jax.random.key(0) if key is None else key
-    k_pred, k_target, k_check = jax.random.split(key, 3)
-    pred = jax.random.normal(k_pred, case.pred_shape)
+    k_pred, k_target, k_check = draws.split(key, 3)
+    pred = draws.normal(k_pred, case.pred_shape)
     return check_loss(case.loss, pred, case.target(k_target), key=k_check, name=case.name, **kwargs)
 
 

@@ -301,24 +301,36 @@ def _program(forward, backward, reference_fn, plan, with_manual, forms):
     ``forward(extra, *primals)``, ``backward(extra, *primals, dy)`` (random draws are made
     outside, ``funcnn.check.draws``: no threefry to compile in here).
 
-    ``forms``: the formulations to check (``autotune.forcing`` dicts): autodiff and the
-    hand-written backward run in each, the finite differences (the truth, whatever the
-    formulation) once, in the first."""
-    def run(primals, extra, dy, gidx):
-        out = {"auto": [], "manual": []}
+    ``forms``: the formulations to check (``autotune.forcing`` dicts): the hand-written
+    backward runs in each; autodiff and the finite differences (the truth, whatever the
+    formulation) once, in the first. Two programs: the references (autodiff, finite
+    differences, the output) and the hand-written backward, so that editing only the
+    backward recompiles only its program (JAX reuses a compiled program of the same text)."""
+    def references(primals, extra, dy, gidx):
         with autotune.forcing(forms[0]):
-            out["auto"].append(jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy))
-        for form in forms:
-            with autotune.forcing(form):
-                if with_manual:
-                    out["manual"].append(backward(extra, *primals, dy))
-        with autotune.forcing(forms[0]):
+            out = {"auto": [jax.vjp(lambda *p: reference_fn(extra, *p), *primals)[1](dy)]}
             out["y"] = y = forward(extra, *primals)
             if plan:
                 out["fd"] = _fd_all(lambda *p: forward(extra, *p), primals, y, dy, gidx, plan)
         return out
 
-    return _Program(jax.jit(jax.vmap(run, in_axes=(0, None, None, None))))
+    def manual(primals, extra, dy):
+        out = []
+        for form in forms:
+            with autotune.forcing(form):
+                out.append(backward(extra, *primals, dy))
+        return out
+
+    vmapped = [_Program(jax.jit(jax.vmap(references, in_axes=(0, None, None, None))))]
+    if with_manual:
+        vmapped.append(_Program(jax.jit(jax.vmap(manual, in_axes=(0, None, None)))))
+
+    def run(primals, extra, dy, gidx):
+        out = vmapped[0](primals, extra, dy, gidx)
+        out["manual"] = vmapped[1](primals, extra, dy) if with_manual else []
+        return out
+
+    return run
 
 
 def _uses(jaxpr, names) -> bool:
@@ -328,7 +340,7 @@ def _uses(jaxpr, names) -> bool:
 
 
 class _Program:
-    """A jitted check compiled on its first call, with ``COMPILER_OPTIONS`` unless it uses a
+    """A jitted function compiled on its first call, with ``COMPILER_OPTIONS`` unless it uses a
     primitive of ``DEFAULT_LEVEL_PRIMITIVES``; later calls (same shapes, the cache key's
     promise) reuse the executable."""
 
@@ -756,9 +768,9 @@ def check_loss(loss: Loss, pred: jax.typing.ArrayLike | None = None, target: jax
 def default_target(loss: Loss, pred_shape: Sequence[int], key: jax.Array) -> jax.Array:
     """A random target that fits ``loss`` for predictions of ``pred_shape``."""
     if loss.name in ("softmax_cross_entropy", "multiclass_hinge"):
-        return jax.random.randint(key, pred_shape[:-1], 0, pred_shape[-1])
+        return jnp.asarray(draws.labels(key, pred_shape[:-1], pred_shape[-1]))
     if loss.name == "binary_cross_entropy":
-        return jax.random.uniform(key, pred_shape, jnp.float64, 0.1, 0.9)
+        return jnp.asarray(0.5 + 0.4 * np.tanh(draws.normal(key, pred_shape)))  # in (0.1, 0.9)
     if loss.name == "gaussian_nll":
-        return jax.random.normal(key, (pred_shape[0], pred_shape[1] // 2), jnp.float64)
-    return jax.random.normal(key, pred_shape, jnp.float64)
+        return jnp.asarray(draws.normal(key, (pred_shape[0], pred_shape[1] // 2)))
+    return jnp.asarray(draws.normal(key, pred_shape))

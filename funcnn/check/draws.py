@@ -97,3 +97,18 @@ def sample(key: jax.Array, n: int, count: int) -> np.ndarray:
     if not 0 <= count <= n:
         raise ValueError(f"draws.sample: expected 0 <= count <= n, got count={count}, n={n}")
     return np.sort(np.argsort(normal(key, (n,)), kind="stable")[:count])
+
+
+def labels(key: jax.Array, shape: Sequence[int], classes: int) -> np.ndarray:
+    """Uniform class labels in ``range(classes)``: the argmin of ``classes`` standard normals
+    (``normal(key, (*shape, classes))``), each class equally likely.
+
+    **Arguments:**
+
+    - `key`: a PRNG key; `shape`: the labels' shape; `classes`: how many classes.
+
+    **Returns:**
+
+    An int32 array of `shape`.
+    """
+    return np.argmin(normal(key, (*shape, int(classes))), axis=-1).astype(np.int32)
