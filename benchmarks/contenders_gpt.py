@@ -373,9 +373,11 @@ def torch_step(sd, cfg=SMALL, threads=None, compile=False):
     return torch_stepper(model, loss_fn, torch_adamw(model), x, y, threads=threads, forward=forward)
 
 
-def contenders(cfg=SMALL, only=None, single_thread=True):
-    """Every contender, each from funcnn's initial weights (key 0); ``only``: these names."""
-    params = funcnn_model(cfg).init(jax.random.key(0), (cfg["time"],))[0]
+def contenders(cfg=SMALL, only=None, single_thread=True, params=None):
+    """Every contender, each from funcnn's initial weights ``params`` (default: key 0);
+    ``only``: these names; ``single_thread``: with "pytorch (1 thread)"."""
+    if params is None:
+        params = funcnn_model(cfg).init(jax.random.key(0), (cfg["time"],))[0]
     sd = state_dict(params)
     makers = {
         "funcnn manual": lambda: funcnn_step("manual", params, cfg),

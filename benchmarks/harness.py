@@ -101,31 +101,34 @@ def check_equivalence(contenders: dict, reference: str, *, steps: int = 3, loss_
     checked = {n: c for n, c in contenders.items() if isinstance(c, Contender)}
     if reference not in checked:
         return ""
-    first = {n: c.value_and_grads() for n, c in checked.items()}
-    for c in checked.values():
-        for _ in range(steps):
-            _block(c())
-    after = {n: c.value_and_grads()[0] for n, c in checked.items()}
-    ref_loss, ref_grads = first[reference]
-    worst = {}
-    for n, (value, grads) in first.items():
+    ref_loss, ref_grads = checked[reference].value_and_grads()
+    worst, first = {}, {}
+    for n, c in checked.items():  # one contender's gradients at a time: GPT-2's are 0.5 GB each
+        value, grads = (ref_loss, ref_grads) if n == reference else c.value_and_grads()
         if set(grads) != set(ref_grads):
             raise SystemExit(f"equivalence: {n}'s gradients are named {sorted(set(grads) ^ set(ref_grads))} "
                              f"unlike {reference}'s")
         errs = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
+        del grads
         k = max(errs, key=errs.get)
-        e0 = abs(value - ref_loss) / abs(ref_loss)
+        worst[n], first[n] = (k, errs[k]), value
+    del ref_grads
+    for c in checked.values():
+        for _ in range(steps):
+            _block(c())
+    after = {n: c.value_and_grads()[0] for n, c in checked.items()}
+    for n, (k, err) in worst.items():
+        e0 = abs(first[n] - ref_loss) / abs(ref_loss)
         e3 = abs(after[n] - after[reference]) / abs(after[reference])
-        worst[n] = errs[k]
-        print(f"equivalence {n}: loss {value:.6f} (rel {e0:.1e}), worst gradient rel error {errs[k]:.1e} ({k}), "
+        print(f"equivalence {n}: loss {first[n]:.6f} (rel {e0:.1e}), worst gradient rel error {err:.1e} ({k}), "
               f"loss after {steps} steps {after[n]:.6f} (rel {e3:.1e})", flush=True)
-        if e0 > loss_rtol or e3 > loss_rtol or errs[k] > grad_rtol:
+        if e0 > loss_rtol or e3 > loss_rtol or err > grad_rtol:
             raise SystemExit(f"equivalence: {n} differs from {reference}: initial loss rel {e0:.1e}, gradient "
-                             f"{k} rel {errs[k]:.1e}, loss after {steps} steps rel {e3:.1e} (limits {loss_rtol:g}, "
+                             f"{k} rel {err:.1e}, loss after {steps} steps rel {e3:.1e} (limits {loss_rtol:g}, "
                              f"{grad_rtol:g})")
     return (f"Before timing, every contender started from {reference}'s weights: initial losses agree to "
             f"{loss_rtol:g} relative, every gradient tensor to {grad_rtol:g} of its largest entry (worst: "
-            + ", ".join(f"{n} {e:.0e}" for n, e in worst.items() if n != reference)
+            + ", ".join(f"{n} {e:.0e}" for n, (_, e) in worst.items() if n != reference)
             + f"), and the losses after {steps} AdamW steps to {loss_rtol:g}.")
 
 

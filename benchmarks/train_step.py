@@ -5,9 +5,11 @@
 ``--runs N`` repeats the whole measurement in N separate processes (each compiling and
 autotuning afresh) and tabulates every run's medians and ratios side by side.
 
-Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``; each defined in
-``benchmarks/contenders_<model>.py`` with a ``contenders()`` dict and a ``TITLE``.
-All contenders use Adam and softmax cross-entropy on the same random data.
+Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``, ``gpt2`` (GPT-2 small,
+with tokens/s and peak memory); each defined in ``benchmarks/contenders_<model>.py`` with a
+``contenders()`` dict and a ``TITLE``. All contenders use the same AdamW (``harness.adamw``) and
+softmax cross-entropy on the same random data. Where the contenders can report their gradients
+(GPT, GPT-2, LSTM), ``harness.check_equivalence`` proves them equal to funcnn's before timing.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from harness import check_equivalence, table, table_runs, time_interleaved, write_section  # noqa: E402
 
-MODELS = ("mlp", "cnn", "lstm", "gpt")
+MODELS = ("mlp", "cnn", "lstm", "gpt", "gpt2")
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "train_step.md")
 
 
