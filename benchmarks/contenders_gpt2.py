@@ -10,7 +10,6 @@ the table gives tokens/s and each contender's peak memory (``peak_memory``).
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ NOTES = (
     "(funcnn: `funcnn.models.gpt2()`, the same as `gpt(..., tie_embeddings=True, init=\"gpt2\", "
     "gelu=\"tanh\")`). Peak memory: each contender alone in a fresh process that imports every "
     "library, reads the 124M initial weights (0.5 GB) from a file, builds the contender and runs "
-    f"{STEPS} steps; the figure is the growth of the process's peak resident set (`ru_maxrss`) from "
+    f"{STEPS} steps; the figure is the growth of the process's peak resident set (`VmHWM`) from "
     "after the imports, so it counts the weights read, the contender's own copies, gradients, "
     "optimizer state and activations, and also what compiling took (XLA for the JAX contenders, "
     "inductor for `torch.compile`)."
@@ -72,7 +71,7 @@ def _measure(name, weights):
 
     from funcnn import models
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_mb()
     sd = dict(np.load(weights))
     params = models.gpt_params(G.funcnn_model(GPT2), sd)
     del sd
@@ -80,7 +79,16 @@ def _measure(name, weights):
     del params
     for _ in range(STEPS):
         jax.block_until_ready(contender())
-    print(f"{(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024:.0f}")
+    print(f"{peak_rss_mb() - before:.0f}")
+
+
+def peak_rss_mb():
+    """This process's peak resident set in MB: ``VmHWM`` of ``/proc/self/status`` (Linux). Not
+    ``ru_maxrss``, which a child started by ``subprocess`` inherits from the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def check_equivalence(contenders: dict, reference: str, *, steps: int = 3, loss_
         del grads
         k = max(errs, key=errs.get)
         worst[n], first[n] = (k, errs[k]), value
+        print(f"equivalence {n}: loss {value:.6f}, worst gradient rel error {errs[k]:.1e} ({k})", flush=True)
     del ref_grads
     for c in checked.values():
         for _ in range(steps):
@@ -120,8 +121,8 @@ def check_equivalence(contenders: dict, reference: str, *, steps: int = 3, loss_
     for n, (k, err) in worst.items():
         e0 = abs(first[n] - ref_loss) / abs(ref_loss)
         e3 = abs(after[n] - after[reference]) / abs(after[reference])
-        print(f"equivalence {n}: loss {first[n]:.6f} (rel {e0:.1e}), worst gradient rel error {err:.1e} ({k}), "
-              f"loss after {steps} steps {after[n]:.6f} (rel {e3:.1e})", flush=True)
+        print(f"equivalence {n}: initial loss rel {e0:.1e}, loss after {steps} steps {after[n]:.6f} (rel {e3:.1e})",
+              flush=True)
         if e0 > loss_rtol or e3 > loss_rtol or err > grad_rtol:
             raise SystemExit(f"equivalence: {n} differs from {reference}: initial loss rel {e0:.1e}, gradient "
                              f"{k} rel {err:.1e}, loss after {steps} steps rel {e3:.1e} (limits {loss_rtol:g}, "
