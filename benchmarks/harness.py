@@ -9,6 +9,7 @@ round, so drifts in machine load hit all of them alike; each call is timed with
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -53,8 +54,8 @@ class Contender:
     """One training step to time (``contender()``), and ``value_and_grads()``: the loss and the
     gradients at the contender's current weights, for ``check_equivalence``."""
 
-    def __init__(self, run: Callable[[], Any], value_and_grads: Callable[[], tuple]):
-        self.run, self.value_and_grads = run, value_and_grads
+    def __init__(self, run: Callable[[], Any], value_and_grads: Callable[[], tuple], comparable: bool = False):
+        self.run, self.value_and_grads, self.comparable = run, value_and_grads, comparable
 
     def __call__(self):
         return self.run()
@@ -65,7 +66,7 @@ class Contender:
             value, grads = self.value_and_grads()
             return float(value), {k: np.asarray(v) for k, v in names(grads).items()}
 
-        return Contender(self.run, value_and_grads)
+        return Contender(self.run, value_and_grads, comparable=True)
 
 
 def path_names(tree: Any, rename: Callable[[str], str] = lambda name: name) -> dict:
@@ -96,9 +97,9 @@ def check_equivalence(contenders: dict, reference: str, *, steps: int = 3, loss_
     by name (``relative_error``, the worst reported), and the loss after ``steps`` optimizer
     steps of each. Prints one line per contender and returns a one-line summary; on a mismatch
     (a missing name, a loss beyond ``loss_rtol``, a gradient beyond ``grad_rtol``) exits with
-    a one-line error. Contenders without ``value_and_grads`` are skipped.
+    a one-line error. Only contenders whose gradients are named (``Contender.named``) are checked.
     """
-    checked = {n: c for n, c in contenders.items() if isinstance(c, Contender)}
+    checked = {n: c for n, c in contenders.items() if isinstance(c, Contender) and c.comparable}
     if reference not in checked:
         return ""
     ref_loss, ref_grads = checked[reference].value_and_grads()
@@ -244,7 +245,8 @@ def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None, p
     """A contender running one AdamW step (``adamw``) of ``loss`` (default softmax cross-entropy)
     on a funcnn ``model`` with inputs ``x`` `(B, ...)` and targets ``y`` `(B, ...)`, with the hand-written backward (``mode="manual"``) or autodiff:
     the training step of ``fit`` (``funcnn.training.make_step``), jitted (the guard's
-    flags, unused, are compiled away). ``params``: the initial params (default: ``model.init`` with key 0).
+    flags, unused, are compiled away), the carry donated. ``params``: the initial params (default:
+    ``model.init`` with key 0; copied).
     ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over
     ``"data"`` (``funcnn.training.distributed``), every step run under the mesh.
     Without a mesh the contender is a ``Contender`` whose ``value_and_grads`` gives the
@@ -256,10 +258,11 @@ def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None, p
     state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))[1]
     if params is None:
         params = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))[0]
+    params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates them
     tx = adamw()
     train_step = fn.train.make_step(model, loss, tx, grad=mode)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(carry, x, y):
         return train_step(carry, (x, y, None))[0]
 
@@ -285,12 +288,13 @@ def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None, p
 
 
 def jax_stepper(loss: Callable, params: Any, x: Any, y: Any) -> Callable[[], Any]:
-    """A contender running one AdamW step (``adamw``) of ``loss(params, x, y)`` under ``jax.grad``;
-    its ``value_and_grads`` gives ``jax.value_and_grad(loss)`` at the current params."""
+    """A contender running one AdamW step (``adamw``) of ``loss(params, x, y)`` under ``jax.grad``,
+    the carry donated; its ``value_and_grads`` gives ``jax.value_and_grad(loss)`` at the current params."""
     tx = adamw()
     x, y = jnp.asarray(x), jnp.asarray(y)
+    params = jax.tree_util.tree_map(jnp.copy, params)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(carry, x, y):
         params, opt = carry
         u, opt = tx.update(jax.grad(loss)(params, x, y), opt, params)
@@ -365,21 +369,23 @@ def flax_stepper(model: Any, x: Any, y: Any, leaf: Callable) -> Callable[[], Any
 
 def equinox_stepper(model: Any, x: Any, y: Any) -> Callable[[], Any]:
     """A contender running one AdamW step (``adamw``) of softmax cross-entropy on an Equinox
-    ``model`` of one example, ``jax.vmap``-ed over the batch; its ``value_and_grads`` gives
+    ``model`` of one example, ``jax.vmap``-ed over the batch, the carry donated; its ``value_and_grads`` gives
     ``eqx.filter_value_and_grad`` at the current model."""
     import equinox as eqx
 
     tx = adamw()
+    model = jax.tree_util.tree_map(lambda a: jnp.copy(a) if eqx.is_array(a) else a, model)
 
     def loss(m, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
 
-    @eqx.filter_jit
-    def step(carry, x, y):
-        model, opt = carry
+    @functools.partial(eqx.filter_jit, donate="all-except-first")
+    def step(batch, carry):
+        (x, y), (model, opt) = batch, carry
         u, opt = tx.update(eqx.filter_grad(loss)(model, x, y), opt, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, u), opt
 
-    run = stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), x, y)
+    run = stepper(lambda carry, batch: step(batch, carry), (model, tx.init(eqx.filter(model, eqx.is_array))),
+                  (x, y))
     value_and_grads = eqx.filter_jit(eqx.filter_value_and_grad(loss))
     return Contender(run, lambda: value_and_grads(run.carry()[0], x, y))
