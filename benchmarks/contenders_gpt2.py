@@ -34,7 +34,8 @@ NOTES = (
     f"{STEPS} steps; the figure is the growth of the process's peak resident set (`VmHWM`) from "
     "after the imports, so it counts the weights read, the contender's own copies, gradients, "
     "optimizer state and activations, and also what compiling took (XLA for the JAX contenders, "
-    "inductor for `torch.compile`)."
+    "inductor for `torch.compile`). funcnn's softmax cross-entropy takes the exponentials of the "
+    "50257 logits per token once per step: its value and gradient share `funcnn.losses.shifted_exp`."
 )
 
 
