@@ -372,7 +372,7 @@ def torch_step(sd, cfg=SMALL, threads=None, compile=False):
         return torch.nn.functional.cross_entropy(logits.view(-1, vocab), y.view(-1))
 
     forward = torch.compile(model) if compile else None
-    return torch_stepper(model, loss_fn, torch_adamw(model), x, y, threads=threads, forward=forward)
+    return torch_stepper(model, loss_fn, torch_adamw(model), x, y, threads=threads, forward=forward).named(dict)
 
 
 def contenders(cfg=SMALL, only=None, single_thread=True, params=None):
