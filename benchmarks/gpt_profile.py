@@ -56,7 +56,8 @@ def _layer_parts(name, layer, x, count):
     dy = jax.tree_util.tree_map(jnp.ones_like, y)
     fwd = jax.jit(lambda p, x: layer.forward(p, state, x)[0])
     bwd = jax.jit(layer.backward)
-    return {f"{name} forward": (lambda: fwd(params, x), count), f"{name} backward": (lambda: bwd(params, cache, dy), count)}
+    return {f"{name} forward": (lambda: fwd(params, x), count),
+            f"{name} backward": (lambda: bwd(params, cache, dy), count)}
 
 
 def parts():
