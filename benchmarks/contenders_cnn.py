@@ -1,5 +1,5 @@
 """conv(32, 3x3, SAME)-ReLU-maxpool 2-conv(64, 3x3, SAME)-ReLU-maxpool 2-dense(10) on 28x28x1,
-batch 64, Adam(1e-3), softmax cross-entropy.
+batch 64, AdamW, softmax cross-entropy.
 
 funcnn picks its convolution per backend and layer (``impl=None``): on CPU im2col + GEMM
 for the 1-channel first layer and XLA's convolution for the second; on GPU/TPU XLA's
@@ -23,9 +23,9 @@ from funcnn.layers.conv import Conv2D
 from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
-from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_adamw, torch_stepper
 
-TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, Adam"
+TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, AdamW"
 REFERENCE = "pytorch"
 BATCH, SIDE = 64, 28
 NOTES = ("funcnn manual/autodiff measure the convolution per layer shape when first traced "
@@ -110,7 +110,7 @@ def torch_step(threads=None):
         torch.nn.Conv2d(32, 64, 3, padding="same"), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
     x, y = data()
-    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch_adamw(model),
                          torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long(), threads)
 
 

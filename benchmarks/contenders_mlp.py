@@ -1,4 +1,4 @@
-"""784-512-512-10 ReLU MLP, batch 128, Adam(1e-3), softmax cross-entropy."""
+"""784-512-512-10 ReLU MLP, batch 128, AdamW, softmax cross-entropy."""
 from __future__ import annotations
 
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import optax
 
 import funcnn as fn
-from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_stepper
+from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_adamw, torch_stepper
 
-TITLE = "MLP 784-512-512-10 ReLU, batch 128, Adam"
+TITLE = "MLP 784-512-512-10 ReLU, batch 128, AdamW"
 REFERENCE = "pytorch"
 SIZES = (784, 512, 512, 10)
 BATCH = 128
@@ -71,7 +71,7 @@ def torch_step(threads=None):
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
                                 torch.nn.ReLU(), torch.nn.Linear(512, 10))
     x, y = data()
-    return torch_stepper(model, torch.nn.functional.cross_entropy, torch.optim.Adam(model.parameters(), 1e-3),
+    return torch_stepper(model, torch.nn.functional.cross_entropy, torch_adamw(model),
                          torch.from_numpy(x), torch.from_numpy(y).long(), threads)
 
 

@@ -9,6 +9,7 @@ round, so drifts in machine load hit all of them alike; each call is timed with
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,121 @@ import optax
 
 from funcnn.core.autotune import time_rounds
 from funcnn.core.machine import machine, versions_line as versions
+
+
+# The one optimizer of every contender: AdamW, decoupled weight decay on the tensors of rank >= 2
+# (weights and embeddings; no bias or norm parameter), nanoGPT's rule.
+LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.999), 1e-8, 0.1
+
+
+def decays(leaf: Any) -> bool:
+    """Whether AdamW decays this tensor: rank 2 or more (``funcnn.models.decays_matrices``)."""
+    return np.ndim(leaf) >= 2
+
+
+def adamw() -> optax.GradientTransformation:
+    """optax's AdamW with ``LR, BETAS, EPS, WEIGHT_DECAY``, decay masked by ``decays``."""
+    return optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY,
+                       mask=lambda params: jax.tree_util.tree_map(decays, params))
+
+
+def torch_adamw(model: Any) -> Any:
+    """``torch.optim.AdamW`` with the same settings and decay rule as ``adamw``, ``fused=True``
+    (the fused kernel runs on CPU in torch 2.13)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
+
+
+class Contender:
+    """One training step to time (``contender()``), and ``value_and_grads()``: the loss and the
+    gradients at the contender's current weights, for ``check_equivalence``."""
+
+    def __init__(self, run: Callable[[], Any], value_and_grads: Callable[[], tuple], comparable: bool = False):
+        self.run, self.value_and_grads, self.comparable = run, value_and_grads, comparable
+
+    def __call__(self):
+        return self.run()
+
+    def named(self, names: Callable[[Any], dict]) -> "Contender":
+        """The same contender, its gradients given as ``names(grads)``: a dict name -> array."""
+        def value_and_grads():
+            value, grads = self.value_and_grads()
+            return float(value), {k: np.asarray(v) for k, v in names(grads).items()}
+
+        return Contender(self.run, value_and_grads, comparable=True)
+
+
+def path_names(tree: Any, rename: Callable[[str], str] = lambda name: name) -> dict:
+    """The array leaves of a pytree (a dict, an ``nnx.State``, an ``eqx.Module``) as
+    ``{rename("a.0.b"): leaf}``, the name joined from the leaf's key path."""
+    return {rename(key_path_name(path)): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(leaf, "shape")}
+
+
+def key_path_name(path: tuple) -> str:
+    """A pytree key path as a dotted name: dict keys, attribute names and list indices
+    (an ``nnx.Variable``'s ``value`` left out)."""
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+    return ".".join(str(k) for k in keys if k != "value")
+
+
+def relative_error(a: Any, b: Any, floor: float = 1e-6) -> float:
+    """max |a - b| / max(max |b|, floor): an error relative to the tensor's magnitude."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), floor)) if b.size else 0.0
+
+
+def check_equivalence(contenders: dict, reference: str, *, steps: int = 3, loss_rtol: float = 1e-4,
+                      grad_rtol: float = 1e-4) -> str:
+    """Prove every ``Contender`` computes ``reference``'s training step before any is timed.
+
+    Compares, against ``reference``: the initial loss (relative error), every gradient tensor
+    by name (``relative_error``, the worst reported), and the loss after ``steps`` optimizer
+    steps of each. Prints one line per contender and returns a one-line summary; on a mismatch
+    (a missing name, a loss beyond ``loss_rtol``, a gradient beyond ``grad_rtol``) exits with
+    a one-line error. Only contenders whose gradients are named (``Contender.named``) are checked.
+    The limits sit well above float32's disagreement between correct contenders (gradients
+    ~3e-6, losses ~1e-7 at the start and ~1e-5 after the steps) and below a small change of
+    architecture: nanoGPT in PyTorch with tanh GELU against funcnn's exact GELU differs by
+    1.5e-4 in one gradient tensor and is stopped.
+    """
+    checked = {n: c for n, c in contenders.items() if isinstance(c, Contender) and c.comparable}
+    if reference not in checked:
+        return ""
+    ref_loss, ref_grads = checked[reference].value_and_grads()
+    worst, first = {}, {}
+    for n, c in checked.items():  # one contender's gradients at a time: GPT-2's are 0.5 GB each
+        value, grads = (ref_loss, ref_grads) if n == reference else c.value_and_grads()
+        if set(grads) != set(ref_grads):
+            raise SystemExit(f"equivalence: {n}'s gradients are named {sorted(set(grads) ^ set(ref_grads))} "
+                             f"unlike {reference}'s")
+        errs = {k: relative_error(grads[k], ref_grads[k]) for k in ref_grads}
+        del grads
+        k = max(errs, key=errs.get)
+        worst[n], first[n] = (k, errs[k]), value
+        print(f"equivalence {n}: loss {value:.6f}, worst gradient rel error {errs[k]:.1e} ({k})", flush=True)
+    del ref_grads
+    for c in checked.values():
+        for _ in range(steps):
+            _block(c())
+    after = {n: c.value_and_grads()[0] for n, c in checked.items()}
+    for n, (k, err) in worst.items():
+        e0 = abs(first[n] - ref_loss) / abs(ref_loss)
+        e3 = abs(after[n] - after[reference]) / abs(after[reference])
+        print(f"equivalence {n}: initial loss rel {e0:.1e}, loss after {steps} steps {after[n]:.6f} (rel {e3:.1e})",
+              flush=True)
+        if e0 > loss_rtol or e3 > loss_rtol or err > grad_rtol:
+            raise SystemExit(f"equivalence: {n} differs from {reference}: initial loss rel {e0:.1e}, gradient "
+                             f"{k} rel {err:.1e}, loss after {steps} steps rel {e3:.1e} (limits {loss_rtol:g}, "
+                             f"{grad_rtol:g})")
+    return (f"Before timing, every contender started from {reference}'s weights: initial losses agree to "
+            f"{loss_rtol:g} relative, every gradient tensor to {grad_rtol:g} of its largest entry (worst: "
+            + ", ".join(f"{n} {e:.0e}" for n, (_, e) in worst.items() if n != reference)
+            + f"), and the losses after {steps} AdamW steps to {loss_rtol:g}.")
 
 
 def _block(out):
@@ -124,30 +240,47 @@ def stepper(step: Callable, carry: Any, *args: Any) -> Callable[[], Any]:
         box[0] = step(box[0], *args)
         return box[0]
 
+    run.carry = lambda: box[0]
     return run
 
 
-def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None,
+def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None, params: Any = None,
                    mesh: jax.sharding.Mesh | None = None) -> Callable[[], Any]:
-    """A contender running one Adam(1e-3) step of ``loss`` (default softmax cross-entropy)
+    """A contender running one AdamW step (``adamw``) of ``loss`` (default softmax cross-entropy)
     on a funcnn ``model`` with inputs ``x`` `(B, ...)` and targets ``y`` `(B, ...)`, with the hand-written backward (``mode="manual"``) or autodiff:
     the training step of ``fit`` (``funcnn.training.make_step``), jitted (the guard's
-    flags, unused, are compiled away). ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over
-    ``"data"`` (``funcnn.training.distributed``), every step run under the mesh."""
+    flags, unused, are compiled away), the carry donated. ``params``: the initial params (default:
+    ``model.init`` with key 0; copied).
+    ``mesh``: data parallel, the carry replicated and ``(x, y)`` sharded over
+    ``"data"`` (``funcnn.training.distributed``), every step run under the mesh.
+    Without a mesh the contender is a ``Contender`` whose ``value_and_grads`` gives the
+    loss and the gradients at its current params (``names`` maps a params tree to named arrays)."""
     import funcnn as fn
     from funcnn.training import distributed
 
-    params, state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))
-    tx = optax.adam(1e-3)
-    train_step = fn.train.make_step(model, loss or fn.losses.softmax_cross_entropy, tx, grad=mode)
+    loss = loss or fn.losses.softmax_cross_entropy
+    state = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))[1]
+    if params is None:
+        params = model.init(jax.random.key(0), tuple(np.shape(x)[1:]))[0]
+    params = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates them
+    tx = adamw()
+    train_step = fn.train.make_step(model, loss, tx, grad=mode)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(carry, x, y):
         return train_step(carry, (x, y, None))[0]
 
     carry, batch = (params, state, tx.init(params)), (jnp.asarray(x), jnp.asarray(y))
     if mesh is None:
-        return stepper(step, carry, *batch)
+        run = stepper(step, carry, *batch)
+        grad_fn = jax.jit(fn.gradients.value_and_grad(model, loss, mode=mode))
+
+        def value_and_grads():
+            params, state, _ = run.carry()
+            value, grads, _ = grad_fn(params, state, *batch)
+            return value, grads
+
+        return Contender(run, value_and_grads)
     with jax.set_mesh(mesh):
         run = stepper(step, distributed.replicate(carry, mesh), *distributed.shard_batch(batch, mesh))
 
@@ -159,33 +292,50 @@ def funcnn_stepper(model: Any, x: Any, y: Any, mode: str, *, loss: Any = None,
 
 
 def jax_stepper(loss: Callable, params: Any, x: Any, y: Any) -> Callable[[], Any]:
-    """A contender running one Adam(1e-3) step of ``loss(params, x, y)`` under ``jax.grad``."""
-    tx = optax.adam(1e-3)
+    """A contender running one AdamW step (``adamw``) of ``loss(params, x, y)`` under ``jax.grad``,
+    the carry donated; its ``value_and_grads`` gives ``jax.value_and_grad(loss)`` at the current params."""
+    tx = adamw()
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    params = jax.tree_util.tree_map(jnp.copy, params)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(carry, x, y):
         params, opt = carry
         u, opt = tx.update(jax.grad(loss)(params, x, y), opt, params)
         return optax.apply_updates(params, u), opt
 
-    return stepper(step, (params, tx.init(params)), jnp.asarray(x), jnp.asarray(y))
+    run = stepper(step, (params, tx.init(params)), x, y)
+    grad_fn = jax.jit(jax.value_and_grad(loss))
+    return Contender(run, lambda: grad_fn(run.carry()[0], x, y))
 
 
 def torch_stepper(model: Any, loss_fn: Callable, optimizer: Any, x: Any, y: Any,
-                  threads: int | None = None) -> Callable[[], None]:
+                  threads: int | None = None, forward: Callable | None = None) -> Callable[[], None]:
     """A contender running one PyTorch training step (zero_grad, forward, backward, step);
-    with ``threads`` set, on that many intra-op threads (default: torch's, one per core)."""
+    with ``threads`` set, on that many intra-op threads (default: torch's, one per core).
+    ``forward``: what runs the model (default ``model``; e.g. ``torch.compile(model)``).
+    Its ``value_and_grads`` gives the loss and ``{name: grad}`` of ``model.named_parameters()``."""
     import torch
+
+    forward = model if forward is None else forward
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(x), y)
         loss.backward()
         optimizer.step()
         return None
 
+    def value_and_grads():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(forward(x), y)
+        loss.backward()
+        grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach()), grads
+
     if threads is None:
-        return run
+        return Contender(run, value_and_grads)
 
     def run_with_threads():
         default = torch.get_num_threads()
@@ -195,45 +345,51 @@ def torch_stepper(model: Any, loss_fn: Callable, optimizer: Any, x: Any, y: Any,
         finally:
             torch.set_num_threads(default)
 
-    return run_with_threads
+    return Contender(run_with_threads, value_and_grads)
 
 
 def flax_stepper(model: Any, x: Any, y: Any, leaf: Callable) -> Callable[[], Any]:
-    """A contender running one Flax NNX Adam(1e-3) step of softmax cross-entropy on ``model``;
-    ``leaf(model)`` is an array of the step's output to block on."""
+    """A contender running one Flax NNX AdamW step (``adamw``) of softmax cross-entropy on ``model``;
+    ``leaf(model)`` is an array of the step's output to block on. Its ``value_and_grads`` gives
+    the loss and the ``nnx.Param`` state's gradient."""
     from flax import nnx
 
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, adamw(), wrt=nnx.Param)
+
+    def loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
 
     @nnx.jit
     def step(model, opt, x, y):
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-
         opt.update(model, nnx.grad(loss)(model))
 
     def run():
         step(model, opt, x, y)
         return leaf(model)
 
-    return run
+    value_and_grads = nnx.jit(lambda m: nnx.value_and_grad(loss)(m))
+    return Contender(run, lambda: value_and_grads(model))
 
 
 def equinox_stepper(model: Any, x: Any, y: Any) -> Callable[[], Any]:
-    """A contender running one Adam(1e-3) step of softmax cross-entropy on an Equinox
-    ``model`` of one example, ``jax.vmap``-ed over the batch."""
+    """A contender running one AdamW step (``adamw``) of softmax cross-entropy on an Equinox
+    ``model`` of one example, ``jax.vmap``-ed over the batch, the carry donated; its ``value_and_grads`` gives
+    ``eqx.filter_value_and_grad`` at the current model."""
     import equinox as eqx
 
-    tx = optax.adam(1e-3)
+    tx = adamw()
+    model = jax.tree_util.tree_map(lambda a: jnp.copy(a) if eqx.is_array(a) else a, model)
 
-    @eqx.filter_jit
-    def step(carry, x, y):
-        model, opt = carry
+    def loss(m, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
 
-        def loss(m):
-            return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
-
-        u, opt = tx.update(eqx.filter_grad(loss)(model), opt, eqx.filter(model, eqx.is_array))
+    @functools.partial(eqx.filter_jit, donate="all-except-first")
+    def step(batch, carry):
+        (x, y), (model, opt) = batch, carry
+        u, opt = tx.update(eqx.filter_grad(loss)(model, x, y), opt, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, u), opt
 
-    return stepper(step, (model, tx.init(eqx.filter(model, eqx.is_array))), x, y)
+    run = stepper(lambda carry, batch: step(batch, carry), (model, tx.init(eqx.filter(model, eqx.is_array))),
+                  (x, y))
+    value_and_grads = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+    return Contender(run, lambda: value_and_grads(run.carry()[0], x, y))

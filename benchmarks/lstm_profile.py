@@ -3,7 +3,7 @@
     python benchmarks/lstm_profile.py [--rounds 30] [--runs 3]
 
 The step of ``benchmarks/contenders_lstm.py`` (LSTM(128), T = 40, batch 64, 1 feature,
-last h -> Dense(10), Adam) is cut into its parts, each compiled on its own and timed in
+last h -> Dense(10), AdamW) is cut into its parts, each compiled on its own and timed in
 the same interleaved rounds as the whole step:
 
 * the layer's forward (input product + forward scan) and backward (reverse scan +

@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py [--rounds 10] [--runs 3] [--models mlp,cnn,lstm,gpt] [--quick]
 
-One training step (forward, manual or autodiff backward, Adam update) of the MLP, the
+One training step (forward, manual or autodiff backward, AdamW update) of the MLP, the
 CNN, the LSTM and a small GPT (2 layers x 4 heads, width 64, context 32, next-character
 cross-entropy over a 103-character vocabulary, as on pydoc; an example is a window of 32
 characters), with the batch sharded over a mesh ``("data",)`` of D devices and

@@ -5,14 +5,17 @@
 ``--runs N`` repeats the whole measurement in N separate processes (each compiling and
 autotuning afresh) and tabulates every run's medians and ratios side by side.
 
-Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``; each defined in
-``benchmarks/contenders_<model>.py`` with a ``contenders()`` dict and a ``TITLE``.
-All contenders use Adam and softmax cross-entropy on the same random data.
+Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``, ``gpt2`` (GPT-2 small,
+with tokens/s and peak memory); each defined in ``benchmarks/contenders_<model>.py`` with a
+``contenders()`` dict and a ``TITLE``. All contenders use the same AdamW (``harness.adamw``) and
+softmax cross-entropy on the same random data. Where the contenders can report their gradients
+(GPT, GPT-2, LSTM), ``harness.check_equivalence`` proves them equal to funcnn's before timing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import subprocess
 import sys
@@ -21,9 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import table, table_runs, time_interleaved, write_section  # noqa: E402
+import numpy as np  # noqa: E402
 
-MODELS = ("mlp", "cnn", "lstm", "gpt")
+from harness import check_equivalence, table, table_runs, time_interleaved, write_section  # noqa: E402
+
+MODELS = ("mlp", "cnn", "lstm", "gpt", "gpt2")
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "train_step.md")
 
 
@@ -39,21 +44,38 @@ def main(argv=None):
     if args.runs > 1:
         return repeat(args)
     mod = importlib.import_module(f"contenders_{args.model}")
-    contenders = mod.contenders()
-    if args.only:
-        contenders = {k: v for k, v in contenders.items() if k in args.only.split(",")}
+    only = args.only.split(",") if args.only else None
+    contenders = mod.contenders(only=only) if "only" in inspect.signature(mod.contenders).parameters \
+        else mod.contenders()
+    if only:
+        contenders = {k: v for k, v in contenders.items() if k in only}
+    equivalence = check_equivalence(contenders, "funcnn manual")
     times = time_interleaved(contenders, rounds=args.rounds)
     if args.json:
-        Path(args.json).write_text(json.dumps(times))
+        Path(args.json).write_text(json.dumps({"times": times, "equivalence": equivalence}))
         return
     command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds}"
     import jax
 
     key = f"{args.model}-{jax.devices()[0].platform}"
     text = table(times, mod.REFERENCE if mod.REFERENCE in times else next(iter(times)),
-                 f"{mod.TITLE} ({jax.devices()[0].platform})", command, getattr(mod, "NOTES", ""))
+                 f"{mod.TITLE} ({jax.devices()[0].platform})", command, notes(mod, [times], [equivalence]))
     print(text)
     write_section(args.out, key, text)
+
+
+def notes(mod, runs, equivalence):
+    """The table's notes: the module's ``NOTES``, the equivalence check of the first run, and
+    for a module with ``TOKENS`` (tokens per step) and ``peak_memory``, tokens/s and peak memory."""
+    parts = [getattr(mod, "NOTES", "")] + [e for e in equivalence[:1] if e]
+    if hasattr(mod, "TOKENS"):
+        names = sorted(runs[0], key=lambda n: np.mean([np.median(r[n]) for r in runs]))
+        memory = mod.peak_memory(names) if hasattr(mod, "peak_memory") else {}
+        rows = ["| contender | tokens/s (mean of the runs' medians) | " + mod.MEMORY_HEADER + " |", "|---|---:|---:|"]
+        rows += [f"| {n} | {np.mean([mod.TOKENS / np.median(r[n]) for r in runs]):.0f} | {memory.get(n, '')} |"
+                 for n in names]
+        parts.append("\n".join(rows))
+    return "\n\n".join(p for p in parts if p)
 
 
 def repeat(args):
@@ -68,11 +90,13 @@ def repeat(args):
             cmd = [sys.executable, __file__, args.model, "--rounds", str(args.rounds), "--json", str(out)]
             subprocess.run(cmd + (["--only", args.only] if args.only else []), check=True)
             runs.append(json.loads(out.read_text()))
+    equivalence = [r["equivalence"] for r in runs]
+    runs = [r["times"] for r in runs]
     command = f"python benchmarks/train_step.py {args.model} --rounds {args.rounds} --runs {args.runs}" + (
         f' --only "{args.only}"' if args.only else "") + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")
     platform = jax.devices()[0].platform
     reference = mod.REFERENCE if mod.REFERENCE in runs[0] else next(iter(runs[0]))
-    text = table_runs(runs, reference, f"{mod.TITLE} ({platform})", command, getattr(mod, "NOTES", ""))
+    text = table_runs(runs, reference, f"{mod.TITLE} ({platform})", command, notes(mod, runs, equivalence))
     print(text)
     write_section(args.out, f"{args.model}-{platform}", text)
 

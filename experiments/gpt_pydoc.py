@@ -7,8 +7,9 @@ same order, with Adam (same learning rate, betas and epsilon):
 
 * funcnn with the hand-written backward of every layer (``grad="manual"``);
 * funcnn with ``jax.grad`` of the same forward (``grad="autodiff"``);
-* the same architecture in PyTorch (``nn.MultiheadAttention``, ``nn.LayerNorm``,
-  exact ``gelu``) with funcnn's initial weights copied in (``benchmarks/contenders_gpt.py``),
+* the same architecture in PyTorch (nanoGPT's modules: fused qkv ``nn.Linear``,
+  ``F.scaled_dot_product_attention``, exact ``gelu``, funcnn's untied head with its bias) with
+  funcnn's initial weights copied in by nanoGPT's names (``benchmarks/contenders_gpt.py``),
   on one intra-op thread (its default two threads were ~10x slower on the two shared cores).
 
 Data: ``funcnn.data.text.load_pydoc(seed=0)`` (contiguous 4096-character blocks, 10% of them
@@ -39,7 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import _common  # noqa: E402
-from contenders_gpt import torch_gpt, torch_state_dict  # noqa: E402
+from contenders_gpt import torch_gpt, torch_weights  # noqa: E402
 
 from funcnn import models  # noqa: E402
 from funcnn.data import text
@@ -55,8 +56,9 @@ def train_torch(config, weights, corpus, *, steps, batch_size, eval_every, val_x
     import torch
 
     torch.set_num_threads(1)  # two threads on two shared cores were ~10x slower (measured under load)
-    model = torch_gpt(corpus.vocab_size, config["context"], config["layers"], config["heads"], config["width"])
-    model.load_state_dict(torch_state_dict(weights))
+    model = torch_gpt(corpus.vocab_size, config["context"], config["layers"], config["heads"], config["width"],
+                      tied=False, head_bias=True)
+    model.load_state_dict(torch_weights(weights))
     opt = torch.optim.Adam(model.parameters(), LR)
     ce = torch.nn.functional.cross_entropy
     vx, vy = torch.from_numpy(val_x).long(), torch.from_numpy(val_y).long()
@@ -109,7 +111,7 @@ def main(argv=None):
         print(f"funcnn {grad}: validation {results[grad].history['val_loss'][-1]:.4f} nats/char "
               f"({runs[f'funcnn {grad}'][1]:.0f} s)", flush=True)
     t0 = time.perf_counter()
-    h = train_torch(config, models.gpt_weights(params), corpus, steps=steps, batch_size=batch,
+    h = train_torch(config, models.gpt_state_dict(params), corpus, steps=steps, batch_size=batch,
                     eval_every=eval_every, val_x=val_x, val_y=val_y, seed=seed)
     runs["pytorch"] = (h, time.perf_counter() - t0)
     print(f"pytorch: validation {h['val_loss'][-1]:.4f} nats/char ({runs['pytorch'][1]:.0f} s)", flush=True)

@@ -17,6 +17,8 @@ maximum likelihood:
   L = sum(w nll) / sum(w), and dL/dz = w (softmax(z) sum_c t_c - t) / sum(w), which for
   one-hot t is the fused gradient w (softmax - onehot) / sum(w). Positions with weight
   0 (padding) contribute nothing; if every weight is 0 the loss and gradient are 0.
+  The value and the gradient share their first operations (``shifted_exp``), so a step
+  that computes both under one ``jit`` takes the exponentials once.
 * ``multiclass_hinge`` (the multiclass SVM loss, margin 1, as torch's
   ``F.multi_margin_loss``) from scores z (..., C) and integer labels y (...):
   L = mean over positions of sum_{j != y} max(0, 1 - z_y + z_j) / C. With
@@ -161,10 +163,30 @@ def _sce_validate(pred_shape, target, weights=None):
         _weights("softmax_cross_entropy", pred_shape, weights, jnp.float32)
 
 
+def shifted_exp(logits):
+    r"""The shared first half of the softmax and the log-sum-exp over the last axis.
+
+    **Arguments:** `logits` `(..., C)`.
+
+    **Returns:** `(m, e, s)`: the row maxima $m$ `(..., 1)` (0 where not finite, held
+    constant for autodiff), $e = e^{z - m}$ `(..., C)` and $s = \sum_c e_c$ `(..., 1)`; then
+    $\mathrm{logsumexp}(z) = m + \log s$ and $\mathrm{softmax}(z) = e / s$.
+
+    The value and the gradient of ``softmax_cross_entropy`` both start with these same
+    operations on the same logits, so inside one ``jit`` (the training step) XLA computes
+    them once: the exponentials of a large vocabulary are taken once per step, not twice.
+    """
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+    e = jnp.exp(logits - m)
+    return m, e, jnp.sum(e, axis=-1, keepdims=True)
+
+
 def _sce_value(logits, target, weights=None):
     labels = _labels_or_probabilities("softmax_cross_entropy", jnp.shape(logits), target)
     w, total = _weights("softmax_cross_entropy", jnp.shape(logits), weights, logits.dtype)
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    m, _, s = shifted_exp(logits)
+    lse = (m + jnp.log(s))[..., 0]
     if labels:
         nll = lse - jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
     else:
@@ -176,7 +198,8 @@ def _sce_value(logits, target, weights=None):
 def _sce_grad(logits, target, weights=None):
     labels = _labels_or_probabilities("softmax_cross_entropy", jnp.shape(logits), target)
     w, total = _weights("softmax_cross_entropy", jnp.shape(logits), weights, logits.dtype)
-    p = jax.nn.softmax(logits, axis=-1)
+    _, e, s = shifted_exp(logits)
+    p = e / s
     if labels:
         g = p - jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
     else:

@@ -75,7 +75,7 @@ def test_token_dense_backward_passes_the_checker():
 
 
 def test_gpt_forward_equals_the_plain_jax_reference_and_is_causal():
-    from contenders_gpt import jax_gpt_logits
+    from contenders_gpt import jax_gpt_logits, textbook_attention
 
     model = tiny(layers=2)
     with jax.enable_x64(True):
@@ -83,7 +83,8 @@ def test_gpt_forward_equals_the_plain_jax_reference_and_is_causal():
         apply = jax.jit(lambda w: model.apply(params, state, w)[0])
         x = ids(jax.random.key(1))
         y = apply(x)
-        assert_close(y, jax_gpt_logits(models.gpt_weights(params), x, heads=2), RTOL_F64)
+        named = {k: jnp.asarray(v) for k, v in models.gpt_state_dict(params).items()}
+        assert_close(y, jax_gpt_logits(named, x, heads=2, attention=textbook_attention), RTOL_F64)
         changed = x.at[:, 5:].set((x[:, 5:] + 1) % VOCAB)  # change positions t >= 5 only
         y_changed = apply(changed)
     y, y_changed = np.asarray(y), np.asarray(y_changed)
@@ -93,15 +94,15 @@ def test_gpt_forward_equals_the_plain_jax_reference_and_is_causal():
 
 def test_gpt_forward_equals_pytorch_in_float64():
     torch = pytest.importorskip("torch")
-    from contenders_gpt import torch_gpt, torch_state_dict
+    from contenders_gpt import torch_gpt, torch_weights
 
     model = tiny(layers=2)
     with jax.enable_x64(True):
         params, state = random_params(model, jax.random.key(0), jnp.float64)
         x = ids(jax.random.key(1), t=CONTEXT - 2)  # shorter than the context: positions 0..T-1
         ours = model.apply(params, state, x)[0]
-    ref = torch_gpt(VOCAB, CONTEXT, 2, 2, 16).double()
-    ref.load_state_dict(torch_state_dict(models.gpt_weights(params)))
+    ref = torch_gpt(VOCAB, CONTEXT, 2, 2, 16, tied=False, head_bias=True).double()
+    ref.load_state_dict(torch_weights(models.gpt_state_dict(params)))
     with torch.no_grad():
         theirs = ref(torch.from_numpy(np.array(x)).long()).numpy()
     assert_close(ours, theirs, RTOL_F64)

@@ -1,0 +1,148 @@
+"""Where the GPT training step's time goes: funcnn's manual step cut into its pieces.
+
+    python benchmarks/gpt_profile.py [--rounds 20] [--out benchmarks/results/gpt_profile.md]
+
+The model and batch of ``benchmarks/contenders_gpt.py`` (4 blocks, 4 heads, width 128,
+context 64, vocab 103, tied head, batch 32, AdamW). Each piece runs alone, compiled on its
+own at the shape it has in the model, in the same interleaved rounds as the whole step:
+
+* the whole step (manual and autodiff), the model's forward, its backward (from the
+  forward's cache and the loss gradient), the loss value, the loss gradient, and the AdamW
+  update over the gradients;
+* one instance of every layer, forward and backward (the backward from a stored cache):
+  the attention (and its core, softmax(QK^T)V, without the projections), LayerNorm, the
+  MLP's two token-dense products, GELU, the tied readout, the embeddings; ``x n`` is how
+  many such pieces one step runs, and "x n share" their estimated part of the step;
+* the Embedding's host-side id check (``_check_ids`` on concrete ids): it runs only where
+  ids are concrete (outside ``jit``), never inside the compiled step.
+
+Pieces compiled apart are not the step: XLA fuses across pieces in the whole step, so the
+shares are estimates that need not add up to one.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contenders_gpt as C  # noqa: E402
+from harness import adamw, load, time_interleaved, write_section  # noqa: E402
+
+import funcnn as fn  # noqa: E402
+from funcnn.core.machine import machine, versions_line as versions  # noqa: E402
+from funcnn.layers import attention as A  # noqa: E402
+from funcnn.layers.embedding import Embedding, TiedReadout, _check_ids  # noqa: E402
+from funcnn.layers.gelu import GELU  # noqa: E402
+from funcnn.layers.layernorm import LayerNorm  # noqa: E402
+from funcnn.layers.positional import PositionalEmbedding  # noqa: E402
+from funcnn.models import token_dense  # noqa: E402
+
+CFG = C.SMALL
+B, T, D, V, L, H = CFG["batch"], CFG["time"], CFG["width"], CFG["vocab"], CFG["layers"], CFG["heads"]
+DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "gpt_profile.md")
+
+
+def _layer_parts(name, layer, x, count):
+    """Forward and backward of one ``layer`` at input ``x``, each jitted on its own."""
+    params, state = layer.init(jax.random.key(1), jax.tree_util.tree_map(lambda a: a.shape[1:], x))
+    y, _, cache = layer.forward(params, state, x)
+    dy = jax.tree_util.tree_map(jnp.ones_like, y)
+    fwd = jax.jit(lambda p, x: layer.forward(p, state, x)[0])
+    bwd = jax.jit(layer.backward)
+    return {f"{name} forward": (lambda: fwd(params, x), count),
+            f"{name} backward": (lambda: bwd(params, cache, dy), count)}
+
+
+def parts():
+    """{name: (zero-argument callable, how many such pieces one step runs)}."""
+    model = C.funcnn_model(CFG)
+    x, y = (jnp.asarray(a) for a in C.data(CFG))
+    params, state = model.init(jax.random.key(0), (T,))
+    loss = fn.losses.softmax_cross_entropy
+    tx = adamw()
+    opt = tx.init(params)
+    step = {mode: C.funcnn_step(mode, params, CFG) for mode in ("manual", "autodiff")}
+    logits, _, cache = jax.jit(lambda p, x: model.forward(p, state, x))(params, x)
+    dlogits = jax.jit(loss.grad)(logits, y)
+    grads = jax.jit(lambda p, c, d: model.backward(p, c, d)[0])(params, cache, dlogits)
+    fwd = jax.jit(lambda p, x: model.forward(p, state, x))
+    bwd = jax.jit(lambda p, c, d: model.backward(p, c, d)[0])
+    value, gradient = jax.jit(loss.value), jax.jit(loss.grad)
+    both = jax.jit(lambda z, t: (loss.value(z, t), loss.grad(z, t)))
+    update = jax.jit(lambda g, o, p: tx.update(g, o, p))
+    out = {
+        "training step (manual)": (step["manual"], 1),
+        "training step (autodiff)": (step["autodiff"], 1),
+        "model forward": (lambda: fwd(params, x), 1),
+        "model backward": (lambda: bwd(params, cache, dlogits), 1),
+        "loss value": (lambda: value(logits, y), 1),
+        "loss gradient": (lambda: gradient(logits, y), 1),
+        "loss value and gradient (as the step runs them)": (lambda: both(logits, y), 1),
+        "AdamW update": (lambda: update(grads, opt, params), 1),
+    }
+    h = jax.random.normal(jax.random.key(2), (B, T, D))
+    q, k, v = (jax.random.normal(jax.random.key(i), (B, H, T, D // H)) for i in (3, 4, 5))
+    o, lse = jax.jit(A.attention_forward, static_argnums=3)(q, k, v, True)
+    core_f = jax.jit(A.attention_forward, static_argnums=3)
+    core_b = jax.jit(A.attention_backward, static_argnums=6)
+    out["attention core forward (softmax(QK^T)V)"] = (lambda: core_f(q, k, v, True), L)
+    out["attention core backward"] = (lambda: core_b(o, q, k, v, o, lse, True), L)
+    out.update(_layer_parts("attention", A.MultiHeadAttention(H, causal=True), h, L))
+    out.update(_layer_parts("LayerNorm", LayerNorm(), h, 2 * L + 1))
+    out.update(_layer_parts(f"token dense {D}->{4 * D}", token_dense(4 * D), h, L))
+    out.update(_layer_parts("GELU", GELU(), jax.random.normal(jax.random.key(6), (B, T, 4 * D)), L))
+    out.update(_layer_parts(f"token dense {4 * D}->{D}", token_dense(D),
+                            jax.random.normal(jax.random.key(7), (B, T, 4 * D)), L))
+    out.update(_layer_parts("tied readout", TiedReadout(V), (h, jax.random.normal(jax.random.key(8), (V, D))), 1))
+    out.update(_layer_parts("token embedding", Embedding(V, D), x, 1))
+    out.update(_layer_parts("position embedding", PositionalEmbedding(CFG["context"], D), h, 1))
+    ids = np.asarray(x)
+    out["Embedding id check on concrete ids (host; not in the jitted step)"] = (
+        lambda: _check_ids(ids, V, "Embedding"), 0)
+    return out
+
+
+def report(times, counts, command):
+    med = {n: 1e3 * float(np.median(t)) for n, t in times.items()}
+    step = med["training step (manual)"]
+    lines = [
+        f"### GPT step profile: {C.TITLE} ({jax.devices()[0].platform})", "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
+        f"Reproduce: `{command}`. {len(next(iter(times.values())))} interleaved rounds; median ms of each "
+        "piece compiled alone; x n: such pieces per step; x n share: n x median / the manual step's median.", "",
+        "| piece | median ms | x n | x n share of step |",
+        "|---|---:|---:|---:|",
+    ]
+    for n, m in med.items():
+        lines.append(f"| {n} | {m:.3f} | {counts[n]} | {counts[n] * m / step:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--out", default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    pieces = parts()
+    times = time_interleaved({n: f for n, (f, _) in pieces.items()}, rounds=args.rounds)
+    command = "python benchmarks/gpt_profile.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
+    text = report(times, {n: c for n, (_, c) in pieces.items()}, command)
+    print(text)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    path = Path(args.out)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("# GPT training-step profile\n\nWritten by `benchmarks/gpt_profile.py`.\n")
+    write_section(path, f"gpt-profile-{jax.devices()[0].platform}", text)
+
+
+if __name__ == "__main__":
+    main()
