@@ -12,11 +12,12 @@ measurement:
 * ``check_layer`` of every built-in layer case of ``funcnn check`` (one process, in catalog
   order: the first case also pays for the checker's few shared programs);
 * ``check_model`` of the built-in GPT (the catalog's ``model:gpt``);
-* ``funcnn check`` with every case (wall time of the command).
+* ``funcnn check --quiet`` with every case (wall time of the command, its default ``--jobs``).
 
 Targets: the LayerNorm at or below ``check_grads``; every layer under 3 s; the GPT under
 10 s; ``funcnn check`` under 60 s. JAX's persistent compilation cache is off (a cold
-start, as a developer's first run). Writes ``benchmarks/results/check_speed.md``.
+start, as a developer's first run). Writes ``benchmarks/results/check_speed.md`` and the raw
+times to ``check_speed.json``; ``--only`` measures some rows again and keeps the others.
 
     python benchmarks/check_speed.py --runs 3
 """
@@ -148,7 +149,7 @@ def table(runs: dict, note: str) -> str:
     row("slowest built-in layer's `check_layer`", [max(r.values()) for r in runs.get("layers", [])],
         f"< {TARGETS['layer_s']:.0f}")
     row("`check_model` of the built-in GPT", runs.get("gpt"), f"< {TARGETS['gpt_s']:.0f}")
-    row("`funcnn check` (every case, wall time of the command)", runs.get("cli"), f"< {TARGETS['cli_s']:.0f}")
+    row("`funcnn check --quiet` (every case, default `--jobs 2`, wall time of the command)", runs.get("cli"), f"< {TARGETS['cli_s']:.0f}")
     if runs.get("layers"):
         lines += ["", "Every built-in layer's `check_layer` (one process, catalog order; the first case also "
                   "compiles the checker's shared programs):", "", "| case | seconds |", "|---|---:|"]
@@ -170,13 +171,16 @@ def main(argv=None) -> int:
     unknown = [m for m in only if m not in MEASUREMENTS]
     if unknown:
         p.error(f"--only: unknown measurement(s) {', '.join(unknown)}; known: {', '.join(MEASUREMENTS)}")
-    runs: dict = {}
+    raw = args.out.with_suffix(".json")
+    runs: dict = json.loads(raw.read_text()) if args.only and raw.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in only:  # the table is rewritten after every measurement
+        runs[name] = []
         for i in range(args.runs):
-            runs.setdefault(name, []).append(MEASUREMENTS[name]())
+            runs[name].append(MEASUREMENTS[name]())
             print(f"{name} {i + 1}/{args.runs}: " + (json.dumps(runs[name][-1]) if name != "layers" else "done"),
                   flush=True)
+            raw.write_text(json.dumps(runs, indent=1) + "\n")
             args.out.write_text(table(runs, args.note))
     print(table(runs, args.note))
     return 0

@@ -2,4 +2,5 @@ import sys
 
 from funcnn.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a worker process (funcnn check --jobs) imports the parent's main module
+    sys.exit(main())

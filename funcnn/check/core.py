@@ -203,15 +203,19 @@ def primal_only(forward: Callable[..., Any], *primals: Any) -> Callable[..., Any
     return f
 
 
-# ---- the check: one compiled program per call -------------------------------------
+# ---- the check: two compiled programs per call -----------------------------------
 #
-# Compiling is what a check costs (a 4-wide LayerNorm: ~50 small programs, 3.4 of its
-# 4.1 s), not arithmetic. So everything numeric -- the forward, the cotangent dy, the
-# hand-written backward, autodiff, and the finite-difference stencils of every sampled
-# element of every leaf -- is one jitted function, vmapped over the points (random and
-# initial parameters) and compiled once per call; only the comparison and the
-# diagnosis (cheap numpy) run outside it. The function depends on nothing but its
-# arguments, so it is cached by (forward, backward, shapes) and reused by later calls.
+# Compiling is what a check costs, not arithmetic (run op by op, a 4-wide LayerNorm
+# compiled ~50 small programs: 3.4 of its 4.1 s). So everything numeric is two jitted
+# functions, vmapped over the points (random and initial parameters) and compiled once
+# per call: the references (the forward, autodiff, and the finite-difference stencils of
+# every sampled element of every leaf) and the hand-written backward in every
+# formulation; only the comparison and the diagnosis (cheap numpy) run outside them. The
+# functions depend on nothing but their arguments, so they are cached by (forward,
+# backward, shapes) and reused by later calls; and JAX reuses a compiled program of the
+# same text, so after an edit of the backward alone only its program is compiled again.
+# Random draws come from ``funcnn.check.draws`` (no program per shape), the initial
+# parameters from one compiled ``init``.
 
 FD_BATCH = 256  # stencil directions evaluated side by side (vmap) per step of lax.map
 FD_BATCH_ELEMENTS = 1 << 21  # ... fewer when 4 forwards of that many outputs would be larger

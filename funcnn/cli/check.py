@@ -11,15 +11,20 @@ parentheses), and may be given several times. Each entry selects the case of exa
 name, or else every case whose name starts with it (``conv2d`` selects both convolutions,
 ``model:`` every model).
 
-Compiling is most of a check's time: with ``JAX_COMPILATION_CACHE_DIR`` set (JAX's
-persistent compilation cache) a second run reuses the compiled checks.
+The cases are shared out to ``--jobs`` worker processes (default 2: compiling a check,
+most of its time, keeps about one core busy), the models first, and printed in catalog
+order. ``--quiet`` prints one line per case with its seconds. With ``JAX_COMPILATION_CACHE_DIR``
+set (JAX's persistent compilation cache) a second run reuses the compiled checks.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
+import os
 import time
 
-from funcnn.cli.args import UsageError
+from funcnn.cli.args import UsageError, positive_int
 
 
 def split_names(text: str) -> list[str]:
@@ -76,7 +81,7 @@ def select(names: list[str], wanted: list[str]) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``check`` subcommand (``--only``, ``--quiet``) to the ``funcnn`` parser.
+    """Add the ``check`` subcommand (``--only``, ``--quiet``, ``--jobs``) to the ``funcnn`` parser.
 
     **Arguments:**
 
@@ -88,7 +93,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="case names or name prefixes, comma-separated (commas inside parentheses belong to "
                         "the name); may be repeated (default: all)")
     p.add_argument("--quiet", action="store_true", help="one line per case instead of tables")
+    p.add_argument("--jobs", type=positive_int, default=min(os.cpu_count() or 1, 2), metavar="N",
+                   help="worker processes the cases are shared out to (default: 2, or 1 on one core); "
+                        "compiling a check is mostly single-threaded")
     p.set_defaults(func=run)
+
+
+def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str, float]]:
+    """Run the catalog cases named ``names`` here, in order (what a worker process does).
+
+    **Arguments:**
+
+    - `names`: case names of ``funcnn.check.catalog``; `quiet`: one line per case.
+
+    **Returns:**
+
+    ``[(name, ok, printed text, seconds)]``, one per case.
+    """
+    from funcnn.check import catalog  # deferred: see run
+
+    runners = {c.name: (c, catalog.run_layer_case) for c in catalog.LAYER_CASES}
+    runners |= {c.name: (c, catalog.run_loss_case) for c in catalog.LOSS_CASES}
+    runners |= {c.name: (c, catalog.run_model_case) for c in catalog.MODEL_CASES}
+    out = []
+    for name in names:
+        case, run_case = runners[name]
+        t = time.perf_counter()
+        report = run_case(case)
+        seconds = time.perf_counter() - t
+        text = (f"{'ok      ' if report.ok else 'MISMATCH'}  {seconds:5.1f} s  {report.name}" if quiet
+                else f"{report}\n")
+        out.append((name, report.ok, text, seconds))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     **Arguments:**
 
-    - `args`: the parsed arguments (`only`, `quiet`).
+    - `args`: the parsed arguments (`only`, `quiet`, `jobs`).
 
     **Returns:**
 
@@ -108,27 +144,29 @@ def run(args: argparse.Namespace) -> int:
     # still set the CPU device count before the backend starts)
     from funcnn.check import catalog
 
-    cases = [(c, catalog.run_layer_case) for c in catalog.LAYER_CASES]
-    cases += [(c, catalog.run_loss_case) for c in catalog.LOSS_CASES]
-    cases += [(c, catalog.run_model_case) for c in catalog.MODEL_CASES]
+    names = [c.name for c in (*catalog.LAYER_CASES, *catalog.LOSS_CASES, *catalog.MODEL_CASES)]
     if args.only:
         try:
-            wanted = [name for text in args.only for name in split_names(text)]
-            chosen = set(select([c.name for c, _ in cases], wanted))
+            names = select(names, [name for text in args.only for name in split_names(text)])
         except ValueError as e:
             raise UsageError(str(e)) from None
-        cases = [(c, f) for c, f in cases if c.name in chosen]
+    jobs = min(args.jobs, len(names))
     failed, start = [], time.perf_counter()
-    for case, run_case in cases:
-        t = time.perf_counter()
-        report = run_case(case)
-        if args.quiet:
-            print(f"{'ok      ' if report.ok else 'MISMATCH'}  {time.perf_counter() - t:5.1f} s  {report.name}",
-                  flush=True)
-        else:
-            print(report, end="\n\n", flush=True)
-        if not report.ok:
-            failed.append(report.name)
-    print(f"{len(cases) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "")
+    if jobs <= 1:
+        results = (r for name in names for r in run_cases([name], args.quiet))
+    else:  # the models first (the longest cases), each case a task of its own; printed in catalog order
+        pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        order = sorted(names, key=lambda n: not n.startswith("model:"))
+        futures = {n: pool.submit(run_cases, [n], args.quiet) for n in order}
+        results = (r for name in names for r in futures[name].result())
+    try:
+        for name, ok, text, _ in results:
+            print(text, flush=True)
+            if not ok:
+                failed.append(name)
+    finally:
+        if jobs > 1:
+            pool.shutdown(cancel_futures=True)
+    print(f"{len(names) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "")
           + f" ({time.perf_counter() - start:.0f} s)")
     return 1 if failed else 0
