@@ -4,7 +4,8 @@ The same weights (GPT-2 initialisation, seed 0) in funcnn's `models.gpt2()` (12 
 heads, width 768, context 1024, vocab 50257, tied head, tanh GELU: funcnn's GELU is
 available in both forms and GPT-2 uses the tanh one) and in an independent PyTorch model
 written nanoGPT's way (fused qkv `nn.Linear`, `F.scaled_dot_product_attention(is_causal=True)`,
-tied `lm_head`, `F.gelu(approximate="tanh")`), moved across by `models.gpt_state_dict`. On one
+tied `lm_head`, `nn.GELU(approximate="tanh")`: the benchmarks' `contenders_gpt.torch_gpt`), moved
+across by `models.gpt_state_dict`. On one
 fixed batch (B = 4, T = 64, ids drawn with seed 0), on the CPU, in float32 and in float64:
 the logits, the loss and every gradient tensor (max |difference| / max |reference| per
 tensor), funcnn's hand-written backward against PyTorch and against `jax.grad` of the same
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import math
 import pathlib
 import sys
 import time
@@ -30,68 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from contenders_gpt import torch_gpt  # noqa: E402  (nanoGPT in PyTorch, shared with the benchmarks)
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 FULL = dict(vocab=50257, context=1024, layers=12, heads=12, width=768)
 SMALL = dict(vocab=512, context=64, layers=2, heads=4, width=64)
 BATCH, TIME, STEPS = 4, 64, 10
 ADAMW = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
 TARGETS = {"float32": {"loss": 1e-4, "grad": 1e-3}, "float64": {"loss": 1e-10, "grad": 1e-10}}
-
-
-def torch_gpt(vocab: int, context: int, layers: int, heads: int, width: int):
-    """nanoGPT's model (bias=True, tied head, tanh GELU), written independently of funcnn."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class CausalSelfAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn, self.c_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-
-        def forward(self, x):
-            b, t, d = x.shape
-            q, k, v = self.c_attn(x).split(width, dim=2)
-            q, k, v = (a.view(b, t, heads, d // heads).transpose(1, 2) for a in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, d))
-
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_fc, self.c_proj = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
-
-        def forward(self, x):
-            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(width), CausalSelfAttention(), \
-                nn.LayerNorm(width), MLP()
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = nn.ModuleDict(dict(
-                wte=nn.Embedding(vocab, width), wpe=nn.Embedding(context, width),
-                h=nn.ModuleList([Block() for _ in range(layers)]), ln_f=nn.LayerNorm(width)))
-            self.lm_head = nn.Linear(width, vocab, bias=False)
-            self.transformer.wte.weight = self.lm_head.weight  # tied
-
-        def forward(self, idx, targets):
-            pos = torch.arange(idx.shape[1], device=idx.device)
-            x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-            for block in self.transformer.h:
-                x = block(x)
-            logits = self.lm_head(self.transformer.ln_f(x))
-            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-    return GPT()
 
 
 def batch(vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -152,15 +99,20 @@ def run_torch(sizes: dict, state_dict: dict, dtype, x: np.ndarray, y: np.ndarray
     import torch
 
     torch.manual_seed(0)
-    model = torch_gpt(**sizes).to(getattr(torch, np.dtype(dtype).name))
-    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype)) for k, v in state_dict.items()})
+    gpt = torch_gpt(**sizes, gelu="tanh").to(getattr(torch, np.dtype(dtype).name))
+    gpt.load_state_dict({k: torch.from_numpy(np.array(v, dtype)) for k, v in state_dict.items()})
     xt, yt = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
+
+    def model(ids, targets):
+        logits = gpt(ids)
+        return logits, torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
     logits, loss = model(xt, yt)
     loss.backward()
     out = {"logits": logits.detach().numpy(), "loss": loss.item(),
-           "grads": {n: p.grad.numpy().copy() for n, p in model.named_parameters()}}
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+           "grads": {n: p.grad.numpy().copy() for n, p in gpt.named_parameters()}}
+    decay = [p for p in gpt.parameters() if p.dim() >= 2]
+    no_decay = [p for p in gpt.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": ADAMW["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=ADAMW["lr"],
                             betas=(ADAMW["b1"], ADAMW["b2"]), eps=ADAMW["eps"], foreach=False)

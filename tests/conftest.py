@@ -11,12 +11,19 @@ from pathlib import Path
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(tempfile.gettempdir()) / f"funcnn-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-# Compiling is most of the suite's time, and XLA:CPU's older elemental emitters compile a
-# program ~30% faster than its fusion emitters (the same arithmetic; rounding may differ in the
-# last bit, as between CPUs, which every tolerance here allows). Subprocesses inherit it; a
-# flag of your own in XLA_FLAGS wins.
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+# Compiling is most of the suite's time, not running: a test runs its programs a few times
+# on small shapes. So the suite asks XLA:CPU to compile fast rather than emit fast code: its
+# elemental emitters instead of the fusion emitters, no expensive LLVM passes, backend
+# optimization level 0 (together 394 s -> 131 s for the GPT, conv, recurrent, transformer and
+# precision tests, compile cache off). The arithmetic is IEEE float either way; rounding may
+# differ in the last bit, as between CPUs, which every tolerance here allows. (The checker
+# compiles its convolution programs at level 3 whatever these say: funcnn.check.core.)
+# Subprocesses inherit these; a flag of your own in XLA_FLAGS wins.
+SUITE_XLA_FLAGS = {"xla_cpu_use_fusion_emitters": "false", "xla_llvm_disable_expensive_passes": "true",
+                   "xla_backend_optimization_level": "0"}
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + [
+    f"--{flag}={value}" for flag, value in SUITE_XLA_FLAGS.items()
+    if flag not in os.environ.get("XLA_FLAGS", "")]).strip()
 
 import jax  # noqa: E402  (after the cache settings, which JAX reads at import)
 import pytest  # noqa: E402
