@@ -354,6 +354,8 @@ class _Program:
         self.jitted, self.executable = jitted, None
 
     def __call__(self, *args):
+        if jax.config.jax_disable_jit:  # op by op, as jax.disable_jit() asks (a backward to step through)
+            return self.jitted(*args)
         if self.executable is None:
             traced = self.jitted.trace(*args)
             options = CONV_COMPILER_OPTIONS if _uses(traced.jaxpr.jaxpr, DEFAULT_LEVEL_PRIMITIVES) else COMPILER_OPTIONS

@@ -16,7 +16,7 @@ from funcnn.cli.args import check_out_dir
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` parser to ``sub``."""
-    p = sub.add_parser("bench", help="time kernels and training steps; GFLOP/s and % of this machine's peak",
+    p = sub.add_parser("bench", help="time kernels and training steps; GFLOP/s and %% of this machine's peak",
                        description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller models, fewer rounds")
     p.add_argument("--no-peers", action="store_true", help="skip PyTorch even when installed")
