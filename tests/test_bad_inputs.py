@@ -138,6 +138,7 @@ def _listing(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,setup,expected", CLI)
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv, setup, expected):
     monkeypatch.chdir(tmp_path)

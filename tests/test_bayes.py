@@ -185,6 +185,7 @@ def test_kl_penalty_gradient_passes_checker():
                        params, name="kl_penalty").assert_ok()
 
 
+@pytest.mark.slow
 def test_elbo_manual_equals_autodiff_with_a_prior_per_layer():
     """The negative ELBO's gradient (data term and KL over every BayesDense, each with its own
     prior; a plain Dense in between gets no KL) by the manual backward equals autodiff."""
@@ -225,6 +226,7 @@ def test_kl_penalty_errors():
         kl_penalty({"prior_sigma": jnp.float32(1.0)}, 0)
 
 
+@pytest.mark.slow
 def test_posterior_sigma_shrinks_with_more_data_towards_the_mean_field_optimum():
     """Bayesian linear regression: the mean-field optimum has sigma_i^2 = 1 / Lambda_ii with
     Lambda = I / P^2 + X~^T X~ / s^2 (X~ = [x, 1]); a 100x larger data set shrinks sigma ~10x."""
@@ -269,6 +271,7 @@ def toy_bbb():
     return model, params, state, x, y, noise
 
 
+@pytest.mark.slow
 def test_predictive_variance_is_larger_far_from_the_data(toy_bbb):
     model, params, state, x, y, noise = toy_bbb
     grid = jnp.linspace(-6.0, 6.0, 121)[:, None]
@@ -282,6 +285,7 @@ def test_predictive_variance_is_larger_far_from_the_data(toy_bbb):
     assert float(jnp.sqrt(jnp.mean((fit - y) ** 2))) < 10.0  # y spans about +-64, the noise sd is 3
 
 
+@pytest.mark.slow
 def test_predict_is_the_average_over_samples():
     model = fn.serial(fn.Dense(16), fn.ReLU(), fn.Dropout(0.5), fn.Dense(3))
     params, state = model.init(jax.random.key(0), (4,))

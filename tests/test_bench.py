@@ -13,6 +13,7 @@ ROW_FIELDS = {"name", "kind", "flops", "bytes", "median_ms", "iqr_ms", "best_ms"
               "pct_of_peak", "intensity", "rounds"}
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_json_and_roofline(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "QUICK", TINY)
     out = tmp_path / "b"

@@ -39,6 +39,7 @@ WRONG_LAYERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WRONG_LAYERS))
 def test_wrong_layer_backward_is_flagged(name):
     layer, backward = WRONG_LAYERS[name]
@@ -93,6 +94,7 @@ def test_every_builtin_layer_passes(case):
     catalog.run_layer_case(case).assert_ok()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", catalog.LOSS_CASES, ids=lambda c: c.name)
 def test_every_builtin_loss_passes(case):
     catalog.run_loss_case(case).assert_ok()

@@ -67,6 +67,7 @@ def test_builtin_models_pass_with_dropout_and_batchnorm():
     assert report.first_wrong is None and len(report.rows) == 6
 
 
+@pytest.mark.slow
 def test_blame_inside_parallel_branches_follows_the_feed():
     """``parallel`` feeds branch i the i-th part of its tuple input (``Layer.feed``): the
     wrong LayerNorm in the second branch is checked at that input and blamed."""

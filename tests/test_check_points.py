@@ -18,6 +18,7 @@ ONLY_WRONG_AWAY_FROM_INIT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ONLY_WRONG_AWAY_FROM_INIT))
 def test_wrong_only_away_from_init_is_flagged(name):
     make = ONLY_WRONG_AWAY_FROM_INIT[name]

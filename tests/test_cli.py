@@ -25,6 +25,7 @@ def in_process(capsys, *args):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_train_end_to_end_writes_metrics_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = in_process(capsys, "train", "--epochs", "3", "--hidden", "32", "--lr", "0.005",
@@ -61,6 +62,7 @@ def test_train_refuses_bad_flags_in_one_line(tmp_path, capsys, flags, expected):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_flag_exits_2_without_traceback_from_the_shell(tmp_path):
     r = funcnn("train", "--lr", "-1", "--out", str(tmp_path / "never"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -73,6 +75,7 @@ def test_perceptron_cli_converges_on_blobs_not_xor(capsys):
     assert code == 0 and "did not converge" in stdout
 
 
+@pytest.mark.slow
 def test_check_cli_runs_selected_cases(capsys):
     r = funcnn("check", "--only", "dense,softmax,softmax_cross_entropy(labels)")  # --jobs 2: worker processes
     assert r.returncode == 0, r.stdout + r.stderr

@@ -65,6 +65,7 @@ def test_fan_in_concat_along_a_middle_axis_and_fan_out_of_three():
     assert_close(dx, (1 - jnp.tanh(x) ** 2) + 1 + jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x)), RTOL_F32)
 
 
+@pytest.mark.slow
 def test_manual_and_autodiff_gradients_agree_through_combinators_and_the_vjp_bridge():
     model = fn.serial(fn.Dense(6), fn.residual(fn.serial(fn.Dense(6), fn.Tanh())),
                       fn.fan_out(2), fn.parallel(fn.Dense(2), fn.Dense(2)), fn.fan_in_sum())

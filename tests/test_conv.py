@@ -68,6 +68,7 @@ def _lax_args(n, shape, kernel, stride, padding, dilation):
     return tup(stride), pads, tup(dilation)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel,stride,padding,dilation,shape", CONV2D)
 def test_conv2d_forward_matches_lax_and_formulations_agree(kernel, stride, padding, dilation, shape):
     _both_formulations(lambda impl: Conv2D(4, kernel, stride=stride, padding=padding, dilation=dilation, impl=impl),
@@ -101,6 +102,7 @@ CHECKED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(len(CHECKED)))
 def test_conv_backward_passes_checker(case):
     make, kwargs, shape = CHECKED[case]

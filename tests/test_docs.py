@@ -92,6 +92,7 @@ def outputs_match(expected: str, actual: str) -> bool:
     return len(exp) == len(act) and all(_line_matches(e, a) for e, a in zip(exp, act))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", pages_with_code(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing an example writes lands in the checkout

@@ -101,6 +101,7 @@ DAMAGE = {  # what is done to checkpoints/2
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_resume_sets_a_damaged_checkpoint_aside_and_ends_bitwise_as_the_run_left_alone(
         pristine, copy, capsys, damage):
@@ -230,6 +231,7 @@ def _no_space(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["checkpoint", "metrics.json", "model/"])
 def test_a_write_that_fails_is_one_line_exit_1_and_the_run_resumes(pristine, tmp_path, capsys, monkeypatch, where):
     import orbax.checkpoint as ocp
@@ -334,6 +336,7 @@ def killed(tmp_path_factory):
             proc.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", list(KILLS))
 def test_sigkill_during_a_write_then_resume_ends_bitwise_as_the_run_left_alone(pristine, killed, capsys, target):
     proc, run = killed[target]
@@ -404,6 +407,7 @@ def test_flag_out_of_range_is_one_line_exit_2_nothing_written(tmp_path, monkeypa
     assert out == "" and _digest(tmp_path) == before and not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_tiny_temperatures_are_greedy_decoding(capsys):
     """Below 1e-6 the sampler takes the arg max: the same text for every tiny temperature and
     seed, and each character the most likely one given the text before it."""
@@ -426,6 +430,7 @@ def test_tiny_temperatures_are_greedy_decoding(capsys):
         assert int(np.argmax(np.asarray(logits[0, k - 1]))) == ids[n]
 
 
+@pytest.mark.slow
 def test_runs_written_by_the_first_format_load_evaluate_and_sample(tmp_path, capsys):
     mlp = fn.load_run(DATA / "run_mlp_v1")
     assert mlp.complete and mlp.kind == "mlp" and mlp.input_shape == (2,) and mlp.vocab is None

@@ -37,6 +37,7 @@ def ids(key, batch=3, t=CONTEXT):
     return jax.random.randint(key, (batch, t), 0, VOCAB)
 
 
+@pytest.mark.slow
 def test_gpt_manual_gradients_equal_autodiff_and_finite_differences_in_float64():
     model = tiny()
     loss = fn.losses.softmax_cross_entropy
@@ -74,6 +75,7 @@ def test_token_dense_backward_passes_the_checker():
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 def test_gpt_forward_equals_the_plain_jax_reference_and_is_causal():
     from contenders_gpt import jax_gpt_logits, textbook_attention
 
@@ -108,6 +110,7 @@ def test_gpt_forward_equals_pytorch_in_float64():
     assert_close(ours, theirs, RTOL_F64)
 
 
+@pytest.mark.slow
 def test_sample_at_low_temperature_is_greedy_decoding_on_the_last_context_characters():
     model = tiny()
     params, state = random_params(model, jax.random.key(0))
@@ -133,6 +136,7 @@ def test_sample_refuses_bad_arguments():
 
 # ---- the sampler with a key/value cache (funcnn.training.sampling) ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("prompt_len,length", [(3, 4), (3, 12), (8, 3), (10, 4), (1, 1)],
                          ids=["inside", "slides", "full-prompt", "long-prompt", "one"])
@@ -163,6 +167,7 @@ def test_sampling_at_tiny_temperature_is_greedy_decoding_on_the_last_context_ids
             np.testing.assert_array_equal(got, seq[6:])
 
 
+@pytest.mark.slow
 def test_sampling_draws_from_the_tempered_softmax():
     # one step from a one-id prompt, many keys: the frequencies follow softmax(z / T)
     model = tiny()
@@ -219,6 +224,7 @@ def test_train_lm_lowers_the_validation_loss():
     assert h["val_loss"][-1] < np.log(corpus.vocab_size) - 1.0  # well below the uniform guess, log 103 = 4.6
 
 
+@pytest.mark.slow
 def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_path):
     import optax
 
@@ -258,6 +264,7 @@ GPT_FLAGS = ["--model", "gpt", "--data", "pydoc", "--steps", "4", "--context", "
              "--width", "16", "--batch-size", "4", "--eval-every", "2", "--eval-windows", "4", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *GPT_FLAGS, "--out", str(out)]) == 0

@@ -42,12 +42,14 @@ def perturbed_params(model: Layer) -> dict:
                                                    for p, k in zip(leaves, keys)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_each_variant_passes_the_checker(name):
     model = models.gpt(VOCAB, context=CONTEXT, layers=1, heads=2, width=8, **VARIANTS[name])
     fn.check_layer(model, (CONTEXT,), x=IDS, params=perturbed_params(model), max_fd=64).assert_ok()
 
 
+@pytest.mark.slow
 def test_the_gpt2_shaped_model_passes_check_model():
     model = gpt2_shaped(layers=1)
     report = fn.check_model(model, (CONTEXT,), x=IDS, params=perturbed_params(model), max_fd=64)
@@ -55,6 +57,7 @@ def test_the_gpt2_shaped_model_passes_check_model():
     assert "1_first/0_body/1_residual/0_serial/1_attention" in [r.path for r in report.rows]
 
 
+@pytest.mark.slow
 def test_check_model_names_the_broken_layer_of_the_gpt2_model(monkeypatch):
     calls = []
     real = models.token_dense
@@ -77,6 +80,7 @@ def test_check_model_names_the_broken_layer_of_the_gpt2_model(monkeypatch):
     assert report["1_first/0_body/2_residual/0_serial/1_token_dense"].ok  # block 0's is fine
 
 
+@pytest.mark.slow
 def test_tied_head_adds_its_gradient_into_the_embedding():
     model = gpt2_shaped(layers=1)
     (k0, emb), (k1, body), (k2, head) = model.children

@@ -26,6 +26,7 @@ def _max_rel(a, b):
         lambda u, v: float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v))), a, b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,l2", [(losses.softmax_cross_entropy, 0.0), (losses.softmax_cross_entropy, 0.1),
                                      (losses.mse, 0.0)])
 def test_manual_equals_autodiff_float64(loss, l2):
@@ -55,6 +56,7 @@ def test_l2_excludes_biases_and_adds_its_gradient():
     np.testing.assert_array_equal(g1["0_dense"]["b"], g0["0_dense"]["b"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["manual", "autodiff"])
 def test_per_example_grads_equal_the_loop(mode):
     model = fn.serial(fn.Dense(5), fn.Tanh(), fn.Dense(3))
@@ -110,6 +112,7 @@ def test_with_manual_vjp_under_jit_and_vmap():
         assert _max_rel(g_bridge, g_auto) <= 1e-10
 
 
+@pytest.mark.slow
 def test_training_with_bridge_matches_autodiff():
     d = fn.data.load("digits")
     data = (d.x_train[:256], d.y_train[:256])

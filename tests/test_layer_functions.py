@@ -33,6 +33,7 @@ def test_activation_pairs(name):
         assert_close(backward(dy, cache), dx_ref, RTOL_F64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["gemm/all", "xla/all", "gemm/2", "xla/2"])
 def test_conv_forward_and_backward(impl):
     with jax.enable_x64(True):
@@ -49,6 +50,7 @@ def test_conv_forward_and_backward(impl):
         assert conv.conv_backward(dy, cache)[2] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_pool_forward_and_backward(kind):
     forward, backward = {"max": (pooling.max_pool_forward, pooling.max_pool_backward),
@@ -65,6 +67,7 @@ def test_pool_forward_and_backward(kind):
         assert_close(pooling.global_avg_pool_backward(_normal(2, y.shape), cache), want, RTOL_F64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("axis", [1, 3])
 def test_batchnorm_functions(axis):
     with jax.enable_x64(True):
@@ -128,6 +131,7 @@ def _cell_case(name):
             _normal(2, (b, h)), _normal(3, (h, h)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
 def test_recurrent_cell_steps(name):
     """One step's backward: the carry's gradient and the projections' gradients (dA_x for the

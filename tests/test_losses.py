@@ -11,6 +11,7 @@ from funcnn.check import debug
 from helpers import RTOL_F32, RTOL_F64, assert_close
 
 
+@pytest.mark.slow
 def test_softmax_cross_entropy_matches_optax_for_labels_and_onehot():
     z = jax.random.normal(jax.random.key(0), (6, 4))
     y = jnp.array([0, 3, 1, 2, 2, 0])
@@ -124,6 +125,7 @@ def test_multiclass_hinge_matches_numpy_loops():
     assert losses.get("multiclass_hinge") is losses.multiclass_hinge
 
 
+@pytest.mark.slow
 def test_weighted_cross_entropy_ignores_zero_weight_positions_and_matches_numpy():
     rng = np.random.default_rng(2)
     z, y = rng.normal(size=(3, 4, 5)), rng.integers(0, 5, size=(3, 4))
@@ -144,6 +146,7 @@ def test_weighted_cross_entropy_ignores_zero_weight_positions_and_matches_numpy(
         assert float(zero) == 0.0
 
 
+@pytest.mark.slow
 def test_every_loss_grad_matches_autodiff_of_its_value():
     k = jax.random.split(jax.random.key(3), 4)
     with jax.enable_x64(True):
@@ -203,6 +206,7 @@ def test_loss_argument_errors():
         losses.multiclass_hinge.value(jnp.ones((3, 2)), jnp.ones((3, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call", [
     lambda: losses.softmax_cross_entropy.value(jnp.zeros((3, 4)), jnp.full(3, 10)),
     lambda: losses.softmax_cross_entropy.grad(jnp.zeros((3, 4)), jnp.array([0, -1, 2])),

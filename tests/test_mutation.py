@@ -27,10 +27,9 @@ every case's backward in every formulation under ``sys.setprofile``. A mutant is
 * missed:     no check fails but the numbers differ -- a hole in the checker: the test fails;
 * unreached:  no catalog case runs the function -- a hole in the catalog: the test fails.
 
-The default test runs a bounded, deterministic set (one mutant per module, i.e. per layer
-family, the kinds taken in turn); the ``slow`` tests run every mutant, a chunk of one module's
-mutants per test. Checks run without finite differences (``fd=False``): a backward that
-disagrees with autodiff is flagged by it.
+Every mutant is run, a chunk of one module's mutants per test (``slow``: the GRU's 48 mutants
+take ~30 s of one core). Checks run without finite differences
+(``fd=False``): a backward that disagrees with autodiff is flagged by it.
 
 The checks run op by op (``jax.disable_jit()``, which the checker honours): the same Python,
 draws and comparisons as a compiled check, each primitive's kernel compiled once for every
@@ -62,7 +61,6 @@ from funcnn.check.core import _layer_fns, _normal_like, _points, _to64, draws, f
 from funcnn.core import autotune
 
 NAME_PARTS = ("backward", "reverse", "grad")
-KINDS = ("sign", "operator", "drop term", "transpose", "constant")
 
 
 def layer_modules() -> list[types.ModuleType]:
@@ -201,21 +199,6 @@ def all_mutants():
         functions += f
         mutants += [x for x in m if (x.module, x.top) not in REFERENCE_ONLY]
     return functions, mutants
-
-
-def bounded(mutants):
-    """One mutant per module (layer family), the kinds taken in turn (deterministic)."""
-    by_module: dict = {}
-    for m in mutants:
-        by_module.setdefault(m.module, []).append(m)
-    chosen = []
-    for n, (_, ms) in enumerate(sorted(by_module.items())):
-        for kind in KINDS[n % len(KINDS):] + KINDS[:n % len(KINDS)]:
-            pick = [m for m in ms if m.kind == kind]
-            if pick:
-                chosen.append(pick[len(pick) // 2])
-                break
-    return chosen
 
 
 @contextlib.contextmanager
@@ -381,7 +364,7 @@ def _coverage() -> dict:
     return coverage()  # once per process: it traces every catalog case
 
 
-def _sweep(select, require_flagged=True):
+def _sweep(select):
     functions, mutants = all_mutants()
     assert len(functions) >= 20, f"too few gradient functions found: {functions}"
     cov = _coverage()
@@ -391,7 +374,6 @@ def _sweep(select, require_flagged=True):
     print(summary)
     assert not result["missed"], "mutants that change the numbers passed the checker:\n" + summary
     assert not result["unreached"], "gradient code no catalog case runs:\n" + summary
-    assert result["flagged"] or not require_flagged, summary
     return result
 
 
@@ -421,11 +403,6 @@ def test_gradient_functions_are_found_in_every_layer_module():
     bare = [f for f in _without_mutants(functions, mutants)
             if f.split(":", 1)[1] not in routing and (f.split(":", 1)[0], f.split(":", 1)[1]) not in REFERENCE_ONLY]
     assert all(f.endswith("<locals>.backward") for f in bare), bare
-    assert len(bounded(mutants)) == len({m.module for m in mutants})
-
-
-def test_bounded_mutants_are_flagged():
-    _sweep(bounded)
 
 
 SWEEP_CHUNK = 12  # mutants per test of the full sweep: pytest-xdist shares the chunks out evenly
@@ -442,4 +419,4 @@ def _sweep_chunks() -> list[tuple[str, int]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("module,start", _sweep_chunks(), ids=lambda v: str(v).rsplit(".", 1)[-1])
 def test_every_mutant_is_flagged_or_equivalent(module, start):
-    _sweep(lambda ms: [m for m in ms if m.module == module][start:start + SWEEP_CHUNK], require_flagged=False)
+    _sweep(lambda ms: [m for m in ms if m.module == module][start:start + SWEEP_CHUNK])

@@ -8,6 +8,7 @@ from funcnn.cli.args import Parser, UsageError
 from funcnn.science.neurons import PRESETS, fit_parameters, simulate
 
 
+@pytest.mark.slow
 def test_fit_recovers_parameters_from_voltage_trace():
     true = PRESETS["hopf"]
     tgt = simulate(true, 100.0, 200.0, dt=0.5, y0=true.cycle_seed())
@@ -30,6 +31,7 @@ def _run(argv):
         return 2
 
 
+@pytest.mark.slow
 def test_cli_simulate_and_phase_write_outputs(tmp_path, capsys):
     out = tmp_path / "sim"
     assert _run(["neuron", "simulate", "--model", "hh", "--current", "10", "--t-max", "30",
@@ -43,6 +45,7 @@ def test_cli_simulate_and_phase_write_outputs(tmp_path, capsys):
     assert capsys.readouterr().out.count("equilibrium V=") == 3
 
 
+@pytest.mark.slow
 def test_cli_fi_prints_onset_line(tmp_path, capsys):
     out = tmp_path / "fi"
     assert _run(["neuron", "fi", "--model", "ml", "--currents", "80:110:4", "--t-max", "1000",

@@ -28,6 +28,7 @@ HH = hodgkin_huxley()
 
 
 # ---------------------------------------------------------------- HH rate singularities
+@pytest.mark.slow
 @pytest.mark.parametrize("x64", [False, True])
 def test_hh_rates_exact_at_removable_singularities(x64):
     with jax.enable_x64(x64):
@@ -74,6 +75,7 @@ def test_stability_from_jacobian_eigenvalues():
 
 
 # ---------------------------------------------------------------- RK4 vs adaptive solver
+@pytest.mark.slow
 @pytest.mark.parametrize("params,current,t_max,dt,tol", [
     (HOPF, 100.0, 200.0, 0.1, 1e-3), (HH, 10.0, 30.0, 0.01, 1e-3), (HH, 10.0, 30.0, 0.025, 0.05)])
 def test_rk4_agrees_with_adaptive_dopri5(params, current, t_max, dt, tol):
@@ -112,6 +114,7 @@ ML_RUN = dict(t_max=2000.0, dt=0.5)
 HH_RUN = dict(t_max=1000.0, dt=0.025)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params,start,lo,hi,run,published", [
     (SNLC, "rest", 35.0, 45.0, ML_RUN, 39.96),
     (HOPF, "rest", 85.0, 105.0, ML_RUN, 93.86),
@@ -148,6 +151,7 @@ def test_fi_curve_vmaps_and_matches_single_currents():
 
 
 # ---------------------------------------------------------------- gradients
+@pytest.mark.slow
 def test_gradient_through_simulator_matches_finite_differences():
     with jax.enable_x64(True):
         y0 = HOPF.cycle_seed()

@@ -38,6 +38,7 @@ def _reference(kind, x, window, stride, padding):
     return total / lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, dims, strides, pads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,make", [("max", MaxPool2D), ("avg", AvgPool2D)])
 @pytest.mark.parametrize("window,stride,padding,shape", POOL2D)
 def test_pool2d_forward_matches_reduce_window(kind, make, window, stride, padding, shape):
@@ -81,6 +82,7 @@ CHECKED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(len(CHECKED)))
 def test_pool_backward_passes_checker(case):
     layer, shape = CHECKED[case]
@@ -88,6 +90,7 @@ def test_pool_backward_passes_checker(case):
     check_layer(layer, shape, key=jax.random.key(case), x=x).assert_ok()
 
 
+@pytest.mark.slow
 def test_max_pool_sends_each_window_gradient_to_its_first_maximum():
     """Ties (e.g. zeros after ReLU) route the whole gradient to one input, the first in the
     window, as select_and_scatter_add does; overlapping windows add up on a shared winner."""

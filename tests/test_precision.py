@@ -50,6 +50,7 @@ def _float_dtypes(tree):
     return {np.dtype(a.dtype).name for a in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make,shape,train", LAYERS, ids=[c[0] for c in LAYERS])
 @pytest.mark.parametrize("param_dtype", ["float16", "bfloat16"])
 def test_init_honours_param_dtype(name, make, shape, train, param_dtype):
@@ -74,6 +75,7 @@ LAYER_POLICIES = [(*c, "bfloat16", RTOL_BF16) for c in LAYERS] + [
     (*c, "float16", RTOL_F16) for c in LAYERS if c[0] in ("dense", "batchnorm", "lstm")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make,shape,train,compute,rtol", LAYER_POLICIES,
                          ids=[f"{c[0]}-{c[4]}" for c in LAYER_POLICIES])
 def test_every_layer_under_a_policy_manual_equals_autodiff(name, make, shape, train, compute, rtol):
@@ -85,6 +87,7 @@ def test_every_layer_under_a_policy_manual_equals_autodiff(name, make, shape, tr
     assert_close_per_leaf((dp, dx), (dp_a, dx_a), rtol, what=f"{name} {compute}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make,shape,train", LAYERS, ids=[c[0] for c in LAYERS])
 def test_x64_every_layer_is_float64_end_to_end(name, make, shape, train):
     """Under x64 the defaults give one float width per layer (float32) and param_dtype=float64
@@ -101,6 +104,7 @@ def test_x64_every_layer_is_float64_end_to_end(name, make, shape, train):
         assert_close((dp, dx), (dp_a, dx_a), RTOL_F64, what=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make,shape", PARAMETER_FREE, ids=[c[0] for c in PARAMETER_FREE])
 def test_parameter_free_layers_compute_in_dtype(name, make, shape):
     """dtype=bfloat16 on a float32 input: the output is bfloat16 and dx comes back float32."""
@@ -132,6 +136,7 @@ def test_bad_dtypes_are_refused_in_one_line():
             fn.Dense(3, param_dtype="float64").init(jax.random.key(0), (4,))
 
 
+@pytest.mark.slow
 def test_x64_lstm_model_trains_with_fit():
     """The bug this guards against: under x64, LSTM's bias was float64 beside float32 weights and
     ``fit`` died in lax.scan. Float32 and float64 data both train, leaves stay float32."""
@@ -178,6 +183,7 @@ def _policy_grads(model, compute):
     return model, params, state, x, (v_m, g_m, s_m), (v_a, g_a, s_a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compute,rtol", POLICIES)
 def test_policy_manual_backward_equals_autodiff_of_the_cast_forward(compute, rtol):
     model, params, state, x, (v_m, g_m, s_m), (v_a, g_a, s_a) = _policy_grads(_cnn_with_batchnorm(), compute)
@@ -240,6 +246,7 @@ def test_loss_scaling_skips_non_finite_steps_and_unscales_finite_ones():
     assert_close(upd, want, RTOL_F32)
 
 
+@pytest.mark.slow
 def test_fp16_step_skips_and_halves_until_the_gradients_fit():
     """A scale of 2^40 overflows float16 at once: the step is skipped (params unchanged,
     scale halved) and the loss returned is the unscaled one."""
@@ -298,6 +305,7 @@ def test_loss_scaled_step_keeps_the_model_state_when_skipped_and_flags_only_at_s
         assert names == (["grads['1_dense']['w']"] if flagged else []), names
 
 
+@pytest.mark.slow
 def test_mixed_precision_fit_matches_fp32_accuracy_on_digits():
     """fit(policy=...) keeps float32 master params; bf16 and fp16 (loss-scaled) reach the
     fp32 test accuracy within 3 points on digits (360 test images: 1 point is 3.6 images)."""
@@ -313,6 +321,7 @@ def test_mixed_precision_fit_matches_fp32_accuracy_on_digits():
     assert acc["bf16-mixed"] > acc["fp32"] - 0.03 and acc["fp16-mixed"] > acc["fp32"] - 0.03, acc
 
 
+@pytest.mark.slow
 def test_cli_fp64_prints_the_first_step_gap_at_float64_rounding(tmp_path):
     import json
     import subprocess
@@ -339,6 +348,7 @@ def test_cli_refuses_an_unknown_precision(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compute,rtol", POLICIES)
 def test_gpt_under_a_policy_hand_written_grads_are_within_rounding_of_float32(compute, rtol):
     """A small GPT of experiments/precision.py on pydoc ids: under a bfloat16/float16 policy the

@@ -1,6 +1,7 @@
 """Property tests: the hand-written backward equals autodiff for random shapes."""
 import jax
 import jax.numpy as jnp
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,6 +11,7 @@ from helpers import RTOL_F64, assert_close
 ACTS = ["sigmoid", "tanh", "relu", "identity", "softmax"]
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(batch=st.integers(1, 5), n_in=st.integers(1, 6), n_out=st.integers(1, 6),
        act=st.sampled_from(ACTS), seed=st.integers(0, 2**16))

@@ -37,6 +37,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,time,seqs,with_state", CASES)
 def test_bptt_matches_autodiff_and_finite_differences(name, time, seqs, with_state):
     layer = CELLS[name](return_sequences=seqs)
@@ -116,6 +117,7 @@ def _torch_reference(name, params, x, state0, activation="tanh"):
     return out.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reference", [_numpy_reference, _torch_reference], ids=["numpy", "torch"])
 @pytest.mark.parametrize("name,activation,with_state", [
     ("lstm", None, False), ("lstm", None, True), ("gru", None, True),

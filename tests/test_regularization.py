@@ -185,6 +185,7 @@ def fitted():
     return model, ds, result
 
 
+@pytest.mark.slow
 def test_fit_trains_a_model_with_dropout_and_batchnorm(fitted):
     model, ds, result = fitted
     assert all(np.isfinite(result.history["loss"]))

@@ -88,6 +88,7 @@ def _xy(n=40, seed=0):
     return rng.standard_normal((n, 3)).astype(np.float32), rng.integers(0, 2, n).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_resume_in_process_matches_and_keeps_newest_checkpoints(tmp_path):
     x, y = _xy()
     model = models.mlp((3,), 2, hidden=(5,))
@@ -161,6 +162,7 @@ def test_cli_non_finite_exits_1_with_one_line(tmp_path, capsys):
     assert (out / "run.json").exists() and not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_first_nonfinite_names_the_layer():
     import dataclasses
 
@@ -182,6 +184,7 @@ def test_first_nonfinite_names_the_layer():
     assert first_nonfinite(model, params, state, x, y, sce) == "backward: grads['0_dense']['b']"
 
 
+@pytest.mark.slow
 def test_saved_run_loads_evaluates_and_metrics_are_strict_json(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*RUN, "--epochs", "2", "--loss", "mse", "--out", str(out)]) == 0
@@ -199,6 +202,7 @@ def test_saved_run_loads_evaluates_and_metrics_are_strict_json(tmp_path, capsys)
     assert sorted(os.listdir(out)) == ["checkpoints", "curves.png", "metrics.json", "model", "run.json"]
 
 
+@pytest.mark.slow
 def test_mnist1d_loads_offline_seeded():
     d = fn.data.load("mnist1d")
     assert d.x_train.shape == (4000, 40, 1) and d.x_test.shape == (1000, 40, 1) and d.num_classes == 10

@@ -9,6 +9,7 @@ from funcnn import losses, models
 from helpers import RTOL_F32, assert_close
 
 
+@pytest.mark.slow
 def test_mlp_on_digits_reaches_95_percent_with_manual_gradients():
     d = fn.data.load("digits")
     model = models.mlp(d.x_train.shape[1:], 10, hidden=(64,))
@@ -20,6 +21,7 @@ def test_mlp_on_digits_reaches_95_percent_with_manual_gradients():
     assert all(len(v) == 8 for v in h.values())
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_given_the_key():
     d = fn.data.load("moons")
     model = models.mlp((2,), 2, hidden=(8,), activation="tanh")
@@ -29,6 +31,7 @@ def test_fit_is_deterministic_given_the_key():
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("digits", (8, 8, 1)), ("mnist5k", (28, 28, 1)), ("xor", (2,)),
                                         ("blobs", (2,)), ("moons", (2,))])
 def test_datasets_load_offline(name, shape):

@@ -47,6 +47,7 @@ CASES = {
 
 # every layer is also checked at random params by `funcnn check`'s catalog (tests/test_check_gallery.py);
 # here the configurations it does not hold: instance norm (G = C), three causal heads
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["groupnorm(C)", "attention(causal)", "attention(causal, no bias)",
                                   "layernorm(no bias)", "tied_embedding", "tied_readout", "tied_readout(bias)"])
 def test_backward_matches_autodiff_and_finite_differences_at_perturbed_params(name):
@@ -83,6 +84,7 @@ TORCH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TORCH))
 def test_equal_to_pytorch_in_float64(name):
     make, shape, x = CASES[name]
@@ -154,6 +156,7 @@ def test_attention_cache_is_linear_in_t(t):
     assert all(leaf.shape.count(t) == 1 for leaf in leaves)  # no T x T array is kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no bias"])
 def test_attention_decoding_with_the_cache_equals_the_full_causal_forward(use_bias):
     # prefill 3 positions, then 2 single positions: the outputs are the full forward's rows
@@ -175,6 +178,7 @@ def test_attention_decoding_with_the_cache_equals_the_full_causal_forward(use_bi
 
 # ---- jit, vmap ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["groupnorm(2)", "attention(causal)"])
 def test_jit_and_vmap_match_eager(name):
     make, shape, x = CASES[name]
@@ -222,6 +226,7 @@ def test_bfloat16_compute_dtype_against_float32(make):
     assert_close(y, want, RTOL_BF16)
 
 
+@pytest.mark.slow
 def test_attention_softmax_runs_in_float32_for_bfloat16_input():
     layer = fn.MultiHeadAttention(2, causal=True)
     params, state = layer.init(jax.random.key(0), (4, 8))
