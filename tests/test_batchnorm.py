@@ -254,6 +254,7 @@ def test_no_gradient_flows_into_state():
         np.testing.assert_array_equal(g, 0.0)
 
 
+@pytest.mark.slow
 def test_value_and_grad_threads_the_running_statistics():
     model = serial(Dense(6), BatchNorm(), ReLU(), Dense(3))
     params, state = model.init(jax.random.key(0), (4,))

@@ -88,6 +88,7 @@ def test_sampled_weights_have_the_posterior_moments():
     assert float(jnp.corrcoef(ws[:, 0, 0], ws[:, 1, 2])[0, 1]) ** 2 < 25 / 20000  # independent
 
 
+@pytest.mark.slow
 def test_reparameterisation_gradient_formula():
     """drho = dW * eps * sigmoid(rho) with dW the Dense gradient at the sampled W."""
     with jax.enable_x64(True):
@@ -175,6 +176,7 @@ def test_kl_is_zero_at_the_prior_and_finite_for_tiny_sigma():
     assert_close(float(kl), float(jnp.sum(-rho - 0.5)), RTOL_F32)
 
 
+@pytest.mark.slow
 def test_kl_penalty_gradient_passes_checker():
     layer = BayesDense(4, prior_sigma=0.5)
     with jax.enable_x64(True):
@@ -364,6 +366,7 @@ def test_calibration_metrics_on_a_hand_computed_case():
     assert_close(cal.expected_calibration_error(probs, labels, bins=5), want, RTOL_F32)
 
 
+@pytest.mark.slow
 def test_calibration_extremes():
     onehot = jax.nn.one_hot(jnp.array([2, 0, 1]), 3)
     labels = jnp.array([2, 0, 1])

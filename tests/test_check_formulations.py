@@ -27,6 +27,7 @@ def test_forcing_overrides_and_recording_lists_candidates():
             pass
 
 
+@pytest.mark.slow
 def test_conv_is_checked_in_every_formulation():
     report = fn.check_layer(fn.Conv2D(2, 3), (4, 4, 1), batch=12, fd=False)
     assert {r.formulation for r in report.rows} == {"conv=gemm/all", "conv=gemm/8", "conv=xla/all", "conv=xla/8"}
@@ -34,6 +35,7 @@ def test_conv_is_checked_in_every_formulation():
     assert "@random conv=gemm/8" in str(report)
 
 
+@pytest.mark.slow
 def test_recurrent_is_checked_in_every_unroll():
     report = fn.check_layer(fn.LSTM(2), (4, 2), fd=False)
     assert {r.formulation for r in report.rows} == {"recurrent=unroll1", "recurrent=unroll2", "recurrent=unroll4"}

@@ -9,6 +9,7 @@ from funcnn.core.layer import Layer
 import check_examples as ex
 
 
+@pytest.mark.slow
 def test_blame_lands_on_the_wrong_layer():
     """The issue's case: a LayerNorm without its gain in dx inside
     serial(Dense, LayerNorm, Tanh, Dense); end to end, 0_dense and x are flagged."""
@@ -51,6 +52,7 @@ def Residual(inner):
     return Layer("residual", init, forward, backward, lambda s: tuple(s), children=(("0_inner", inner),))
 
 
+@pytest.mark.slow
 def test_children_of_other_combinators_are_checked_at_its_input():
     right = fn.serial(fn.Dense(3), Residual(ex.LayerNorm()), fn.Tanh())
     report = fn.check_model(right, (3,), fd=False)
@@ -60,6 +62,7 @@ def test_children_of_other_combinators_are_checked_at_its_input():
     assert fn.check_model(wrong, (3,), fd=False).first_wrong == "1_residual/0_inner"
 
 
+@pytest.mark.slow
 def test_builtin_models_pass_with_dropout_and_batchnorm():
     model = fn.serial(fn.Dense(4), fn.BatchNorm(), fn.ReLU(), fn.Dropout(0.3), fn.Dense(2))
     report = fn.check_model(model, (3,), batch=4, fd=False)

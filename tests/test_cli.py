@@ -68,6 +68,7 @@ def test_bad_flag_exits_2_without_traceback_from_the_shell(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_perceptron_cli_converges_on_blobs_not_xor(capsys):
     code, stdout, _ = in_process(capsys, "perceptron", "--data", "blobs")
     assert code == 0 and "converged in epoch" in stdout

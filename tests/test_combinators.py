@@ -40,6 +40,7 @@ def test_fan_out_parallel_fan_in_sum_is_f_plus_g():
     assert_close(y, want, RTOL_F32)  # its backward: checked in funcnn check's catalog
 
 
+@pytest.mark.slow
 def test_parallel_takes_and_returns_tuples_and_fan_in_concat_splits_back():
     model = fn.serial(fn.parallel(fn.Dense(2), fn.Dense(3)), fn.fan_in_concat())
     assert model.output_shape(((4,), (6,))) == (5,)
@@ -53,6 +54,7 @@ def test_parallel_takes_and_returns_tuples_and_fan_in_concat_splits_back():
     check_at(model, ((4,), (6,)), x)
 
 
+@pytest.mark.slow
 def test_fan_in_concat_along_a_middle_axis_and_fan_out_of_three():
     model = fn.serial(fn.fan_out(3), fn.parallel(fn.Tanh(), fn.Identity(), fn.Sigmoid()), fn.fan_in_concat(axis=1))
     assert model.output_shape((2, 3)) == (6, 3)
@@ -82,6 +84,7 @@ def test_manual_and_autodiff_gradients_agree_through_combinators_and_the_vjp_bri
     assert_close(gb, ga, RTOL_F64)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_match_eager():
     model = fn.serial(fn.fan_out(2), fn.parallel(fn.Dense(3), fn.Dense(2)), fn.fan_in_concat())
     params, state = model.init(jax.random.key(0), (4,))

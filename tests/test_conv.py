@@ -109,6 +109,7 @@ def test_conv_backward_passes_checker(case):
     check_layer(make(**kwargs), shape, key=jax.random.key(case), batch=2).assert_ok()
 
 
+@pytest.mark.slow
 def test_cnn_manual_gradients_equal_autodiff():
     model = serial(Conv2D(3, 3), ReLU(), MaxPool2D(2), Conv2D(4, 3, stride=2, impl="xla"), Flatten(), Dense(3))
     with jax.enable_x64(True):

@@ -36,6 +36,7 @@ def test_dataset_without_its_extra(monkeypatch):
         data.load("mnist5k")
 
 
+@pytest.mark.slow
 def test_run_completes_without_its_figure(monkeypatch, tmp_path, capsys):
     """`funcnn train` without matplotlib: the run is written, curves.png skipped with one line."""
     from funcnn.cli import main

@@ -184,6 +184,7 @@ FAULTS = [  # (name, unfinished copy?, fault, argv after the run folder's place,
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,unfinished,fault,argv,code,expected", FAULTS, ids=[f[0] for f in FAULTS])
 def test_fault_is_one_line_and_its_exit_code_and_nothing_changes(copy, capsys, name, unfinished, fault, argv,
                                                                  code, expected):

@@ -152,6 +152,7 @@ def test_cached_sampling_draws_the_same_ids_as_uncached(tied, prompt_len, length
         assert len(set(cached.tolist())) > 2  # a real draw, not a constant
 
 
+@pytest.mark.slow
 def test_sampling_at_tiny_temperature_is_greedy_decoding_on_the_last_context_ids():
     model = tiny()
     params, state = random_params(model, jax.random.key(0))
@@ -210,6 +211,7 @@ def test_build_dispatches_gpt_and_gpt_refuses_bad_sizes():
         models.gpt(VOCAB, context=CONTEXT, layers=0, heads=2, width=16)
 
 
+@pytest.mark.slow
 def test_train_lm_lowers_the_validation_loss():
     import optax
 
@@ -244,6 +246,7 @@ def test_train_lm_resumed_from_a_checkpoint_is_bitwise_the_run_left_alone(tmp_pa
     assert resumed.history["train_loss"] == whole.history["train_loss"]
 
 
+@pytest.mark.slow
 def test_train_lm_guard_names_the_step_of_the_run_and_keeps_the_last_evaluation(tmp_path):
     import optax
 

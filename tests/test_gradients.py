@@ -92,6 +92,7 @@ def test_with_manual_vjp_uses_the_handwritten_backward():
     assert_close(g_bridge, jax.tree_util.tree_map(lambda g: 2 * g, g_true), RTOL_F32)
 
 
+@pytest.mark.slow
 def test_with_manual_vjp_under_jit_and_vmap():
     with jax.enable_x64(True):
         model = _model()

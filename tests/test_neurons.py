@@ -63,6 +63,7 @@ def test_equilibria_lie_on_both_nullclines(params, current):
         assert float(jnp.max(jnp.abs(params.rhs(y, current)))) < 1e-4
 
 
+@pytest.mark.slow
 def test_stability_from_jacobian_eigenvalues():
     # SNLC set below onset: stable node, saddle, unstable focus (R&E 1998, Fig. 4B)
     kinds = [s for _, _, s in stability(SNLC, 30.0)]
@@ -129,6 +130,7 @@ def test_simulated_onsets_match_published(params, start, lo, hi, run, published)
     assert got == pytest.approx(published, rel=0.02)
 
 
+@pytest.mark.slow
 def test_class_I_onset_is_slow_and_class_II_onset_jumps():
     cur = jnp.asarray([39.0, 40.3, 41.0])
     snlc = np.asarray(fi_curve(SNLC, cur, start="rest", **ML_RUN))

@@ -178,6 +178,7 @@ def test_output_shape_and_serial():
     assert y.shape == (8, 3) == (8, *model.output_shape((6, 2)))
 
 
+@pytest.mark.slow
 def test_manual_grads_match_autodiff_in_float32_under_jit_and_vmap():
     model = fn.serial(GRU(4, return_sequences=False), fn.Dense(2))
     params, state = model.init(jax.random.key(0), (5, 2))
@@ -192,6 +193,7 @@ def test_manual_grads_match_autodiff_in_float32_under_jit_and_vmap():
     assert_close(mean, g_manual, RTOL_F32)
 
 
+@pytest.mark.slow
 def test_with_manual_vjp_passes_initial_state_gradient():
     layer = LSTM(H, return_sequences=False)
     bridged = fn.with_manual_vjp(layer)

@@ -54,6 +54,7 @@ def _problem(dtype=jnp.float32):
     return MODEL, cast(params), cast(state), cast(x), y
 
 
+@pytest.mark.slow
 def test_l2_value_and_handwritten_gradient():
     with jax.enable_x64(True):
         _, params, _, _, _ = _problem(jnp.float64)
@@ -194,6 +195,7 @@ def test_fit_trains_a_model_with_dropout_and_batchnorm(fitted):
     assert not np.allclose(result.state["1_batchnorm"]["mean"], init_state["1_batchnorm"]["mean"])
 
 
+@pytest.mark.slow
 def test_fit_evaluates_in_eval_mode(fitted):
     model, ds, result = fitted
     pred, _ = model.apply(result.params, result.state, jnp.asarray(ds.x_test), train=False)

@@ -83,6 +83,7 @@ def test_fit_compiles_the_epoch_once(scan):
     assert epoch_traces == 1, len(traces)
 
 
+@pytest.mark.slow
 def test_scanned_and_stepped_epochs_train_to_the_same_parameters():
     """fit(scan=True) (one lax.scan per epoch) and fit(scan=False) (the compiled step per
     batch) use the same permutation and keys: same parameters, same history."""

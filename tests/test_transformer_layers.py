@@ -278,6 +278,7 @@ WRONG = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WRONG))
 def test_wrong_derivations_are_flagged(name, monkeypatch):
     module, attr, wrong, case = WRONG[name]
