@@ -40,3 +40,13 @@ os.environ.setdefault("FUNCNN_AUTOTUNE", "0")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+def pytest_collection_modifyitems(items):
+    """The files with the most slow tests run first (each file's tests kept together and in
+    order, so module fixtures are built once): pytest-xdist hands tests out in this order, and
+    a long test handed out last would run alone while the other worker idles."""
+    slow: dict = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])

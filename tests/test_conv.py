@@ -133,6 +133,7 @@ def test_batch_chunks_cover_the_batch():
             assert len(chunks) == min(-(-n // CPU_BATCH_CHUNK), MAX_CHUNKS)
 
 
+@pytest.mark.slow
 def test_chunked_xla_convolution_equals_one_whole_batch_call():
     """A batch of 19 runs as chunks 8, 8, 3 on CPU: forward, dW (summed over chunks) and dX
     (concatenated) equal one whole-batch lax.conv_general_dilated and its autodiff."""

@@ -55,9 +55,8 @@ def _bitwise(a, b):
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, killed):
-    """A finished run (checkpoints 1 and 2, model/), never modified: cases copy it. The kills
-    start first, so that their subprocesses train while this one does."""
+def pristine(tmp_path_factory):
+    """A finished run (checkpoints 1 and 2, model/), never modified: cases copy it."""
     out = tmp_path_factory.mktemp("pristine") / "run"
     assert main([*RUN, "--out", str(out)]) == 0
     return out
@@ -323,7 +322,8 @@ KILLS = {  # target: what the folder holds after the kill
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
-    """Every kill's subprocess, started together (they compile and train the same tiny run)."""
+    """Every kill's subprocess, started together (they compile and train the same tiny run);
+    requested before ``pristine``, so that they train while it does."""
     root = tmp_path_factory.mktemp("killed")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")])))
@@ -339,7 +339,7 @@ def killed(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", list(KILLS))
-def test_sigkill_during_a_write_then_resume_ends_bitwise_as_the_run_left_alone(pristine, killed, capsys, target):
+def test_sigkill_during_a_write_then_resume_ends_bitwise_as_the_run_left_alone(killed, pristine, capsys, target):
     proc, run = killed[target]
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, stderr[-2000:]

@@ -182,6 +182,7 @@ def test_sampling_draws_from_the_tempered_softmax():
     assert np.max(np.abs(freq - p)) < 4 * np.sqrt(0.25 / len(draws))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(length=0), "sample: length must be a positive integer, got 0"),
     (dict(temperature=-0.1), "sample: temperature must be a finite number >= 0, got -0.1"),

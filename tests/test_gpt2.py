@@ -103,6 +103,7 @@ def test_tied_head_adds_its_gradient_into_the_embedding():
     assert float(jnp.max(jnp.abs(lookup))) > 0 and float(jnp.max(jnp.abs(dw_head))) > 0
 
 
+@pytest.mark.slow
 def test_gpt2_init_statistics():
     layers, width = 3, 64
     model = models.gpt(101, context=16, layers=layers, heads=4, width=width, tie_embeddings=True, init="gpt2")

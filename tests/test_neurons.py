@@ -141,6 +141,7 @@ def test_class_I_onset_is_slow_and_class_II_onset_jumps():
     assert hh[0] == 0 and hh[1] > 40.0  # jumps to ~70 Hz
 
 
+@pytest.mark.slow
 def test_fi_curve_vmaps_and_matches_single_currents():
     cur = jnp.asarray([60.0, 80.0, 120.0])
     many = fi_curve(SNLC, cur, start="rest", **ML_RUN)

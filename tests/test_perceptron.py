@@ -8,6 +8,7 @@ from funcnn import losses
 from funcnn.science import perceptron
 
 
+@pytest.mark.slow
 def test_rosenblatt_converges_on_separable_blobs():
     d = fn.data.load("blobs")
     r = perceptron.train(d.x_train, d.y_train, epochs=50, key=jax.random.key(0))
@@ -35,6 +36,7 @@ def test_rosenblatt_cannot_learn_xor():
     assert np.all(np.asarray(r.errors_per_epoch) > 0)
 
 
+@pytest.mark.slow
 def test_two_layer_sigmoid_network_solves_xor_by_backprop():
     d = fn.data.load("xor")
     model = fn.serial(fn.Dense(8), fn.Sigmoid(), fn.Dense(2))

@@ -127,6 +127,7 @@ def test_adamw_is_not_l2_inside_adam_but_both_are_the_same_for_sgd():
     assert_close(sgd_l2, sgd_decoupled, RTOL_F32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train,l2_coeff", [(True, 0.05), (False, 0.0)], ids=["train+l2", "eval"])
 def test_value_and_grad_modes_agree_with_dropout_and_batchnorm(train, l2_coeff):
     with jax.enable_x64(True):
