@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 import funcnn as fn
 from funcnn import losses
