@@ -59,3 +59,26 @@ def test_check_loss_draws_its_own_points():
     fn.check_loss(fn.losses.binary_cross_entropy, jnp.zeros((4, 1)), jnp.array([[1.0], [1.0], [1.0], [0.0]])).assert_ok()
     with pytest.raises(ValueError, match="check_loss: give pred"):
         fn.check_loss(fn.losses.mse)
+
+
+def test_under_disable_jit_the_check_runs_op_by_op_with_the_same_rows(monkeypatch):
+    """``jax.disable_jit()`` runs the check's programs op by op (what the mutation sweep uses):
+    nothing lowered for XLA as a whole; the same rows, passes and failures, and diagnoses;
+    errors equal where they are above rounding."""
+    lowered = []
+    lower = jax.stages.Traced.lower
+    monkeypatch.setattr(jax.stages.Traced, "lower", lambda self, *a, **k: lowered.append(1) or lower(self, *a, **k))
+    for wrong in (False, True):
+        lowered.clear()
+        compiled = fn.check_layer(ex.LayerNorm(forget_gain_in_dx=wrong), (4,))
+        assert lowered
+        lowered.clear()
+        with jax.disable_jit():
+            eager = fn.check_layer(ex.LayerNorm(forget_gain_in_dx=wrong), (4,))
+        assert not lowered
+        assert compiled.ok is (not wrong) and eager.ok is compiled.ok
+        assert [(r.path, r.point, r.ok, r.diagnosis) for r in eager.rows] == \
+            [(r.path, r.point, r.ok, r.diagnosis) for r in compiled.rows]
+        for a, b in zip(eager.rows, compiled.rows):
+            if not b.ok:
+                assert abs(a.rel_autodiff - b.rel_autodiff) <= 1e-6 * b.rel_autodiff
