@@ -41,6 +41,7 @@ def test_recurrent_is_checked_in_every_unroll():
     assert {r.formulation for r in report.rows} == {"recurrent=unroll1", "recurrent=unroll2", "recurrent=unroll4"}
 
 
+@pytest.mark.slow
 def test_first_chunk_only_weight_gradient_is_caught_at_a_batch_of_12(monkeypatch):
     """The chunked backward keeping only the first chunk's dW: one chunk at a batch of 3
     (nothing to see), caught at 12 in the chunks-of-8 formulations."""

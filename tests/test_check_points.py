@@ -50,6 +50,7 @@ def test_random_params_move_every_float_leaf():
         assert float(jnp.min(jnp.abs(a - b))) > 0
 
 
+@pytest.mark.slow
 def test_check_loss_draws_its_own_points():
     fn.check_loss(fn.losses.softmax_cross_entropy, shape=(2, 3, 4)).assert_ok()
     fn.check_loss(fn.losses.softmax_cross_entropy, shape=(2, 3, 4), weights=jnp.array([[1.0, 0, 2], [0, 1, 1]])).assert_ok()
@@ -61,6 +62,7 @@ def test_check_loss_draws_its_own_points():
         fn.check_loss(fn.losses.mse)
 
 
+@pytest.mark.slow
 def test_under_disable_jit_the_check_runs_op_by_op_with_the_same_rows(monkeypatch):
     """``jax.disable_jit()`` runs the check's programs op by op (what the mutation sweep uses):
     nothing lowered for XLA as a whole; the same rows, passes and failures, and diagnoses;

@@ -284,6 +284,7 @@ def _poisoned(model, at):
     return dataclasses.replace(model, backward=backward)
 
 
+@pytest.mark.slow
 def test_loss_scaled_step_keeps_the_model_state_when_skipped_and_flags_only_at_scale_1():
     """A skipped step keeps params, optimizer state and model state (BatchNorm's running
     statistics); above scale 1 it reports no flag, at scale 1 the guard names the bad gradient."""

@@ -69,6 +69,7 @@ def test_l2_value_and_handwritten_gradient():
             assert_close(grad[k]["w"], 0.3 * params[k]["w"], RTOL_F64)
 
 
+@pytest.mark.slow
 def test_biases_and_batchnorm_params_are_not_decayed_by_default():
     _, params, _, _, _ = _problem()
     grad = jax.jit(l2(0.3).grad)(params)
@@ -147,6 +148,7 @@ def test_value_and_grad_modes_agree_with_dropout_and_batchnorm(train, l2_coeff):
         assert changed == train
 
 
+@pytest.mark.slow
 def test_with_manual_vjp_runs_the_handwritten_backward_under_jax_grad():
     with jax.enable_x64(True):
         model, params, state, x, y = _problem(jnp.float64)

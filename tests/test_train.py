@@ -50,6 +50,7 @@ def test_unknown_dataset_lists_the_known_ones():
         fn.data.load("cifar")
 
 
+@pytest.mark.slow
 def test_fit_argument_errors():
     d = fn.data.load("blobs")
     model = models.mlp((2,), 2, hidden=(4,))
@@ -62,6 +63,7 @@ def test_fit_argument_errors():
         fn.train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), d, epochs=0, batch_size=8, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_fit_compiles_the_epoch_once(scan):
     """The loss is traced once per compilation: many epochs (or batches) must not retrace."""
