@@ -9,7 +9,7 @@ Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``, ``
 with tokens/s and peak memory); each defined in ``benchmarks/contenders_<model>.py`` with a
 ``contenders()`` dict and a ``TITLE``. All contenders use the same AdamW (``harness.adamw``) and
 softmax cross-entropy on the same random data. Where the contenders can report their gradients
-(GPT, GPT-2, LSTM), ``harness.check_equivalence`` proves them equal to funcnn's before timing.
+(MLP, GPT, GPT-2, LSTM), ``harness.check_equivalence`` proves them equal to funcnn's before timing.
 """
 from __future__ import annotations
 

@@ -311,8 +311,8 @@ def _same(a, b) -> bool:
 
 def _flagging_check(case):
     """The catalog case's ``check_layer`` (no finite differences), first in the formulation the
-    autotuner picks alone (one copy of the backward to compile), then, unless that flags it, in
-    every formulation: a row that fails in the first fails in the second, which holds it."""
+    autotuner picks alone (one formulation to run), then, unless that flags it, in every
+    formulation: a row that fails in the first fails in the second, which holds it."""
     report = catalog.run_layer_case(case, fd=False, every_formulation=False)
     return report if not report.ok else catalog.run_layer_case(case, fd=False)
 

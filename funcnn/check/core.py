@@ -354,7 +354,7 @@ class _Program:
         self.jitted, self.executable = jitted, None
 
     def __call__(self, *args):
-        if jax.config.jax_disable_jit:  # op by op, as jax.disable_jit() asks (a backward to step through)
+        if jax.config.jax_disable_jit:  # op by op, as jax.disable_jit() asks (the AOT path below refuses it)
             return self.jitted(*args)
         if self.executable is None:
             traced = self.jitted.trace(*args)
