@@ -23,7 +23,8 @@ from funcnn.layers.conv import Conv2D
 from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
-from harness import equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, torch_adamw, torch_stepper
+from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, path_names, torch_adamw,
+                     torch_stepper)
 
 TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, AdamW"
 REFERENCE = "pytorch"
@@ -41,36 +42,60 @@ def data(seed=0):
     return x, rng.integers(0, 10, BATCH).astype(np.int32)
 
 
-def funcnn_step(mode, impl=None):
-    model = serial(Conv2D(32, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2),
-                   Conv2D(64, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2), Flatten(), Dense(10))
+def funcnn_model(impl=None):
+    return serial(Conv2D(32, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2),
+                  Conv2D(64, 3, w_init="he_normal", impl=impl), ReLU(), MaxPool2D(2), Flatten(), Dense(10))
+
+
+def initial_params():
+    """funcnn's initial params (key 0), the weights every contender starts from."""
+    return funcnn_model().init(jax.random.key(0), (SIDE, SIDE, 1))[0]
+
+
+def weights(params):
+    """funcnn's params as the named arrays every contender's gradients are compared by: ``c1``,
+    ``c2`` (HWIO kernels), ``c1_b``, ``c2_b``, ``d`` (10, 7*7*64: inputs in (h, w, c) order), ``d_b``."""
+    c1, c2, d = [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0])) if "w" in params[k]]
+    return {"c1": c1["w"], "c1_b": c1["b"], "c2": c2["w"], "c2_b": c2["b"], "d": d["w"], "d_b": d["b"]}
+
+
+def _chw(d):
+    """The dense weight (10, h*w*c) with its inputs in (c, h, w) order: a channels-first flatten's."""
+    return np.asarray(d).reshape(10, 7, 7, 64).transpose(0, 3, 1, 2).reshape(10, -1)
+
+
+def _hwc(d):
+    """``_chw``'s inverse."""
+    return np.asarray(d).reshape(10, 64, 7, 7).transpose(0, 2, 3, 1).reshape(10, -1)
+
+
+def funcnn_step(mode, params, impl=None):
     x, y = data()
-    return funcnn_stepper(model, x, y, mode)
+    return funcnn_stepper(funcnn_model(impl), x, y, mode, params=params).named(weights)
 
 
-def raw_jax_step():
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    params = {"c1": (jax.random.normal(k1, (3, 3, 1, 32)) * np.sqrt(2 / 9), jnp.zeros(32)),
-              "c2": (jax.random.normal(k2, (3, 3, 32, 64)) * np.sqrt(2 / 288), jnp.zeros(64)),
-              "d": (jax.random.normal(k3, (7 * 7 * 64, 10)) * np.sqrt(1 / 3136), jnp.zeros(10))}
-
-    def conv(x, w, b):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+def raw_jax_step(w):
+    def conv(x, k, b):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
 
     def pool(x):
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
     def loss(p, x, y):
-        x = pool(jax.nn.relu(conv(x, *p["c1"])))
-        x = pool(jax.nn.relu(conv(x, *p["c2"])))
-        logits = x.reshape(x.shape[0], -1) @ p["d"][0] + p["d"][1]
+        x = pool(jax.nn.relu(conv(x, p["c1"], p["c1_b"])))
+        x = pool(jax.nn.relu(conv(x, p["c2"], p["c2_b"])))
+        logits = x.reshape(x.shape[0], -1) @ p["d"].T + p["d_b"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     x, y = data()
-    return jax_stepper(loss, params, x, y)
+    return jax_stepper(loss, {k: jnp.asarray(v) for k, v in w.items()}, x, y).named(dict)
 
 
-def flax_step():
+FLAX_NAMES = {"c1.kernel": "c1", "c1.bias": "c1_b", "c2.kernel": "c2", "c2.bias": "c2_b", "d.kernel": "d",
+              "d.bias": "d_b"}  # conv kernels HWIO as funcnn's; the dense kernel (in, out)
+
+
+def flax_step(w):
     from flax import nnx
 
     class CNN(nnx.Module):
@@ -84,11 +109,27 @@ def flax_step():
             x = nnx.max_pool(jax.nn.relu(self.c2(x)), (2, 2), (2, 2))
             return self.d(x.reshape(x.shape[0], -1))
 
+    model = CNN(nnx.Rngs(0))
+    for layer, name in ((model.c1, "c1"), (model.c2, "c2"), (model.d, "d")):
+        layer.kernel[...] = jnp.asarray(w[name]).T if name == "d" else jnp.asarray(w[name])
+        layer.bias[...] = jnp.asarray(w[name + "_b"])
     x, y = map(jnp.asarray, data())
-    return flax_stepper(CNN(nnx.Rngs(0)), x, y, lambda m: m.d.kernel.value)
+
+    def named(grads):
+        return {FLAX_NAMES[k]: (g.T if k == "d.kernel" else g) for k, g in path_names(grads).items()}
+
+    return flax_stepper(model, x, y, lambda m: m.d.kernel[...]).named(named)
 
 
-def equinox_step():
+def _oihw(k):
+    return np.transpose(np.asarray(k), (3, 2, 0, 1))
+
+
+def _from_oihw(k):
+    return np.transpose(np.asarray(k), (2, 3, 1, 0))
+
+
+def equinox_step(w):
     import equinox as eqx
 
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -96,12 +137,28 @@ def equinox_step():
         eqx.nn.Conv2d(1, 32, 3, padding="SAME", key=k1), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
         eqx.nn.Conv2d(32, 64, 3, padding="SAME", key=k2), eqx.nn.Lambda(jax.nn.relu), eqx.nn.MaxPool2d(2, 2),
         eqx.nn.Lambda(jnp.ravel), eqx.nn.Linear(7 * 7 * 64, 10, key=k3)])
+    c1, c2, d = model.layers[0], model.layers[3], model.layers[7]
+    model = eqx.tree_at(lambda m: [m.layers[0].weight, m.layers[0].bias, m.layers[3].weight, m.layers[3].bias,
+                                   m.layers[7].weight, m.layers[7].bias], model,
+                        [jnp.asarray(_oihw(w["c1"])), jnp.asarray(w["c1_b"]).reshape(c1.bias.shape),
+                         jnp.asarray(_oihw(w["c2"])), jnp.asarray(w["c2_b"]).reshape(c2.bias.shape),
+                         jnp.asarray(_chw(w["d"])), jnp.asarray(w["d_b"]).reshape(d.bias.shape)])
     x, y = data()
     x = np.transpose(x, (0, 3, 1, 2))  # equinox convolutions are channels-first, per example
-    return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y))
+
+    def named(g):
+        layers = g.layers
+        return {"c1": _from_oihw(layers[0].weight), "c1_b": np.ravel(layers[0].bias),
+                "c2": _from_oihw(layers[3].weight), "c2_b": np.ravel(layers[3].bias),
+                "d": _hwc(layers[7].weight), "d_b": np.asarray(layers[7].bias)}
+
+    return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y)).named(named)
 
 
-def torch_step(threads=None):
+TORCH_NAMES = {"0.weight": "c1", "0.bias": "c1_b", "3.weight": "c2", "3.bias": "c2_b", "7.weight": "d", "7.bias": "d_b"}
+
+
+def torch_step(w, threads=None):
     import torch
 
     torch.manual_seed(0)
@@ -109,23 +166,33 @@ def torch_step(threads=None):
         torch.nn.Conv2d(1, 32, 3, padding="same"), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(32, 64, 3, padding="same"), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
+    to_torch = {"c1": _oihw, "c2": _oihw, "d": _chw}
+    from_torch = {"c1": _from_oihw, "c2": _from_oihw, "d": _hwc}
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(to_torch.get(v, np.asarray)(w[v])))
+                           for k, v in TORCH_NAMES.items()})
     x, y = data()
     return torch_stepper(model, torch.nn.functional.cross_entropy, torch_adamw(model),
-                         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long(), threads)
+                         torch.from_numpy(np.transpose(x, (0, 3, 1, 2)).copy()), torch.from_numpy(y).long(),
+                         threads).named(
+        lambda g: {TORCH_NAMES[k]: from_torch.get(TORCH_NAMES[k], np.asarray)(v) for k, v in g.items()})
 
 
-def contenders():
-    return {
-        "funcnn manual": funcnn_step("manual"),
-        "funcnn autodiff": funcnn_step("autodiff"),
-        "funcnn manual (all gemm)": funcnn_step("manual", "gemm"),
-        "funcnn manual (all xla conv)": funcnn_step("manual", "xla"),
-        "raw jax": raw_jax_step(),
-        "flax nnx": flax_step(),
-        "equinox": equinox_step(),
-        "pytorch": torch_step(),
-        "pytorch (1 thread)": torch_step(threads=1),
+def contenders(only=None):
+    """Every contender, each from funcnn's initial weights; ``only``: these names."""
+    params = initial_params()
+    w = {k: np.asarray(v) for k, v in weights(params).items()}
+    makers = {
+        "funcnn manual": lambda: funcnn_step("manual", params),
+        "funcnn autodiff": lambda: funcnn_step("autodiff", params),
+        "funcnn manual (all gemm)": lambda: funcnn_step("manual", params, "gemm"),
+        "funcnn manual (all xla conv)": lambda: funcnn_step("manual", params, "xla"),
+        "raw jax": lambda: raw_jax_step(w),
+        "flax nnx": lambda: flax_step(w),
+        "equinox": lambda: equinox_step(w),
+        "pytorch": lambda: torch_step(w),
+        "pytorch (1 thread)": lambda: torch_step(w, threads=1),
     }
+    return {k: make() for k, make in makers.items() if only is None or k in only}
 
 
 def op_contenders():

@@ -8,8 +8,8 @@ autotuning afresh) and tabulates every run's medians and ratios side by side.
 Models: ``mlp`` (784-512-512-10 ReLU, batch 128), ``cnn``, ``lstm``, ``gpt``, ``gpt2`` (GPT-2 small,
 with tokens/s and peak memory); each defined in ``benchmarks/contenders_<model>.py`` with a
 ``contenders()`` dict and a ``TITLE``. All contenders use the same AdamW (``harness.adamw``) and
-softmax cross-entropy on the same random data. Where the contenders can report their gradients
-(MLP, GPT, GPT-2, LSTM), ``harness.check_equivalence`` proves them equal to funcnn's before timing.
+softmax cross-entropy on the same random data, every contender from funcnn's initial weights, and
+``harness.check_equivalence`` proves them equal to funcnn's (losses, every gradient tensor) before timing.
 """
 from __future__ import annotations
 
