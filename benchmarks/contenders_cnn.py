@@ -23,8 +23,8 @@ from funcnn.layers.conv import Conv2D
 from funcnn.layers.dense import Dense
 from funcnn.layers.flatten import Flatten
 from funcnn.layers.pooling import MaxPool2D
-from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, path_names, torch_adamw,
-                     torch_stepper)
+from harness import (equinox_stepper, flax_stepper, funcnn_stepper, in_layer_order, jax_stepper, made, path_names,
+                     torch_adamw, torch_stepper)
 
 TITLE = "CNN conv32-pool-conv64-pool-dense10 on 28x28x1, batch 64, AdamW"
 REFERENCE = "pytorch"
@@ -55,7 +55,7 @@ def initial_params():
 def weights(params):
     """funcnn's params as the named arrays every contender's gradients are compared by: ``c1``,
     ``c2`` (HWIO kernels), ``c1_b``, ``c2_b``, ``d`` (10, 7*7*64: inputs in (h, w, c) order), ``d_b``."""
-    c1, c2, d = [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0])) if "w" in params[k]]
+    c1, c2, d = [p for p in in_layer_order(params) if "w" in p]
     return {"c1": c1["w"], "c1_b": c1["b"], "c2": c2["w"], "c2_b": c2["b"], "d": d["w"], "d_b": d["b"]}
 
 
@@ -192,7 +192,7 @@ def contenders(only=None):
         "pytorch": lambda: torch_step(w),
         "pytorch (1 thread)": lambda: torch_step(w, threads=1),
     }
-    return {k: make() for k, make in makers.items() if only is None or k in only}
+    return made(makers, only)
 
 
 def op_contenders():

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, key_path_name, path_names,
+from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, key_path_name, made, path_names,
                      torch_adamw, torch_stepper)
 
 SMALL = dict(vocab=103, context=64, layers=4, heads=4, width=128, batch=32, time=64, gelu="exact")
@@ -393,4 +393,4 @@ def contenders(cfg=SMALL, only=None, single_thread=True, params=None):
     }
     if not single_thread:
         makers.pop("pytorch (1 thread)")
-    return {k: make() for k, make in makers.items() if only is None or k in only}
+    return made(makers, only)

@@ -10,8 +10,8 @@ import optax
 
 import funcnn as fn
 from funcnn.layers.recurrent import LSTM
-from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, key_path_name, path_names,
-                     torch_adamw, torch_stepper)
+from harness import (equinox_stepper, flax_stepper, funcnn_stepper, in_layer_order, jax_stepper, key_path_name,
+                     made, path_names, torch_adamw, torch_stepper)
 
 TITLE = "LSTM(128), length 40, 1 feature, batch 64, last h -> Dense(10), AdamW"
 REFERENCE = "pytorch"
@@ -56,7 +56,7 @@ def initial_params():
 def weights(params):
     """funcnn's params as the named arrays every contender's gradients are compared by:
     ``w_ih`` (4H, F), ``w_hh`` (4H, H), ``b`` (4H,) with gates (i, f, g, o), ``w_out`` (10, H), ``b_out``."""
-    lstm, dense = (params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0])))
+    lstm, dense = in_layer_order(params)
     return {"w_ih": lstm["w_ih"], "w_hh": lstm["w_hh"], "b": lstm["b"], "w_out": dense["w"], "b_out": dense["b"]}
 
 
@@ -187,4 +187,4 @@ def contenders(only=None):
         "pytorch": lambda: torch_step(w),
         "pytorch (1 thread)": lambda: torch_step(w, threads=1),
     }
-    return {k: make() for k, make in makers.items() if only is None or k in only}
+    return made(makers, only)

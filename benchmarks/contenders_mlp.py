@@ -12,8 +12,8 @@ import numpy as np
 import optax
 
 import funcnn as fn
-from harness import (equinox_stepper, flax_stepper, funcnn_stepper, jax_stepper, path_names, torch_adamw,
-                     torch_stepper)
+from harness import (equinox_stepper, flax_stepper, funcnn_stepper, in_layer_order, jax_stepper, made, path_names,
+                     torch_adamw, torch_stepper)
 
 TITLE = "MLP 784-512-512-10 ReLU, batch 128, AdamW"
 REFERENCE = "pytorch"
@@ -39,7 +39,7 @@ def initial_params():
 
 def weights(params):
     """funcnn's params as the named arrays every contender's gradients are compared by."""
-    dense = [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0])) if "w" in params[k]]
+    dense = [p for p in in_layer_order(params) if "w" in p]
     return {name: d[leaf] for i, d in enumerate(dense) for name, leaf in ((f"w{i + 1}", "w"), (f"b{i + 1}", "b"))}
 
 
@@ -85,6 +85,9 @@ def flax_step(w):
     return flax_stepper(model, x, y, lambda m: m.l3.kernel[...]).named(named)
 
 
+EQUINOX_NAMES = {f"layers.{i - 1}.{leaf}": f"{leaf[0]}{i}" for i in (1, 2, 3) for leaf in ("weight", "bias")}
+
+
 def equinox_step(w):
     import equinox as eqx
 
@@ -93,8 +96,7 @@ def equinox_step(w):
                         [jnp.asarray(w[name]) for name in NAMES])
     x, y = data()
     return equinox_stepper(model, jnp.asarray(x), jnp.asarray(y)).named(
-        lambda g: {f"{leaf[0]}{int(i) + 1}": v for (i, leaf), v in
-                   ((k.split(".")[1:], v) for k, v in path_names(g).items())})
+        lambda g: {EQUINOX_NAMES[k]: v for k, v in path_names(g).items()})
 
 
 TORCH_NAMES = {f"{2 * (i - 1)}.{leaf}": f"{leaf[0]}{i}" for i in (1, 2, 3) for leaf in ("weight", "bias")}
@@ -126,4 +128,4 @@ def contenders(only=None):
         "pytorch": lambda: torch_step(w),
         "pytorch (1 thread)": lambda: torch_step(w, threads=1),
     }
-    return {k: make() for k, make in makers.items() if only is None or k in only}
+    return made(makers, only)

@@ -50,6 +50,16 @@ def torch_adamw(model: Any) -> Any:
     return torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
 
 
+def in_layer_order(params: dict) -> list:
+    """The params of a ``serial`` model's layers (keyed ``f"{i}_{name}"``), in layer order."""
+    return [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0]))]
+
+
+def made(makers: dict, only: Any = None) -> dict:
+    """``{name: make()}`` of the contender makers named in ``only`` (every one when None)."""
+    return {k: make() for k, make in makers.items() if only is None or k in only}
+
+
 class Contender:
     """One training step to time (``contender()``), and ``value_and_grads()``: the loss and the
     gradients at the contender's current weights, for ``check_equivalence``."""

@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str, float]]:
+def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str]]:
     """Run the catalog cases named ``names`` here, in order (what a worker process does).
 
     **Arguments:**
@@ -108,7 +108,7 @@ def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str, float
 
     **Returns:**
 
-    ``[(name, ok, printed text, seconds)]``, one per case.
+    ``[(name, ok, printed text)]``, one per case.
     """
     from funcnn.check import catalog  # deferred: see run
 
@@ -123,7 +123,7 @@ def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str, float
         seconds = time.perf_counter() - t
         text = (f"{'ok      ' if report.ok else 'MISMATCH'}  {seconds:5.1f} s  {report.name}" if quiet
                 else f"{report}\n")
-        out.append((name, report.ok, text, seconds))
+        out.append((name, report.ok, text))
     return out
 
 
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         futures = {n: pool.submit(run_cases, [n], args.quiet) for n in order}
         results = (r for name in names for r in futures[name].result())
     try:
-        for name, ok, text, _ in results:
+        for name, ok, text in results:
             print(text, flush=True)
             if not ok:
                 failed.append(name)
