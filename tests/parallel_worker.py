@@ -79,6 +79,21 @@ def _batch(k_x, case):
     return jax.tree_util.tree_map(draw, case.options["x"])
 
 
+def _point(layer, case, train):
+    """(params, state, x, r, forward key) of ``case``, float64: params perturbed where the case
+    asks, a batch of inputs and a cotangent ``r`` shaped like the output."""
+    k_init, k_x, k_r, k_fwd = jax.random.split(jax.random.key(0), 4)
+    params, state = layer.init(k_init, case.input_shape)
+    params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
+    if "perturb" in case.options:
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        noise = [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(jax.random.split(k_init, len(leaves)), leaves)]
+        params = treedef.unflatten([a + case.options["perturb"] * n for a, n in zip(leaves, noise)])
+    x = _batch(k_x, case)
+    y = jax.eval_shape(lambda p, s, xx: layer.apply(p, s, xx, key=k_fwd, train=train)[0], params, state, x)
+    return params, state, x, jax.random.normal(k_r, y.shape, jnp.float64), k_fwd
+
+
 def check_layers():
     """The catalog layers of CASES, float64, batch sharded 4 ways, Explicit axes: manual vs
     autodiff under the mesh; for AUTO_TOO also under Auto axes, and against one device."""
@@ -87,17 +102,7 @@ def check_layers():
         for case in [c for c in LAYER_CASES if c.name in CASES] + EXTRA:
             layer = case.make()
             train = case.options.get("train", True)
-            k_init, k_x, k_r, k_fwd = jax.random.split(jax.random.key(0), 4)
-            params, state = layer.init(k_init, case.input_shape)
-            params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
-            if "perturb" in case.options:
-                leaves, treedef = jax.tree_util.tree_flatten(params)
-                noise = [jax.random.normal(k, a.shape, a.dtype) for k, a in
-                         zip(jax.random.split(k_init, len(leaves)), leaves)]
-                params = treedef.unflatten([a + case.options["perturb"] * n for a, n in zip(leaves, noise)])
-            x = _batch(k_x, case)
-            y, _ = layer.apply(params, state, x, key=k_fwd, train=train)
-            r = jax.random.normal(k_r, y.shape, jnp.float64)
+            params, state, x, r, k_fwd = jax.jit(lambda: _point(layer, case, train))()  # one program, not op by op
             grads = jax.jit(_layer_grads, static_argnums=(0, 6))
             more = case.name in AUTO_TOO
             ref = grads(layer, params, state, x, r, k_fwd, train)[0] if more else None
