@@ -323,17 +323,18 @@ def test_mixed_precision_fit_matches_fp32_accuracy_on_digits():
 
 
 @pytest.mark.slow
-def test_cli_fp64_prints_the_first_step_gap_at_float64_rounding(tmp_path):
+def test_cli_fp64_prints_the_first_step_gap_at_float64_rounding(tmp_path, capsys):
     import json
-    import subprocess
-    import sys
+
+    from funcnn.cli import main
 
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "funcnn", "train", "--precision", "fp64", "--epochs", "3",
-                        "--lr", "0.005", "--hidden", "32", "--out", str(out), "--no-progress"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "manual vs autodiff (float64)" in r.stdout and "params=float64,compute=float64" in r.stdout
+    code = main(["train", "--precision", "fp64", "--epochs", "3", "--lr", "0.005", "--hidden", "32",
+                 "--out", str(out), "--no-progress"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert "manual vs autodiff (float64)" in stdout and "params=float64,compute=float64" in stdout
+    assert not jax.config.jax_enable_x64  # float64 was the run's, not left switched on in this process
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["first_step_grad_rel_diff"] <= 1e-12 and metrics["final"]["test_acc"] > 0.8
 
