@@ -62,12 +62,22 @@ def test_init_honours_param_dtype(name, make, shape, train, param_dtype):
 
 
 def _manual_and_autodiff(layer, params, state, x, train):
-    key = jax.random.key(5)
-    y, _, cache = layer.forward(params, state, x, key=key, train=train)
-    dy = jax.random.normal(jax.random.key(6), y.shape, y.dtype)
-    manual = layer.backward(params, cache, dy)
-    _, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, key=key, train=train)[0], params, x)
-    return y, manual, vjp(dy)
+    """(y, manual (dparams, dx), autodiff (dparams, dx)) of <layer(x), dy> at a random dy,
+    compiled as one program, as training runs them."""
+    def both(params, state, x):
+        key = jax.random.key(5)
+        y, _, cache = layer.forward(params, state, x, key=key, train=train)
+        dy = jax.random.normal(jax.random.key(6), y.shape, y.dtype)
+        manual = layer.backward(params, cache, dy)
+        _, vjp = jax.vjp(lambda p, xx: layer.apply(p, state, xx, key=key, train=train)[0], params, x)
+        return y, manual, vjp(dy)
+
+    return jax.jit(both)(params, state, x)
+
+
+def _init(layer, shape):
+    """``layer.init(key(0), shape)`` as one compiled program."""
+    return jax.jit(lambda key: layer.init(key, shape))(jax.random.key(0))
 
 
 POLICIES = [("bfloat16", RTOL_BF16), ("float16", RTOL_F16)]
@@ -80,7 +90,7 @@ LAYER_POLICIES = [(*c, "bfloat16", RTOL_BF16) for c in LAYERS] + [
                          ids=[f"{c[0]}-{c[4]}" for c in LAYER_POLICIES])
 def test_every_layer_under_a_policy_manual_equals_autodiff(name, make, shape, train, compute, rtol):
     layer = fn.with_policy(make(), fn.Policy("float32", compute, "float32"))
-    params, state = layer.init(jax.random.key(0), shape)
+    params, state = _init(layer, shape)
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     y, (dp, dx), (dp_a, dx_a) = _manual_and_autodiff(layer, params, state, x, train)
     assert y.dtype == jnp.float32 and dx.dtype == jnp.float32 and _float_dtypes(dp) == {"float32"}
@@ -93,10 +103,10 @@ def test_x64_every_layer_is_float64_end_to_end(name, make, shape, train):
     """Under x64 the defaults give one float width per layer (float32) and param_dtype=float64
     gives float64 params whose manual backward matches autodiff at float64 rounding."""
     with jax.enable_x64(True):
-        params, state = make().init(jax.random.key(0), shape)
+        params, state = _init(make(), shape)
         assert _float_dtypes(params) == {"float32"} and _float_dtypes(state) <= {"float32"}
         layer = make(param_dtype="float64")
-        params, state = layer.init(jax.random.key(0), shape)
+        params, state = _init(layer, shape)
         assert _float_dtypes(params) == {"float64"} and _float_dtypes(state) <= {"float64"}
         x = jax.random.normal(jax.random.key(1), (3, *shape), jnp.float64)
         y, (dp, dx), (dp_a, dx_a) = _manual_and_autodiff(layer, params, state, x, train)
@@ -109,7 +119,7 @@ def test_x64_every_layer_is_float64_end_to_end(name, make, shape, train):
 def test_parameter_free_layers_compute_in_dtype(name, make, shape):
     """dtype=bfloat16 on a float32 input: the output is bfloat16 and dx comes back float32."""
     layer = make(dtype="bfloat16")
-    params, state = layer.init(jax.random.key(0), shape)
+    params, state = _init(layer, shape)
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     y, (_, dx), (_, dx_a) = _manual_and_autodiff(layer, params, state, x, True)
     assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.float32
