@@ -97,10 +97,14 @@ def evaluate(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any, y:
 
     `(loss, accuracy)` as floats (accuracy ``nan`` for a task that is not a classification).
     """
-    predict = predict or predictor(model)
-    preds = [predict(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    pred = jnp.concatenate(preds)
+    pred = _predictions(predict or predictor(model), params, state, x, batch_size)
     return float(loss.value(pred, jnp.asarray(y))), float(accuracy(pred, jnp.asarray(y)))
+
+
+def _predictions(predict, params, state, x, batch_size) -> jax.Array:
+    """``predict`` over `x` `(N, ...)` in chunks of `batch_size` rows, concatenated."""
+    preds = [predict(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return preds[0] if len(preds) == 1 else jnp.concatenate(preds)
 
 
 def _as_arrays(data) -> tuple:
@@ -178,12 +182,19 @@ def _check_key(saved_key, key, directory) -> None:
 def _recorder(model, loss, history, x_tr, y_tr, x_te, y_te):
     """``record(carry, mean_loss, epoch) -> postfix``: the epoch's history, in eval mode."""
     predict = predictor(model)
+    # evaluate's loss and accuracy as one compiled program (op by op, each would compile its
+    # own): the targets were checked once, up front, by fit
+    score = jax.jit(lambda pred, y: (loss.value(pred, y), accuracy(pred, y)))
+    y_tr, y_te = jnp.asarray(y_tr), None if y_te is None else jnp.asarray(y_te)
+
+    def scores(params, state, x, y):
+        return tuple(float(v) for v in score(_predictions(predict, params, state, x, 1000), y))
 
     def record(carry, mean_loss, epoch):
         params, state, _ = carry
         history["loss"].append(float(mean_loss))
-        tr = evaluate(model, loss, params, state, x_tr, y_tr, predict=predict)
-        te = evaluate(model, loss, params, state, x_te, y_te, predict=predict) if x_te is not None else (np.nan,) * 2
+        tr = scores(params, state, x_tr, y_tr)
+        te = scores(params, state, x_te, y_te) if x_te is not None else (np.nan,) * 2
         for name, v in zip(HISTORY[1:], (*tr, *te)):
             history[name].append(v)
         return {"loss": f"{mean_loss:.4f}", "train_acc": f"{tr[1]:.3f}", "test_acc": f"{te[1]:.3f}"}
@@ -233,9 +244,10 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, data:
         model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     key, k_init = jax.random.split(key)
     if params is None:
-        params, state = model.init(k_init, tuple(np.shape(x_tr)[1:]))
+        shape = tuple(np.shape(x_tr)[1:])
+        params, state = jax.jit(lambda k: model.init(k, shape))(k_init)  # one program, not op by op
     checkpoints, (params, state, opt_state, saved_key), done, history = loop.open_checkpoints(
-        checkpoint_dir, (params, state, optimizer.init(params), key), {k: [] for k in HISTORY}, keep=keep,
+        checkpoint_dir, (params, state, jax.jit(optimizer.init)(params), key), {k: [] for k in HISTORY}, keep=keep,
         resume=resume, who="fit", unit="epoch", total=epochs)
     _check_key(saved_key, key, checkpoint_dir)
     if scan is None and mesh is None:
