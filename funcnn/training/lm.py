@@ -203,11 +203,11 @@ def train_lm(model: Layer, corpus: Any, *, context: int, steps: int, batch_size:
     if policy is not None:
         model, loss, optimizer = precision.prepare(model, loss, optimizer, policy)
     if params is None:
-        params, _ = model.init(jax.random.key(seed), (context,))
+        params, _ = jax.jit(lambda k: model.init(k, (context,)))(jax.random.key(seed))  # one program, not op by op
     state = _state(model, context)
     history = {"step": [], "train_loss": [], "val_loss": [], "seconds": []}
     checkpoints, (params, opt_state), done, history = loop.open_checkpoints(
-        checkpoint_dir, (params, optimizer.init(params)), history, keep=keep, resume=resume, who="train_lm",
+        checkpoint_dir, (params, jax.jit(optimizer.init)(params)), history, keep=keep, resume=resume, who="train_lm",
         unit="step", total=steps)
     step = jax.jit(make_step(model, loss, optimizer, grad=grad))
     windows = itertools.islice(batches(corpus.train, context=context, batch_size=batch_size, steps=steps, seed=seed),

@@ -147,7 +147,8 @@ def _train_classifier(options: dict, out: Path, resume: bool, mesh: Any, progres
     key = jax.random.key(options["seed"])
     policy = Policy.parse(options["precision"])
     policy_model, policy_loss, _ = prepare(model, loss, optimizer, policy)
-    params, state = policy_model.init(jax.random.split(key)[1], shape)
+    init = jax.jit(policy_model.init, static_argnums=1)  # one program, run twice (below), not op by op
+    params, state = init(jax.random.split(key)[1], shape)
     primary = jax.process_index() == 0  # several processes: every one trains and checkpoints, process 0 writes
     if not resume and primary:
         record = runs.make_record(options["model"], _json_args(options),
@@ -161,7 +162,7 @@ def _train_classifier(options: dict, out: Path, resume: bool, mesh: Any, progres
     # after training (a resume that cannot restore fails before this compiles), at a fresh init:
     # the same params as the run started from
     xb, yb = jnp.asarray(d.x_train[: options["batch_size"]]), jnp.asarray(d.y_train[: options["batch_size"]])
-    gap = first_step_gradient_gap(policy_model, policy_loss, *policy_model.init(jax.random.split(key)[1], shape),
+    gap = first_step_gradient_gap(policy_model, policy_loss, *init(jax.random.split(key)[1], shape),
                                   xb, yb, key, options["l2"])
     h = result.history
     title = f"{options['model']} on {options['data']} ({options['grad']} backward)"
@@ -201,7 +202,8 @@ def _train_gpt(options: dict, out: Path, resume: bool, mesh: Any, progress: bool
     optimizer = make_optimizer(o["optimizer"], o["lr"], o["schedule"], steps)
     policy = Policy.parse(o["precision"])
     policy_model, policy_loss, _ = prepare(model, losses.softmax_cross_entropy, optimizer, policy)
-    params, state = policy_model.init(jax.random.key(o["seed"]), (o["context"],))
+    init = jax.jit(policy_model.init, static_argnums=1)  # one program, run twice (below), not op by op
+    params, state = init(jax.random.key(o["seed"]), (o["context"],))
     primary = jax.process_index() == 0
     if not resume and primary:
         record = runs.make_record("gpt", _json_args(o),
@@ -215,8 +217,8 @@ def _train_gpt(options: dict, out: Path, resume: bool, mesh: Any, progress: bool
                          progress=progress and primary, policy=policy, checkpoint_dir=out / runs.CHECKPOINTS,
                          resume=resume, mesh=mesh)
     x, y = next(lm.batches(corpus.train, context=o["context"], batch_size=o["batch_size"], steps=1, seed=o["seed"]))
-    gap = first_step_gradient_gap(policy_model, policy_loss, *policy_model.init(jax.random.key(o["seed"]),
-                                                                                (o["context"],)), x, y, None, 0.0)
+    gap = first_step_gradient_gap(policy_model, policy_loss, *init(jax.random.key(o["seed"]), (o["context"],)), x, y,
+                                  None, 0.0)
     h = result.history
     runs.save_run(out, params=result.params, state=state, metrics=_metrics(o, gap, h),
                   plot=lambda path: lm_curves(h, path, f"gpt on pydoc ({o['grad']} backward)"), primary=primary)
