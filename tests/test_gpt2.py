@@ -84,10 +84,12 @@ def test_check_model_names_the_broken_layer_of_the_gpt2_model(monkeypatch):
 def test_tied_head_adds_its_gradient_into_the_embedding():
     model = gpt2_shaped(layers=1)
     (k0, emb), (k1, body), (k2, head) = model.children
-    with jax.enable_x64(True):
-        params, state = model.init(jax.random.key(0), (CONTEXT,))
+    passes = {}  # what the body hands on, seen while the program below is traced
+
+    @jax.jit  # one program (op by op, each primitive would compile alone)
+    def pieces(key):
+        params, state = model.init(key, (CONTEXT,))
         params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-        assert (k0, k1, k2) == ("0_tied_embedding", "1_first", "2_tied_readout") and params[k2] == {}
         y, _, cache = model.forward(params, state, IDS)
         dy = jax.random.normal(jax.random.key(1), y.shape, jnp.float64)
         grads, _ = model.backward(params, cache, dy)
@@ -96,11 +98,18 @@ def test_tied_head_adds_its_gradient_into_the_embedding():
         _, _, c2 = head.forward(params[k2], state[k2], (h, w_passed))
         _, (dh, dw_head) = head.backward(params[k2], c2, dy)
         _, (de, dw_back) = body.backward(params[k1], c1, (dh, dw_head))
+        passes.update(table=w_passed is w, gradient=dw_back is dw_head)
         lookup = jnp.zeros_like(w).at[IDS.reshape(-1)].add(de.reshape(-1, w.shape[1]))
-    assert w_passed is w and dw_back is dw_head  # the table and its head gradient pass the body untouched
+        return params, grads, dy, h, dw_head, lookup
+
+    with jax.enable_x64(True):
+        params, grads, dy, h, dw_head, lookup = pieces(jax.random.key(0))
+    assert (k0, k1, k2) == ("0_tied_embedding", "1_first", "2_tied_readout") and params[k2] == {}
+    assert passes == {"table": True, "gradient": True}  # the table and its head gradient pass the body untouched
     np.testing.assert_allclose(dw_head, np.einsum("btv,btd->vd", dy, h), rtol=1e-12)
+    lookup, dw_head = np.asarray(lookup), np.asarray(dw_head)  # float64 arrays: host numpy
     np.testing.assert_allclose(grads[k0]["w"], lookup + dw_head, rtol=1e-12, atol=1e-15)
-    assert np.max(np.abs(lookup)) > 0 and np.max(np.abs(dw_head)) > 0  # float64 arrays: host numpy
+    assert np.max(np.abs(lookup)) > 0 and np.max(np.abs(dw_head)) > 0
 
 
 @pytest.mark.slow
