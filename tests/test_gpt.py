@@ -179,7 +179,7 @@ def test_sampling_draws_from_the_tempered_softmax():
     # one step from a one-id prompt, many keys: the frequencies follow softmax(z / T)
     model = tiny()
     params, state = random_params(model, jax.random.key(0))
-    z = np.asarray(model.apply(params, state, jnp.asarray([[3]]))[0][0, -1], np.float64)
+    z = np.asarray(jax.jit(model.apply)(params, state, jnp.asarray([[3]]))[0][0, -1], np.float64)
     p = np.exp(z / 2.0 - np.max(z / 2.0))
     p /= p.sum()
     draws = [int(sampling.sample(model, params, [3], context=CONTEXT, length=1, temperature=2.0,
