@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import funcnn as fn
 
 
+@jax.jit  # one program (op by op, each leaf's shape would compile its own draw)
 def perturbed(params, key, scale=0.3):
     """Params moved off their initial values (gains off one, biases off zero), so no term hides."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -15,9 +16,12 @@ def perturbed(params, key, scale=0.3):
 
 def params64(layer, input_shape, key=jax.random.key(1)):
     """Float64 params of ``layer``, perturbed; call inside ``jax.enable_x64(True)``."""
-    params, state = layer.init(key, input_shape)
-    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
-    return perturbed(params, jax.random.fold_in(key, 7)), state
+    def draw(key):
+        params, state = layer.init(key, input_shape)
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+        return perturbed(params, jax.random.fold_in(key, 7)), state
+
+    return jax.jit(draw)(key)
 
 
 def check_at(layer, input_shape, x, key=jax.random.key(0), **kwargs):

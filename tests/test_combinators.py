@@ -72,13 +72,13 @@ def test_manual_and_autodiff_gradients_agree_through_combinators_and_the_vjp_bri
     model = fn.serial(fn.Dense(6), fn.residual(fn.serial(fn.Dense(6), fn.Tanh())),
                       fn.fan_out(2), fn.parallel(fn.Dense(2), fn.Dense(2)), fn.fan_in_sum())
     with jax.enable_x64(True):
-        params, state = model.init(jax.random.key(0), (4,))
+        params, state = jax.jit(lambda k: model.init(k, (4,)))(jax.random.key(0))
         params = perturbed(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(3))
         x, y = normal(1, (5, 4)).astype(jnp.float64), normal(2, (5, 2)).astype(jnp.float64)
         lm, gm, _ = jax.jit(fn.value_and_grad(model, mse, mode="manual"))(params, state, x, y)
-        la, ga, _ = fn.value_and_grad(model, mse, mode="autodiff")(params, state, x, y)
+        la, ga, _ = jax.jit(fn.value_and_grad(model, mse, mode="autodiff"))(params, state, x, y)
         bridged = fn.with_manual_vjp(model)
-        gb = jax.grad(lambda p: mse.value(bridged.apply(p, state, x)[0], y))(params)
+        gb = jax.jit(jax.grad(lambda p: mse.value(bridged.apply(p, state, x)[0], y)))(params)
     assert_close(lm, la, RTOL_F64)
     assert_close(gm, ga, RTOL_F64)
     assert_close(gb, ga, RTOL_F64)
