@@ -131,13 +131,17 @@ def test_closed_form_backward_agrees_with_step_by_step_derivation(layout):
 def test_library_staged_backward_agrees_with_closed_form(layout):
     """The module's two derivations, CS231n's staged walk and the closed form, agree."""
     shape, axis, batch = LAYOUTS[layout]
-    with jax.enable_x64(True):
+    @jax.jit  # one program (op by op, each primitive would compile alone)
+    def derivations():
         x = 2.0 + 3.0 * jax.random.normal(jax.random.key(1), (batch, *shape), jnp.float64)
         ax = axis % x.ndim
         gamma, beta = (jax.random.normal(jax.random.key(k), (x.shape[ax],), jnp.float64) for k in (2, 3))
         _, _, _, cache = batchnorm_forward_train(x, gamma, beta, axis=ax, eps=1e-5)
         dy = jax.random.normal(jax.random.key(7), x.shape, jnp.float64)
-        closed, staged = batchnorm_backward(dy, cache), batchnorm_backward_staged(dy, cache)
+        return x, gamma, dy, batchnorm_backward(dy, cache), batchnorm_backward_staged(dy, cache)
+
+    with jax.enable_x64(True):
+        x, gamma, dy, closed, staged = derivations()
         dgamma, dbeta, dx_ref = _step_by_step_backward(np.asarray(x), np.asarray(gamma), np.asarray(dy), axis, 1e-5)
     for a, b in zip(closed, staged):
         assert_close(a, b, RTOL_F64)

@@ -11,6 +11,7 @@ import funcnn as fn
 from funcnn.check import check_layer
 from funcnn.layers.recurrent import GRU, LSTM, SimpleRNN
 from helpers import RTOL_F32, RTOL_F64, assert_close
+from layer_checks import perturbed
 
 F, H = 2, 3
 CELLS = {
@@ -49,13 +50,6 @@ def test_bptt_matches_autodiff_and_finite_differences(name, time, seqs, with_sta
     report.assert_ok()
     paths = {r.path for r in report.rows}
     assert ("x[1]" in paths or "x[1][0]" in paths) == with_state  # the initial state was checked
-
-
-def _perturbed(params, key, scale=0.3):
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
 
 
 def _sigmoid(z):
@@ -128,7 +122,7 @@ def test_forward_matches_reference(name, activation, with_state, reference):
     seq, last = CELLS[name](**kw), CELLS[name](return_sequences=False, **kw)
     with jax.enable_x64(True):
         params, _ = seq.init(jax.random.key(0), (7, F))
-        params = _perturbed(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1))
+        params = perturbed(jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), jax.random.key(1))
         x = jax.random.normal(jax.random.key(2), (4, 7, F), jnp.float64)
         state0 = _state(name, 4, jax.random.key(3)) if with_state else None
         x_in = x if state0 is None else (x, state0)
@@ -144,9 +138,10 @@ def test_initial_state_continues_a_sequence():
     layer = GRU(H)
     params, _ = layer.init(jax.random.key(1), (7, F))
     x = jax.random.normal(jax.random.key(0), (2, 7, F))
-    full, _ = layer.apply(params, {}, x)
-    head, _ = layer.apply(params, {}, x[:, :3])
-    tail, _ = layer.apply(params, {}, (x[:, 3:], head[:, -1]))
+    apply = jax.jit(layer.apply)
+    full, _ = apply(params, {}, x)
+    head, _ = apply(params, {}, x[:, :3])
+    tail, _ = apply(params, {}, (x[:, 3:], head[:, -1]))
     assert_close(jnp.concatenate([head, tail], axis=1), full, RTOL_F32)
 
 
@@ -204,8 +199,8 @@ def test_with_manual_vjp_passes_initial_state_gradient():
     def objective(apply, s0):
         return jnp.sum(apply(params, {}, (x, s0))[0] ** 2)
 
-    g_manual = jax.grad(lambda s: objective(bridged.apply, s))(s0)
-    g_auto = jax.grad(lambda s: objective(layer.apply, s))(s0)
+    g_manual = jax.jit(jax.grad(lambda s: objective(bridged.apply, s)))(s0)
+    g_auto = jax.jit(jax.grad(lambda s: objective(layer.apply, s)))(s0)
     assert_close(g_manual, g_auto, RTOL_F32)
 
 
