@@ -290,7 +290,7 @@ def test_cli_train_then_sample_round_trip(tmp_path, capsys):
     run = fn.load_run(out)  # the saved params are the trained ones
     assert run.kind == "gpt" and run.complete and run.input_shape == (8,) and run.vocab == run_record_vocab(out)
     model, params = run.model, run.params
-    fresh, _ = model.init(jax.random.key(0), (8,))
+    fresh, _ = jax.jit(lambda k: model.init(k, (8,)))(jax.random.key(0))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(fresh)
     assert not np.array_equal(np.asarray(params["0_embedding"]["w"]), np.asarray(fresh["0_embedding"]["w"]))
     assert main(["sample", str(out), "--prompt", "def ", "--length", "30", "--temperature", "0.5"]) == 0
