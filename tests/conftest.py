@@ -10,7 +10,11 @@ from pathlib import Path
 # JAX_COMPILATION_CACHE_DIR yourself to move it, or to "" to switch it off.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(tempfile.gettempdir()) / f"funcnn-jax-cache-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# Every program is kept, however fast it compiled: the suite's subprocesses (training runs,
+# kills, resumes, several processes of one run) compile the same small programs again, and load
+# them from disk instead (tests/test_faults.py + test_runs.py, cache cold, 2 runs each:
+# 66-73 s with every program kept, 77 s with those that compiled in 0.1 s or more).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Compiling is most of the suite's time, not running: a test runs its programs a few times
 # on small shapes. So the suite asks XLA:CPU to compile fast rather than emit fast code: its
 # elemental emitters instead of the fusion emitters, no expensive LLVM passes, backend
