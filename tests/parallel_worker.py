@@ -24,6 +24,7 @@ from jax.sharding import AxisType, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import rel_error  # noqa: E402
+from layer_checks import perturbed  # noqa: E402
 
 import funcnn  # noqa: E402
 from funcnn import layers as L  # noqa: E402
@@ -86,9 +87,7 @@ def _point(layer, case, train):
     params, state = layer.init(k_init, case.input_shape)
     params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
     if "perturb" in case.options:
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        noise = [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(jax.random.split(k_init, len(leaves)), leaves)]
-        params = treedef.unflatten([a + case.options["perturb"] * n for a, n in zip(leaves, noise)])
+        params = perturbed(params, k_init, case.options["perturb"])
     x = _batch(k_x, case)
     y = jax.eval_shape(lambda p, s, xx: layer.apply(p, s, xx, key=k_fwd, train=train)[0], params, state, x)
     return params, state, x, jax.random.normal(k_r, y.shape, jnp.float64), k_fwd

@@ -41,6 +41,7 @@ from funcnn.training.step import PyTree, guard_names
 __all__ = ["FitResult", "NonFiniteError", "accuracy", "evaluate", "fit", "predictor"]
 
 HISTORY = ("loss", "train_loss", "train_acc", "test_loss", "test_acc")
+EVAL_ROWS = 1000  # rows per prediction chunk when evaluating
 
 
 class FitResult(NamedTuple):
@@ -82,7 +83,7 @@ def predictor(model: Layer) -> Callable[[PyTree, PyTree, jax.Array], jax.Array]:
     return jax.jit(lambda params, state, x: model.apply(params, state, x, train=False)[0])
 
 
-def evaluate(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any, y: Any, *, batch_size: int = 1000,
+def evaluate(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any, y: Any, *, batch_size: int = EVAL_ROWS,
              predict: Callable | None = None) -> tuple[float, float]:
     """Mean loss and accuracy in eval mode (``train=False``), predicting in chunks.
 
@@ -188,7 +189,7 @@ def _recorder(model, loss, history, x_tr, y_tr, x_te, y_te):
     y_tr, y_te = jnp.asarray(y_tr), None if y_te is None else jnp.asarray(y_te)
 
     def scores(params, state, x, y):
-        return tuple(float(v) for v in score(_predictions(predict, params, state, x, 1000), y))
+        return tuple(float(v) for v in score(_predictions(predict, params, state, x, EVAL_ROWS), y))
 
     def record(carry, mean_loss, epoch):
         params, state, _ = carry
