@@ -64,7 +64,9 @@ likewise draws predictions and targets away from special points when not given.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import jax
@@ -303,7 +305,8 @@ def _fd_all(forward, primals, y, dy, gidx, plan):
 
 
 def _program(forward, backward, reference_fn, plan, with_manual, forms):
-    """The jitted check, vmapped over points: ``run(primals, extra, dy, gidx)`` with
+    """The jitted check, vmapped over points: ``(references(primals, extra, dy, gidx),
+    manual(primals, extra, dy))`` (``manual`` None unless ``with_manual``) with
     ``forward(extra, *primals)``, ``backward(extra, *primals, dy)`` (random draws are made
     outside, ``funcnn.check.draws``: no threefry to compile in here).
 
@@ -327,16 +330,8 @@ def _program(forward, backward, reference_fn, plan, with_manual, forms):
                 out.append(backward(extra, *primals, dy))
         return out
 
-    vmapped = [_Program(jax.jit(jax.vmap(references, in_axes=(0, None, None, None))))]
-    if with_manual:
-        vmapped.append(_Program(jax.jit(jax.vmap(manual, in_axes=(0, None, None)))))
-
-    def run(primals, extra, dy, gidx):
-        out = vmapped[0](primals, extra, dy, gidx)
-        out["manual"] = vmapped[1](primals, extra, dy) if with_manual else []
-        return out
-
-    return run
+    return (_Program(jax.jit(jax.vmap(references, in_axes=(0, None, None, None)))),
+            _Program(jax.jit(jax.vmap(manual, in_axes=(0, None, None)))) if with_manual else None)
 
 
 def _uses(jaxpr, names) -> bool:
@@ -378,6 +373,50 @@ def _cached_program(cache_key, build):
     return _PROGRAMS[cache_key]
 
 
+_REUSED: dict | None = None  # reusing_references(): check's memo key -> its references
+
+
+@contextlib.contextmanager
+def reusing_references():
+    """Inside the block, a check that repeats a check made earlier in the block (same name,
+    shapes, formulations and values of the points, cotangent and sampled elements) reuses
+    that check's references -- the forward's output, autodiff and finite differences -- and
+    computes only the hand-written backward and the comparison again.
+
+    For sweeps that change backward code only, such as a mutation test of the backward
+    functions (``tests/test_mutation.py``): the caller promises that the forward functions
+    checked in the block compute what they did the first time; a check of a changed
+    forward would be compared with stale references.
+    """
+    global _REUSED
+    saved, _REUSED = _REUSED, {}
+    try:
+        yield
+    finally:
+        _REUSED = saved
+
+
+def _digest(tree) -> str:
+    """A hash of the values, shapes and dtypes of ``tree``'s leaves (PRNG keys by their data)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        a = np.asarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _references(program, memo, stacked, extra, dy, gidx) -> dict:
+    """The references program's results (a new dict), from ``reusing_references``' memo when it holds them."""
+    if memo is None:
+        return program(stacked, extra, dy, gidx)
+    if memo not in _REUSED:
+        _REUSED[memo] = program(stacked, extra, dy, gidx)
+    return dict(_REUSED[memo])
+
+
 _NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
                   jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
 
@@ -417,16 +456,18 @@ def _check_points(forward, backward, primals_list, points, *, extra=None, key=No
         signature = (_signature(first), _signature(extra), _signature(dy), len(primals_list), plan,
                      autotune.forcing_state(), tuple(tuple(sorted(f.items())) for f in forms))
         cache_key = None if identity is None or has_rules else (identity, signature)
+        memo = None if _REUSED is None else (name, signature, _digest((stacked, extra, dy, gidx)))
         manual = None
         try:
-            program = _cached_program(cache_key and (cache_key, True),
-                                      lambda: _program(forward, backward, reference_fn, plan, True, forms))
-            results = program(stacked, extra, dy, gidx)
+            references, manual_program = _cached_program(
+                cache_key and (cache_key, True), lambda: _program(forward, backward, reference_fn, plan, True, forms))
+            results = _references(references, memo, stacked, extra, dy, gidx)
+            results["manual"] = manual_program(stacked, extra, dy)
         except _NOT_TRACEABLE:  # a backward that needs concrete values runs eagerly
-            program = _cached_program(cache_key and (cache_key, False),
-                                      lambda: _program(forward, backward, reference_fn, plan, False, forms))
-            results = program(stacked, extra, dy, gidx)
-            manual = []
+            references, _ = _cached_program(
+                cache_key and (cache_key, False), lambda: _program(forward, backward, reference_fn, plan, False, forms))
+            results = _references(references, memo, stacked, extra, dy, gidx)
+            results["manual"], manual = [], []
             for form in forms:
                 with autotune.forcing(form):
                     manual.append([backward(extra, *p, dy) for p in primals_list])
