@@ -1,12 +1,15 @@
 """Derivations wrong only away from the initial parameters (gains 1, biases 0,
 log-scales 0, slopes 0): checked at the initial values alone they pass, so
 ``check_layer`` must check at random parameters too -- and flag every one."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import funcnn as fn
 import check_examples as ex
+from funcnn.check import core
 
 ONLY_WRONG_AWAY_FROM_INIT = {
     "layernorm: gain left out of dx": lambda w: ex.LayerNorm(forget_gain_in_dx=w),
@@ -84,3 +87,30 @@ def test_under_disable_jit_the_check_runs_op_by_op_with_the_same_rows(monkeypatc
         for a, b in zip(eager.rows, compiled.rows):
             if not b.ok:
                 assert abs(a.rel_autodiff - b.rel_autodiff) <= 1e-6 * b.rel_autodiff
+
+
+def test_reusing_references_runs_only_the_backward_again_and_keeps_every_verdict():
+    """Inside ``reusing_references`` a check repeated with another backward (same name, forward,
+    points) takes its references (output, autodiff, finite differences) from the first: the
+    forward is traced only where the hand-written backward calls it, and the rows, errors and
+    diagnoses are those of the same checks made outside the block -- a wrong backward still fails."""
+    def counted(layer, calls):
+        def forward(*args, **kwargs):
+            calls.append(1)
+            return layer.forward(*args, **kwargs)
+        return dataclasses.replace(layer, forward=forward)
+
+    def rows(report):
+        return [(r.path, r.point, r.ok, r.rel_autodiff, r.rel_fd, r.diagnosis) for r in report.rows]
+
+    outside_calls = []
+    outside = {w: fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=w), outside_calls), (4,), name="ln")
+               for w in (False, True)}
+    with core.reusing_references():
+        first_calls, again_calls = [], []
+        first = fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=False), first_calls), (4,), name="ln")
+        again = fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=True), again_calls), (4,), name="ln")
+    # the forward traced for shapes, formulations and the backward's cache, not for references
+    assert len(again_calls) < len(first_calls) == len(outside_calls) // 2, (again_calls, first_calls)
+    assert rows(first) == rows(outside[False]) and first.ok
+    assert rows(again) == rows(outside[True]) and not again.ok
