@@ -45,6 +45,48 @@ def test_datasets_load_offline(name, shape):
         assert (len(d.x_train), len(d.x_test)) == (4000, 1000)
 
 
+@pytest.mark.parametrize("seed", [0, 5, 2**32 - 1])
+def test_splits_and_synthetic_sets_are_scikit_learns_draw_for_draw(seed):
+    """The NumPy splits and generators reproduce scikit-learn's arrays exactly (the runs and
+    figures made with them stay valid), and loading a synthetic set imports no scikit-learn."""
+    from sklearn.datasets import load_digits, make_blobs, make_moons
+    from sklearn.model_selection import train_test_split
+
+    from funcnn.data.datasets import _standardise, stratified_split
+
+    def split(x, y, test_size):
+        xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+        return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
+
+    digits = load_digits()
+    want = {"blobs": split(_standardise(make_blobs(400, centers=[[-2, -2], [2, 2]], cluster_std=0.8,
+                                                   random_state=seed)[0]),
+                           make_blobs(400, centers=[[-2, -2], [2, 2]], cluster_std=0.8, random_state=seed)[1], 0.25),
+            "moons": split(_standardise(make_moons(600, noise=0.2, random_state=seed)[0]),
+                           make_moons(600, noise=0.2, random_state=seed)[1], 0.25),
+            "digits": split(digits.images[..., None] / 16.0, digits.target, 0.2)}
+    for name, arrays in want.items():
+        got = fn.data.load(name, seed=seed)
+        for a, b in zip(got[:4], arrays):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    y = np.random.default_rng(seed % 97).integers(0, 3, 101)
+    for test_size in (0.3, 17):
+        for a, b in zip(stratified_split(y, test_size, seed), train_test_split(np.arange(101), test_size=test_size,
+                                                                                random_state=seed, stratify=y)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_synthetic_sets_load_without_scikit_learn(monkeypatch):
+    import sys
+
+    for name in ["sklearn", *[m for m in sys.modules if m.startswith("sklearn.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # any import of scikit-learn raises ImportError
+    for name in ("xor", "blobs", "moons"):
+        assert len(fn.data.load(name, seed=3).x_train) > 0
+    with pytest.raises(ImportError):
+        fn.data.load("digits")
+
+
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'; known: blobs, digits, mnist1d, mnist5k, moons, pydoc, xor"):
         fn.data.load("cifar")

