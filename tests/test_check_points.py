@@ -110,6 +110,10 @@ def test_reusing_references_runs_only_the_backward_again_and_keeps_every_verdict
         first_calls, again_calls = [], []
         first = fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=False), first_calls), (4,), name="ln")
         again = fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=True), again_calls), (4,), name="ln")
+        with core.reusing_references():  # a block inside another shares its memo
+            nested_calls = []
+            nested = fn.check_layer(counted(ex.LayerNorm(forget_gain_in_dx=True), nested_calls), (4,), name="ln")
+    assert len(nested_calls) == len(again_calls) and rows(nested) == rows(again)
     # the forward traced for shapes, formulations and the backward's cache, not for references
     assert len(again_calls) < len(first_calls) == len(outside_calls) // 2, (again_calls, first_calls)
     assert rows(first) == rows(outside[False]) and first.ok

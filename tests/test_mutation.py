@@ -35,11 +35,11 @@ The checks run op by op (``jax.disable_jit()``, which the checker honours): the 
 draws and comparisons as a compiled check, each primitive's kernel compiled once for every
 mutant, where compiling each mutant's whole program would be most of the sweep (the GRU's 48
 mutants: 83 s compiled, 28 s op by op, the same outcomes). A case is checked first in the
-formulation the autotuner picks alone, then in all of them unless that flagged it. Within a
-chunk, each check computes its case's references (the forward's output and autodiff) once
-(``funcnn.check.core.reusing_references``), which is sound because no mutated function runs in a
-forward (asserted: the forwards are traced too); only the mutated backward and the comparison
-run again (the whole sweep in one process: 153 s -> 141 s, GRU's and LSTM's flagged mutants
+formulation the autotuner picks alone, then in all of them unless that flagged it. Each
+check computes its case's references (the forward's output and autodiff) once per worker
+(``funcnn.check.core.reusing_references``), which is sound because no mutated function runs
+in a forward (asserted: the forwards are traced too); only the mutated backward and the
+comparison run again (the whole sweep in one process: 153 s -> 141 s, GRU's and LSTM's flagged mutants
 ~40 % faster, the same outcomes: 241 flagged, 79 raised, 14 equivalent).
 """
 from __future__ import annotations
@@ -377,6 +377,13 @@ def _summary(functions, result) -> str:
         for m, detail in result[outcome]:
             lines.append(f"  {outcome}: {m}  [{detail}]")
     return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _references_once_per_worker():
+    """Every chunk of the sweep a worker runs shares one memo of references (see ``_sweep``)."""
+    with core.reusing_references():
+        yield
 
 
 @functools.lru_cache(maxsize=1)

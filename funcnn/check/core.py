@@ -386,10 +386,11 @@ def reusing_references():
     For sweeps that change backward code only, such as a mutation test of the backward
     functions (``tests/test_mutation.py``): the caller promises that the forward functions
     checked in the block compute what they did the first time; a check of a changed
-    forward would be compared with stale references.
+    forward would be compared with stale references. A block inside another shares its memo.
     """
     global _REUSED
-    saved, _REUSED = _REUSED, {}
+    saved = _REUSED
+    _REUSED = {} if saved is None else saved
     try:
         yield
     finally:
