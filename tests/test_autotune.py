@@ -82,9 +82,13 @@ def test_no_measurement_when_off_or_too_small(monkeypatch):
     timer = FakeTimer({"b": 0.0})
     monkeypatch.setattr(autotune, "measure", timer)
     assert autotune.choose("op", 1, _square_candidates(), _args, fallback="c", work=autotune.MIN_WORK / 2) == "c"
+    counted = []  # work given as a function: asked only when it decides
+    assert autotune.choose("op", 3, _square_candidates(), _args, fallback="c",
+                           work=lambda: counted.append(1) or autotune.MIN_WORK / 2) == "c" and counted == [1]
     monkeypatch.setenv("FUNCNN_AUTOTUNE", "0")
-    assert autotune.choose("op", 2, _square_candidates(), _args, fallback="a") == "a"
-    assert timer.calls == 0 and [d["source"] for d in autotune.decisions()] == ["fallback", "fallback"]
+    assert autotune.choose("op", 2, _square_candidates(), _args, fallback="a",
+                           work=lambda: pytest.fail("work computed with the autotuner off")) == "a"
+    assert timer.calls == 0 and [d["source"] for d in autotune.decisions()] == ["fallback"] * 3
 
 
 def test_disk_cache_round_trip(monkeypatch, tmp_path):

@@ -200,13 +200,14 @@ def dummy(shape: Sequence[int], dtype: jax.typing.DTypeLike, seed: int = 0) -> j
 
 def choose(op: str, key: Hashable, candidates: dict[str, Callable[..., Any]], args: Callable[[], tuple], *,
            fallback: str,
-           impl: str | None = None, work: float | None = None, jit: bool = True) -> str:
+           impl: str | None = None, work: float | Callable[[], float] | None = None, jit: bool = True) -> str:
     """The name of the candidate to use for ``op`` at ``key`` (see the module docstring).
 
     ``candidates``: ``{name: f}`` with ``f(*args())`` one run of that formulation;
     ``args``: builds concrete dummy inputs (only called when measuring); ``fallback``:
     the name used when not measuring; ``impl``: a forced name (exact) or name prefix;
-    ``work``: FLOPs of one run (None: always worth measuring); ``jit=False``: the
+    ``work``: FLOPs of one run, or a function returning them, called only when they decide
+    (None: always worth measuring); ``jit=False``: the
     candidates are already compiled callables (e.g. a Python loop of jitted steps). ``key`` must be hashable
     and have a stable ``repr`` (it names the choice on disk).
     """
@@ -238,7 +239,7 @@ def choose(op: str, key: Hashable, candidates: dict[str, Callable[..., Any]], ar
         name, source = next(iter(candidates)), "forced" if prefix is not None else "only"
     elif stored in candidates:
         name, source = stored, "disk"
-    elif not enabled() or (work is not None and work < MIN_WORK):
+    elif not enabled() or (work is not None and (work() if callable(work) else work) < MIN_WORK):
         name, source = fallback, "fallback"
     else:
         with jax.ensure_compile_time_eval():

@@ -219,14 +219,20 @@ def scan_is_slow(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any
     optimizer = optimizer or optax.sgd(1e-3)
     step = make_step(model, loss, optimizer, grad=grad)
     idx = np.arange(steps * batch_size) % len(x)
-    xs, ys = (jnp.asarray(np.asarray(a)[idx]).reshape(steps, batch_size, *np.shape(a)[1:]) for a in (x, y))
-    keys = jax.random.split(jax.random.key(0), steps)
-    carry = (params, state, optimizer.init(params))
-    batch0 = (xs[0], ys[0], keys[0])
+
+    def inputs():  # the timed runs' (carry, batches): built only when the choice is measured
+        xs, ys = (jnp.asarray(np.asarray(a)[idx]).reshape(steps, batch_size, *np.shape(a)[1:]) for a in (x, y))
+        return (params, state, optimizer.init(params)), (xs, ys, jax.random.split(jax.random.key(0), steps))
+
+    carry, batches = jax.eval_shape(inputs)  # shapes only: nothing runs or compiles here
+    batch0 = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), batches)
     jaxpr = str(jax.make_jaxpr(step)(carry, batch0))
     key = (jax.default_backend(), hashlib.sha256(jaxpr.encode()).hexdigest()[:16])
-    cost = jax.jit(step).lower(carry, batch0).cost_analysis() or {}
-    work = steps * float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+
+    def work():  # lowers the step: only when the choice is measured
+        cost = jax.jit(step).lower(carry, batch0).cost_analysis() or {}
+        return steps * float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+
     scanned = jax.jit(lambda c, b: jax.lax.scan(step, c, b)[1])
     stepped = jax.jit(step)
 
@@ -237,6 +243,6 @@ def scan_is_slow(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any
             values.append(v)
         return values
 
-    choice = autotune.choose("fit", key, {"scan": scanned, "step": run_stepped}, lambda: (carry, (xs, ys, keys)),
+    choice = autotune.choose("fit", key, {"scan": scanned, "step": run_stepped}, inputs,
                              fallback="scan", work=work, jit=False)
     return choice == "step"
