@@ -52,7 +52,7 @@ def test_splits_and_synthetic_sets_are_scikit_learns_draw_for_draw(seed):
     from sklearn.datasets import load_digits, make_blobs, make_moons
     from sklearn.model_selection import train_test_split
 
-    from funcnn.data.datasets import _standardise, stratified_split
+    from funcnn.data.datasets import _standardise, _stratified_split
 
     def split(x, y, test_size):
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
@@ -71,7 +71,7 @@ def test_splits_and_synthetic_sets_are_scikit_learns_draw_for_draw(seed):
             np.testing.assert_array_equal(a, b, err_msg=name)
     y = np.random.default_rng(seed % 97).integers(0, 3, 101)
     for test_size in (0.3, 17):
-        for a, b in zip(stratified_split(y, test_size, seed), train_test_split(np.arange(101), test_size=test_size,
+        for a, b in zip(_stratified_split(y, test_size, seed), train_test_split(np.arange(101), test_size=test_size,
                                                                                 random_state=seed, stratify=y)):
             np.testing.assert_array_equal(a, b)
 

@@ -67,7 +67,7 @@ def _approximate_mode(class_counts, n_draws, rng):
     return floored.astype(int)
 
 
-def stratified_split(y, test_size, seed):
+def _stratified_split(y, test_size, seed):
     """``(train, test)`` indices of a split of the labels ``y`` `(N,)` that keeps each class's
     share: ``test_size`` examples (an int) or that fraction of N rounded up (a float), the
     draws of ``np.random.RandomState(seed)``. The indices of scikit-learn's
@@ -88,7 +88,7 @@ def stratified_split(y, test_size, seed):
 
 
 def _split(x, y, test_size, seed, name, num_classes):
-    train, test = stratified_split(y, test_size, seed)
+    train, test = _stratified_split(y, test_size, seed)
     return Dataset(x[train].astype(np.float32), y[train].astype(np.int32), x[test].astype(np.float32),
                    y[test].astype(np.int32), num_classes, name)
 
