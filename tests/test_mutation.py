@@ -39,8 +39,8 @@ formulation the autotuner picks alone, then in all of them unless that flagged i
 check computes its case's references (the forward's output and autodiff) once per worker
 (``funcnn.check.core.reusing_references``), which is sound because no mutated function runs
 in a forward (asserted: the forwards are traced too); only the mutated backward and the
-comparison run again (the whole sweep in one process: 153 s -> 141 s, GRU's and LSTM's flagged mutants
-~40 % faster, the same outcomes: 241 flagged, 79 raised, 14 equivalent).
+comparison run again (the whole sweep in one process: 153 s -> 141 s, GRU's and LSTM's
+flagged mutants ~40 % faster, the same outcomes: 241 flagged, 79 raised, 14 equivalent).
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def coverage() -> tuple[dict, set]:
         forward, backward = _layer_fns(layer, train)
         seen = set()
 
-        def profile(frame, event, arg, seen=seen):
+        def profile(frame, event, arg):
             if event == "call":
                 seen.add((frame.f_code.co_filename, frame.f_code.co_qualname))
 

@@ -48,7 +48,7 @@ def test_datasets_load_offline(name, shape):
 @pytest.mark.parametrize("seed", [0, 5, 2**32 - 1])
 def test_splits_and_synthetic_sets_are_scikit_learns_draw_for_draw(seed):
     """The NumPy splits and generators reproduce scikit-learn's arrays exactly (the runs and
-    figures made with them stay valid), and loading a synthetic set imports no scikit-learn."""
+    figures made with them stay valid)."""
     from sklearn.datasets import load_digits, make_blobs, make_moons
     from sklearn.model_selection import train_test_split
 
@@ -59,11 +59,10 @@ def test_splits_and_synthetic_sets_are_scikit_learns_draw_for_draw(seed):
         return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
 
     digits = load_digits()
-    want = {"blobs": split(_standardise(make_blobs(400, centers=[[-2, -2], [2, 2]], cluster_std=0.8,
-                                                   random_state=seed)[0]),
-                           make_blobs(400, centers=[[-2, -2], [2, 2]], cluster_std=0.8, random_state=seed)[1], 0.25),
-            "moons": split(_standardise(make_moons(600, noise=0.2, random_state=seed)[0]),
-                           make_moons(600, noise=0.2, random_state=seed)[1], 0.25),
+    blobs = make_blobs(400, centers=[[-2, -2], [2, 2]], cluster_std=0.8, random_state=seed)
+    moons = make_moons(600, noise=0.2, random_state=seed)
+    want = {"blobs": split(_standardise(blobs[0]), blobs[1], 0.25),
+            "moons": split(_standardise(moons[0]), moons[1], 0.25),
             "digits": split(digits.images[..., None] / 16.0, digits.target, 0.2)}
     for name, arrays in want.items():
         got = fn.data.load(name, seed=seed)

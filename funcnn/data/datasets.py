@@ -74,7 +74,7 @@ def _stratified_split(y, test_size, seed):
     ``train_test_split(..., test_size=test_size, random_state=seed, stratify=y)``."""
     n = len(y)
     n_test = int(np.ceil(test_size * n)) if isinstance(test_size, float) else int(test_size)
-    classes, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    _, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
     by_class = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
     rng = np.random.RandomState(seed)
     n_train = _approximate_mode(class_counts, n - n_test, rng)

@@ -229,12 +229,12 @@ def scan_is_slow(model: Layer, loss: Loss, params: PyTree, state: PyTree, x: Any
     jaxpr = str(jax.make_jaxpr(step)(carry, batch0))
     key = (jax.default_backend(), hashlib.sha256(jaxpr.encode()).hexdigest()[:16])
 
-    def work():  # lowers the step: only when the choice is measured
-        cost = jax.jit(step).lower(carry, batch0).cost_analysis() or {}
-        return steps * float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
-
     scanned = jax.jit(lambda c, b: jax.lax.scan(step, c, b)[1])
     stepped = jax.jit(step)
+
+    def work():  # lowers the step: only when the choice is measured
+        cost = stepped.lower(carry, batch0).cost_analysis() or {}
+        return steps * float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
 
     def run_stepped(c, b):
         values = []
