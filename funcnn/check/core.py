@@ -225,12 +225,15 @@ FD_BATCH_ELEMENTS = 1 << 21  # ... fewer when 4 forwards of that many outputs wo
 # running it fast (~30% less compile time on CPU); float64 arithmetic is IEEE either way. Not
 # for a program with a convolution: at level 0 XLA:CPU emits convolutions as naive loops (the
 # check of a small CNN's first convolution ran 543 s instead of 1.9 s), so those get XLA's
-# defaults, stated here so that XLA_FLAGS asking for level 0 do not reach them.
+# defaults, stated here so that XLA_FLAGS asking for level 0 do not reach them. Either way the
+# LLVM module is compiled whole, not split into parts compiled on threads: for programs this
+# small the split costs more than it saves (`funcnn check` of 7 cases on 2 cores: CPU -10%,
+# wall -6%, 3 runs each).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                    "xla_cpu_use_fusion_emitters": False}
+                    "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 DEFAULT_LEVEL_PRIMITIVES = ("conv_general_dilated",)
 CONV_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False,
-                         "xla_cpu_use_fusion_emitters": False}
+                         "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 _PROGRAMS: dict = {}  # cache key -> jitted program
 _MAX_PROGRAMS = 64
 
