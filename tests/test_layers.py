@@ -73,6 +73,36 @@ def test_initialiser_variance(name, var):
     assert abs(float(jnp.var(w)) / var(300, 400) - 1) < 0.02
 
 
+def test_eager_draws_are_jax_randoms_numbers_from_a_program_per_bucket():
+    from funcnn.core import prng
+
+    shapes = [(3,), (7, 5), (130, 9), (2, 3, 4, 5), (1500,), (0, 4)]
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        for shape in shapes:
+            for seed, scale in ((0, 1.0), (1, 0.02), (2, 0.1234567)):
+                key = jax.random.key(seed)
+                got, want = prng.normal(key, shape, dtype, scale), scale * jax.random.normal(key, shape, dtype)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{dtype} {shape} {scale}")
+                got, want = prng.uniform(key, shape, dtype, -scale, scale), jax.random.uniform(key, shape, dtype, -scale, scale)
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{dtype} {shape} {scale}")
+    # the initialisers draw what they drew before, std * jax.random.normal and jax.random.uniform(-a, a)
+    key, fan_in, fan_out = jax.random.key(4), 11, 6
+    for name, variance in (("glorot_normal", 2 / 17), ("he_normal", 2 / 11), ("lecun_normal", 1 / 11),
+                           ("glorot_uniform", 2 / 17), ("he_uniform", 2 / 11)):
+        got = initializers.get(name)(key, (fan_out, fan_in), fan_in, fan_out)
+        want = (variance ** 0.5 * jax.random.normal(key, (fan_out, fan_in)) if name.endswith("normal") else
+                jax.random.uniform(key, (fan_out, fan_in), jnp.float32, -(3 * variance) ** 0.5, (3 * variance) ** 0.5))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
+    assert [prng.bucket(n) for n in (1, 1024, 1025, 2047, 4097)] == [1024, 1024, 1152, 2048, 4608]
+    assert all(n <= prng.bucket(n) <= n * 9 / 8 for n in range(1024, 70000, 37))
+    # one program per bucket and dtype, whatever the shapes drawn in it
+    prng._normal._clear_cache()
+    for shape in ((5, 3), (4, 4), (17,), (2, 2, 2)):
+        prng.normal(jax.random.key(0), shape, jnp.float32, 0.5)
+    assert prng._normal._cache_size() == 1
+
+
 def test_dense_rejects_wrong_input():
     layer = fn.Dense(3)
     params, state = layer.init(jax.random.key(0), (4,))

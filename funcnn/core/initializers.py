@@ -10,6 +10,10 @@ convolution kernel `(kh, kw, in, out)`, `fan_in = kh kw in` and `fan_out = kh kw
 - LeCun: $\mathrm{Var}(w) = 1 / \text{fan\_in}$.
 
 Uniform variants draw from $U(-a, a)$ with $a = \sqrt{3\, \mathrm{Var}}$.
+
+The numbers are `jax.random`'s (`std * jax.random.normal(key, shape, dtype)`,
+`jax.random.uniform(key, shape, dtype, -a, a)`); run eagerly they come from one compiled
+program per size bucket (`funcnn.core.prng`), not one per shape.
 """
 from __future__ import annotations
 
@@ -19,17 +23,18 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from funcnn.core import prng
+
 Initializer = Callable[..., jax.Array]  # init(key, shape, fan_in, fan_out[, dtype]) -> array of `shape`
 
 
 def _normal(key, shape, variance, dtype):
-    std = math.sqrt(variance)
-    return std * jax.random.normal(key, shape, dtype)
+    return prng.normal(key, shape, dtype, math.sqrt(variance))
 
 
 def _uniform(key, shape, variance, dtype):
     a = math.sqrt(3.0 * variance)
-    return jax.random.uniform(key, shape, dtype, -a, a)
+    return prng.uniform(key, shape, dtype, -a, a)
 
 
 def zeros(key: jax.Array, shape: tuple[int, ...], fan_in: int | None = None, fan_out: int | None = None,

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.core import initializers
+from funcnn.core import initializers, prng
 from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
 from funcnn.core.layer import Layer
 from funcnn.core.sharding import batch_outer, batch_scatter_add, batch_take
@@ -47,13 +47,13 @@ from funcnn.core.validate import positive_int
 def standard_normal(key: jax.Array, shape: tuple[int, ...], fan_in: Any = None, fan_out: Any = None,
                     dtype: Any = jnp.float32) -> jax.Array:
     """N(0, 1) entries of the given shape: `torch.nn.Embedding`'s initialisation."""
-    return jax.random.normal(key, shape, dtype)
+    return prng.normal(key, shape, dtype)
 
 
 def normal(std: float) -> Callable[..., jax.Array]:
     """An initialiser drawing N(0, `std`^2) entries (`normal(0.02)`: GPT-2's)."""
     def init(key, shape, fan_in=None, fan_out=None, dtype=jnp.float32):
-        return std * jax.random.normal(key, shape, dtype)
+        return prng.normal(key, shape, dtype, std)
 
     return init
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from funcnn.core import initializers
+from funcnn.core import initializers, prng
 from funcnn.core.dtypes import layer_dtypes, with_compute_dtype
 from funcnn.core.layer import Layer
 from funcnn.core.validate import positive_int
@@ -35,7 +35,7 @@ from funcnn.core.validate import positive_int
 def gpt2_normal(key: jax.Array, shape: tuple[int, ...], fan_in: Any = None, fan_out: Any = None,
                 dtype: Any = jnp.float32) -> jax.Array:
     """N(0, 0.02^2) entries of the given shape: GPT-2's initialisation of its position table."""
-    return 0.02 * jax.random.normal(key, shape, dtype)
+    return prng.normal(key, shape, dtype, 0.02)
 
 
 def positional_forward(x: jax.Array, w: jax.Array, start: Any = 0) -> jax.Array:

@@ -1,0 +1,95 @@
+"""Random draws for initialisers: bit for bit ``jax.random``'s, without a program per shape.
+
+Run eagerly (outside ``jit``), every ``jax.random.normal`` or ``uniform`` at a new shape is
+a program of its own, and threefry is long to compile (~0.1 s each on a CPU core, ~0.07 s
+inside a larger program); a model's ``init`` draws one array per parameter, most of them
+at shapes no other parameter has. With JAX's default counter-based threefry
+(``jax_threefry_partitionable``), a draw of ``n`` numbers is the first ``n`` of a draw of
+any larger size from the same key, whatever the shape. So eager draws run at a size
+rounded up to a bucket (8 sizes per power of two: at most 1/8 drawn in vain) and keep the
+prefix: one compiled program per bucket and dtype, shared by every layer. Under a trace
+(``jit``, ``vmap``, ``eval_shape``), with another PRNG implementation or with the
+partitionable mode off, the draws are ``jax.random``'s own.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MIN_BUCKET = 1024  # numbers: one program serves every small draw
+
+
+def bucket(n: int) -> int:
+    """The size drawn for ``n`` numbers: ``n`` rounded up to 8 steps per power of two, at least
+    ``MIN_BUCKET``."""
+    n = max(int(n), MIN_BUCKET)
+    step = 1 << max(n.bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _normal(key, size, dtype):
+    return jax.random.normal(key, (size,), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _uniform(key, size, dtype, low, high):
+    return jax.random.uniform(key, (size,), dtype, low, high)
+
+
+def _bucketed(key: Any) -> bool:
+    """Whether a draw from ``key`` may run bucketed: a concrete threefry key, partitionable mode."""
+    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+        return False
+    if not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key) or np.shape(key):
+        return False  # a raw uint32 key or a batch of keys: jax.random's own path
+    return str(jax.random.key_impl(key)) == "threefry2x32"
+
+
+def _prefix(flat: jax.Array, shape: tuple[int, ...], scale: Any = None) -> jax.Array:
+    """The first ``prod(shape)`` numbers of ``flat`` as an array of ``shape``, times ``scale``
+    (an IEEE product in ``flat``'s dtype, as XLA's multiply of the unfused draw is)."""
+    out = np.asarray(flat)[:int(np.prod(shape))].reshape(shape)
+    return jax.device_put(out if scale is None else out * np.asarray(scale, out.dtype))
+
+
+def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, scale: float = 1.0) -> jax.Array:
+    """``scale * jax.random.normal(key, shape, dtype)``, the same numbers.
+
+    **Arguments:**
+
+    - `key`: a typed PRNG key; `shape`: a tuple of ints; `dtype`: a float dtype.
+    - `scale`: a Python float, rounded to `dtype` before the product (as `jax.random`'s
+      result times a Python float is).
+
+    **Returns:**
+
+    An array of `shape` and `dtype`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not _bucketed(key) or not np.prod(shape):
+        return scale * jax.random.normal(key, shape, dtype)
+    return _prefix(_normal(key, bucket(np.prod(shape)), np.dtype(dtype)), shape, None if scale == 1.0 else scale)
+
+
+def uniform(key: jax.Array, shape: Sequence[int], dtype: Any, low: float, high: float) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, low, high)``, the same numbers.
+
+    **Arguments:**
+
+    - `key`: a typed PRNG key; `shape`: a tuple of ints; `dtype`: a float dtype;
+      `low`, `high`: Python floats, the bounds.
+
+    **Returns:**
+
+    An array of `shape` and `dtype`.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not _bucketed(key) or not np.prod(shape):
+        return jax.random.uniform(key, shape, dtype, low, high)
+    return _prefix(_uniform(key, bucket(np.prod(shape)), np.dtype(dtype), np.asarray(low, dtype),
+                            np.asarray(high, dtype)), shape)
