@@ -31,6 +31,7 @@ from funcnn import layers as L  # noqa: E402
 from funcnn import losses, models  # noqa: E402
 from funcnn.data import text
 from funcnn.training import lm, distributed
+from funcnn.check import draws  # noqa: E402
 from funcnn.check.catalog import LAYER_CASES, LayerCase  # noqa: E402
 from funcnn.core.layer import serial  # noqa: E402
 
@@ -67,15 +68,20 @@ def _layer_grads(layer, params, state, x, r, key, train):
     return manual, vjp(r)
 
 
+def _normal(key, shape):
+    """Float64 standard normals on the device, drawn by ``funcnn.check.draws`` (no program per shape)."""
+    return jax.device_put(draws.normal(key, shape))
+
+
 def _batch(k_x, case):
     """A batch of BATCH inputs for ``case``: normal floats, or integer ids in [0, VOCAB)."""
     if "x" not in case.options:
-        return jax.random.normal(k_x, (BATCH, *case.input_shape), jnp.float64)
+        return _normal(k_x, (BATCH, *case.input_shape))
 
     def draw(a):
         if jnp.issubdtype(a.dtype, jnp.integer):
-            return jax.random.randint(k_x, (BATCH, *a.shape[1:]), 0, VOCAB)
-        return jax.random.normal(k_x, (BATCH, *a.shape[1:]), jnp.float64)
+            return jax.device_put(draws.labels(k_x, (BATCH, *a.shape[1:]), VOCAB))
+        return _normal(k_x, (BATCH, *a.shape[1:]))
 
     return jax.tree_util.tree_map(draw, case.options["x"])
 
@@ -85,12 +91,12 @@ def _point(layer, case, train):
     asks, a batch of inputs and a cotangent ``r`` shaped like the output."""
     k_init, k_x, k_r, k_fwd = jax.random.split(jax.random.key(0), 4)
     params, state = layer.init(k_init, case.input_shape)
-    params, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, state))
+    params, state = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a, np.float64)), (params, state))
     if "perturb" in case.options:
         params = perturbed(params, k_init, case.options["perturb"])
     x = _batch(k_x, case)
     y = jax.eval_shape(lambda p, s, xx: layer.apply(p, s, xx, key=k_fwd, train=train)[0], params, state, x)
-    return params, state, x, jax.random.normal(k_r, y.shape, jnp.float64), k_fwd
+    return params, state, x, _normal(k_r, y.shape), k_fwd
 
 
 def check_layers():
@@ -101,7 +107,7 @@ def check_layers():
         for case in [c for c in LAYER_CASES if c.name in CASES] + EXTRA:
             layer = case.make()
             train = case.options.get("train", True)
-            params, state, x, r, k_fwd = jax.jit(lambda: _point(layer, case, train))()  # one program, not op by op
+            params, state, x, r, k_fwd = _point(layer, case, train)  # eagerly: its draws compile nothing per shape
             grads = jax.jit(_layer_grads, static_argnums=(0, 6))
             more = case.name in AUTO_TOO
             ref = grads(layer, params, state, x, r, k_fwd, train)[0] if more else None

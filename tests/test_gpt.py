@@ -14,6 +14,7 @@ from funcnn import models
 from funcnn.training import lm, sampling
 from funcnn.cli import main
 from helpers import RTOL_F64, assert_close
+from layer_checks import perturbed
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -25,16 +26,10 @@ def tiny(layers=1):
 
 
 def random_params(model, key, dtype=jnp.float32):
-    """Initial params moved off their special values (LayerNorm's gamma = 1, zero biases);
-    drawn in one compiled program (op by op, each leaf's shape compiles its own)."""
-    def draw(key):
-        params, state = model.init(key, (CONTEXT,))
-        leaves, tree = jax.tree_util.tree_flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-        leaves = [(p + 0.3 * jax.random.normal(k, p.shape)).astype(dtype) for p, k in zip(leaves, keys)]
-        return jax.tree_util.tree_unflatten(tree, leaves), state
-
-    return jax.jit(draw)(key)
+    """Initial params moved off their special values (LayerNorm's gamma = 1, zero biases), in
+    ``dtype`` (float64: call inside ``jax.enable_x64(True)``)."""
+    params, state = model.init(key, (CONTEXT,))
+    return perturbed(params, jax.random.fold_in(key, 1), dtype=dtype), state
 
 
 def ids(key, batch=3, t=CONTEXT):

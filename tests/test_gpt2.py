@@ -15,6 +15,7 @@ import funcnn as fn
 from funcnn import models
 from funcnn.core.layer import Layer
 from funcnn.regularization import decays_weights, weight_decay_mask
+from layer_checks import perturbed
 
 VOCAB, CONTEXT = 7, 4
 IDS = np.array([[1, 6, 0, 3], [5, 2, 4, 1]], np.int32)
@@ -35,11 +36,7 @@ VARIANTS = {
 def perturbed_params(model: Layer) -> dict:
     """Float64 initial params moved off their special values (gains 1, zero biases), so no term hides."""
     with jax.enable_x64(True):
-        params, _ = model.init(jax.random.key(0), (CONTEXT,))
-        leaves, tree = jax.tree_util.tree_flatten(params)
-        keys = jax.random.split(jax.random.key(1), len(leaves))
-        return jax.tree_util.tree_unflatten(tree, [p.astype(jnp.float64) + 0.3 * jax.random.normal(k, p.shape, jnp.float64)
-                                                   for p, k in zip(leaves, keys)])
+        return perturbed(model.init(jax.random.key(0), (CONTEXT,))[0], jax.random.key(1), dtype=np.float64)
 
 
 @pytest.mark.slow
