@@ -73,7 +73,8 @@ def test_initialiser_variance(name, var):
     assert abs(float(jnp.var(w)) / var(300, 400) - 1) < 0.02
 
 
-def test_eager_draws_are_jax_randoms_numbers_from_a_program_per_bucket():
+@pytest.mark.slow
+def test_eager_draws_are_jax_randoms_numbers_from_a_program_per_bucket(monkeypatch):
     from funcnn.core import prng
 
     shapes = [(3,), (7, 5), (130, 9), (2, 3, 4, 5), (1500,), (0, 4)]
@@ -100,6 +101,11 @@ def test_eager_draws_are_jax_randoms_numbers_from_a_program_per_bucket():
     prng._normal._clear_cache()
     for shape in ((5, 3), (4, 4), (17,), (2, 2, 2)):
         prng.normal(jax.random.key(0), shape, jnp.float32, 0.5)
+    assert prng._normal._cache_size() == 1
+    # a draw above MAX_BUCKETED is jax.random's own, at its own size: no bucketed program
+    monkeypatch.setattr(prng, "MAX_BUCKETED", 16)
+    got = prng.normal(jax.random.key(5), (17,), jnp.float32, 0.5)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(0.5 * jax.random.normal(jax.random.key(5), (17,))))
     assert prng._normal._cache_size() == 1
 
 

@@ -7,9 +7,10 @@ at shapes no other parameter has. With JAX's default counter-based threefry
 (``jax_threefry_partitionable``), a draw of ``n`` numbers is the first ``n`` of a draw of
 any larger size from the same key, whatever the shape. So eager draws run at a size
 rounded up to a bucket (8 sizes per power of two: at most 1/8 drawn in vain) and keep the
-prefix: one compiled program per bucket and dtype, shared by every layer. Under a trace
-(``jit``, ``vmap``, ``eval_shape``), with another PRNG implementation or with the
-partitionable mode off, the draws are ``jax.random``'s own.
+prefix (cut on the host): one compiled program per bucket and dtype, shared by every layer.
+Draws of more than ``MAX_BUCKETED`` numbers (whose compile time is small beside their own),
+draws under a trace (``jit``, ``vmap``, ``eval_shape``), with another PRNG implementation or
+with the partitionable mode off are ``jax.random``'s own.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MIN_BUCKET = 1024  # numbers: one program serves every small draw
+MAX_BUCKETED = 1 << 22  # numbers: larger draws run at their own size
 
 
 def bucket(n: int) -> int:
@@ -71,7 +73,7 @@ def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, scale
     An array of `shape` and `dtype`.
     """
     shape = tuple(int(s) for s in shape)
-    if not _bucketed(key) or not np.prod(shape):
+    if not _bucketed(key) or not 0 < np.prod(shape) <= MAX_BUCKETED:
         return scale * jax.random.normal(key, shape, dtype)
     return _prefix(_normal(key, bucket(np.prod(shape)), np.dtype(dtype)), shape, None if scale == 1.0 else scale)
 
@@ -89,7 +91,7 @@ def uniform(key: jax.Array, shape: Sequence[int], dtype: Any, low: float, high: 
     An array of `shape` and `dtype`.
     """
     shape = tuple(int(s) for s in shape)
-    if not _bucketed(key) or not np.prod(shape):
+    if not _bucketed(key) or not 0 < np.prod(shape) <= MAX_BUCKETED:
         return jax.random.uniform(key, shape, dtype, low, high)
     return _prefix(_uniform(key, bucket(np.prod(shape)), np.dtype(dtype), np.asarray(low, dtype),
                             np.asarray(high, dtype)), shape)
