@@ -5,8 +5,9 @@ Every draw of ``jax.random`` at a new shape is a new compiled program (threefry 
 the cotangent dy, the random parameters, the sampled elements of a large leaf (``sample``). With the
 default counter-based threefry (``jax_threefry_partitionable``), a draw of n numbers is
 the first n of a draw of any larger size from the same key, and the first n keys of a
-larger split are the keys of ``split(key, n)``. So the checker draws at sizes rounded up
-to a power of two (a handful of programs per process, shared by every check) and keeps
+larger split are the keys of ``split(key, n)``. So the checker splits keys at counts rounded
+up to a power of two and draws its normals at the size buckets of ``funcnn.core.prng`` (the
+initialisers' programs; a handful per process, shared by every check), and keeps
 the prefix: the same numbers as ``jax.random.normal(key, shape)`` and
 ``jax.random.split(key, n)``, without a program per shape.
 """
@@ -19,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.core import prng
+
 MIN_BUCKET = 64  # keys
-MIN_NORMAL = 4096  # numbers: one program serves every small draw
 
 
 def _bucket(n: int, least: int = MIN_BUCKET) -> int:
@@ -36,11 +38,6 @@ def _typed(key):
 @functools.partial(jax.jit, static_argnums=1)
 def _split_data(key, n):
     return jax.random.key_data(jax.random.split(key, n))
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _normal_flat(key, n):
-    return jax.random.normal(key, (n,), jnp.float64)
 
 
 def split(key: jax.Array, n: int) -> list[jax.Array]:
@@ -78,7 +75,7 @@ def normal(key: jax.Array, shape: Sequence[int]) -> np.ndarray:
     if size == 0:
         return np.zeros(shape, np.float64)
     with jax.enable_x64(True):
-        return np.asarray(_normal_flat(_typed(key), _bucket(size, MIN_NORMAL)))[:size].reshape(shape)
+        return prng.normal_prefix(_typed(key), size, np.float64).reshape(shape)
 
 
 def sample(key: jax.Array, n: int, count: int) -> np.ndarray:

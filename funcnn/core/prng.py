@@ -43,20 +43,31 @@ def _uniform(key, size, dtype, low, high):
     return jax.random.uniform(key, (size,), dtype, low, high)
 
 
-def _bucketed(key: Any) -> bool:
-    """Whether a draw from ``key`` may run bucketed: a concrete threefry key, partitionable mode."""
-    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
-        return False
+def normal_prefix(key: jax.Array, size: int, dtype: Any) -> np.ndarray:
+    """The first ``size`` numbers of ``jax.random.normal(key, (bucket(size),), dtype)``, on the
+    host: ``jax.random.normal(key, (size,), dtype)`` under partitionable threefry, from the
+    bucket's program (``funcnn.check.draws`` draws its float64 normals here too).
+
+    **Arguments:**
+
+    - `key`: a concrete typed threefry key; `size`: a positive int; `dtype`: a float dtype.
+
+    **Returns:**
+
+    A numpy array of shape `(size,)`.
+    """
+    return np.asarray(_normal(key, bucket(size), np.dtype(dtype)))[:size]
+
+
+def _bucketed_size(key: Any, shape: tuple[int, ...]) -> int:
+    """``prod(shape)`` when a draw of ``shape`` from ``key`` may run bucketed (a concrete threefry
+    key, partitionable mode, 1 to ``MAX_BUCKETED`` numbers), else 0."""
+    size = int(np.prod(shape))
+    if not 0 < size <= MAX_BUCKETED or isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+        return 0
     if not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key) or np.shape(key):
-        return False  # a raw uint32 key or a batch of keys: jax.random's own path
-    return str(jax.random.key_impl(key)) == "threefry2x32"
-
-
-def _prefix(flat: jax.Array, shape: tuple[int, ...], scale: Any = None) -> jax.Array:
-    """The first ``prod(shape)`` numbers of ``flat`` as an array of ``shape``, times ``scale``
-    (an IEEE product in ``flat``'s dtype, as XLA's multiply of the unfused draw is)."""
-    out = np.asarray(flat)[:int(np.prod(shape))].reshape(shape)
-    return jax.device_put(out if scale is None else out * np.asarray(scale, out.dtype))
+        return 0  # a raw uint32 key or a batch of keys: jax.random's own path
+    return size if str(jax.random.key_impl(key)) == "threefry2x32" else 0
 
 
 def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, scale: float = 1.0) -> jax.Array:
@@ -73,9 +84,12 @@ def normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, scale
     An array of `shape` and `dtype`.
     """
     shape = tuple(int(s) for s in shape)
-    if not _bucketed(key) or not 0 < np.prod(shape) <= MAX_BUCKETED:
+    size = _bucketed_size(key, shape)
+    if not size:
         return scale * jax.random.normal(key, shape, dtype)
-    return _prefix(_normal(key, bucket(np.prod(shape)), np.dtype(dtype)), shape, None if scale == 1.0 else scale)
+    out = normal_prefix(key, size, dtype).reshape(shape)
+    # an IEEE product in the draw's dtype, as XLA's multiply of the unfused eager draw is
+    return jax.device_put(out if scale == 1.0 else out * np.asarray(scale, out.dtype))
 
 
 def uniform(key: jax.Array, shape: Sequence[int], dtype: Any, low: float, high: float) -> jax.Array:
@@ -91,7 +105,8 @@ def uniform(key: jax.Array, shape: Sequence[int], dtype: Any, low: float, high: 
     An array of `shape` and `dtype`.
     """
     shape = tuple(int(s) for s in shape)
-    if not _bucketed(key) or not 0 < np.prod(shape) <= MAX_BUCKETED:
+    size = _bucketed_size(key, shape)
+    if not size:
         return jax.random.uniform(key, shape, dtype, low, high)
-    return _prefix(_uniform(key, bucket(np.prod(shape)), np.dtype(dtype), np.asarray(low, dtype),
-                            np.asarray(high, dtype)), shape)
+    flat = _uniform(key, bucket(size), np.dtype(dtype), np.asarray(low, dtype), np.asarray(high, dtype))
+    return jax.device_put(np.asarray(flat)[:size].reshape(shape))
