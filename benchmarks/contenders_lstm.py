@@ -32,8 +32,8 @@ NOTES = (
     "parameters. No `torch.compile` row: TorchDynamo does not trace `nn.LSTM` by default "
     "(`torch._dynamo.config.allow_rnn` is False in torch 2.13), so the module runs eagerly and the step "
     "would be eager PyTorch's. Where funcnn manual's time goes: "
-    "`python benchmarks/lstm_profile.py` (the recurrent products themselves run faster in XLA "
-    "than in PyTorch's GEMM; the rest of each scan step is what costs)."
+    "`python benchmarks/lstm_profile.py` (the scans' recurrent products alone, in XLA and in "
+    "PyTorch, on the same machine: which GEMM is faster depends on the CPU)."
 )
 BATCH, TIME, FEATURES, HIDDEN, CLASSES = 64, 40, 1, 128, 10
 

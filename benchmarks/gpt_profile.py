@@ -14,7 +14,15 @@ own at the shape it has in the model, in the same interleaved rounds as the whol
   MLP's two token-dense products, GELU, the tied readout, the embeddings; ``x n`` is how
   many such pieces one step runs, and "x n share" their estimated part of the step;
 * the Embedding's host-side id check (``_check_ids`` on concrete ids): it runs only where
-  ids are concrete (outside ``jit``), never inside the compiled step.
+  ids are concrete (outside ``jit``), never inside the compiled step;
+* the floor the products set: every matrix product shape the manual step runs (the four
+  linear maps of a block and the tied readout, forward, dX and dW; the attention's batched
+  scores and weighted sums, the scores recomputed in the backward), each timed alone as one
+  XLA dot and as one ``torch.mm``/``torch.bmm`` on the same row-major operands, and PyTorch's
+  whole training step (nanoGPT, fused AdamW). Summed with their counts, the products say how
+  fast each library's GEMM alone would run the step. The PyTorch parts are timed in rounds of
+  their own after the JAX parts: PyTorch's OpenMP threads spin a while after each call, which
+  would slow whatever XLA runs next on the same cores.
 
 Pieces compiled apart are not the step: XLA fuses across pieces in the whole step, so the
 shares are estimates that need not add up to one.
@@ -109,6 +117,64 @@ def parts():
     return out
 
 
+def products():
+    """[(label, lhs shape, rhs shape, count per step)]: every matrix product of the manual step,
+    each ``lhs @ rhs`` (weights laid out as the product reads them)."""
+    n, hd = B * T, D // H
+    out = []
+    for name, i, o in (("qkv", D, 3 * D), ("attention out", D, D), ("MLP up", D, 4 * D), ("MLP down", 4 * D, D)):
+        out += [(f"{name} forward", (n, i), (i, o), L), (f"{name} dX", (n, o), (o, i), L),
+                (f"{name} dW", (o, n), (n, i), L)]
+    out += [("readout forward", (n, D), (D, V), 1), ("readout dX", (n, V), (V, D), 1), ("readout dE", (V, n), (n, D), 1),
+            ("scores QK^T, dO V^T (forward, backward, recomputed)", (B * H, T, hd), (B * H, hd, T), 3 * L),
+            ("P V, P^T dO, dS K, dS^T Q", (B * H, T, T), (B * H, T, hd), 4 * L)]
+    return out
+
+
+def flops(lhs, rhs):
+    return 2 * int(np.prod(lhs)) * rhs[-1]
+
+
+def product_parts():
+    """({"XLA: label": (callable, count)}, {"PyTorch: label": ...} with PyTorch's whole step,
+    or an empty dict without PyTorch)."""
+    rng = np.random.default_rng(0)
+    xla, torch_parts = {}, {}
+    dot = jax.jit(jnp.matmul)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    for label, lhs, rhs, count in products():
+        a, b = (rng.standard_normal(s).astype(np.float32) for s in (lhs, rhs))
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        xla[f"XLA: {label}"] = (lambda ja=ja, jb=jb: dot(ja, jb), count)
+        if torch is not None:
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            op = torch.mm if len(lhs) == 2 else torch.bmm
+            torch_parts[f"PyTorch: {label}"] = (lambda ta=ta, tb=tb, op=op: op(ta, tb), count)
+    if torch is not None:
+        torch_parts["PyTorch training step (nanoGPT, fused AdamW)"] = (C.contenders(CFG, only=["pytorch"])["pytorch"], 1)
+    return xla, torch_parts
+
+
+def floor_line(med, counts):
+    """The products' sums (``product_parts``) against the manual step and PyTorch's step."""
+    total = sum(count * flops(lhs, rhs) for _, lhs, rhs, count in products())
+    step = med["training step (manual)"]
+    sums = {lib: sum(counts[n] * m for n, m in med.items() if n.startswith(f"{lib}: ")) for lib in ("XLA", "PyTorch")}
+    line = (f"The step's matrix products ({total / 1e9:.2f} GFLOP), each shape timed alone and summed with its count: "
+            f"XLA {sums['XLA']:.1f} ms ({total / sums['XLA'] / 1e6:.0f} GFLOP/s, {sums['XLA'] / step:.2f} of funcnn's "
+            "manual step)")
+    if sums["PyTorch"]:
+        torch_step = med["PyTorch training step (nanoGPT, fused AdamW)"]
+        line += (f", PyTorch {sums['PyTorch']:.1f} ms ({total / sums['PyTorch'] / 1e6:.0f} GFLOP/s, "
+                 f"{sums['PyTorch'] / torch_step:.2f} of its own step of {torch_step:.1f} ms); XLA's products alone "
+                 f"take {sums['XLA'] / sums['PyTorch']:.2f} x PyTorch's, funcnn's manual step "
+                 f"{step / torch_step:.2f} x PyTorch's step")
+    return line + "."
+
+
 def report(times, counts, command):
     med = {n: 1e3 * float(np.median(t)) for n, t in times.items()}
     step = med["training step (manual)"]
@@ -122,6 +188,8 @@ def report(times, counts, command):
     ]
     for n, m in med.items():
         lines.append(f"| {n} | {m:.3f} | {counts[n]} | {counts[n] * m / step:.2f} |")
+    if any(n.startswith("XLA: ") for n in med):
+        lines += ["", floor_line(med, counts)]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +200,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     pieces = parts()
+    xla, torch_parts = product_parts()
+    pieces.update(xla)
     times = time_interleaved({n: f for n, (f, _) in pieces.items()}, rounds=args.rounds)
+    if torch_parts:  # apart: PyTorch's idle threads spin a while after each call
+        times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=args.rounds))
+        pieces.update(torch_parts)
     command = "python benchmarks/gpt_profile.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
     text = report(times, {n: c for n, (_, c) in pieces.items()}, command)
     print(text)
