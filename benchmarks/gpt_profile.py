@@ -170,8 +170,8 @@ def floor_line(med, counts):
         torch_step = med["PyTorch training step (nanoGPT, fused AdamW)"]
         line += (f", PyTorch {sums['PyTorch']:.1f} ms ({total / sums['PyTorch'] / 1e6:.0f} GFLOP/s, "
                  f"{sums['PyTorch'] / torch_step:.2f} of its own step of {torch_step:.1f} ms); XLA's products alone "
-                 f"take {sums['XLA'] / sums['PyTorch']:.2f} x PyTorch's, funcnn's manual step "
-                 f"{step / torch_step:.2f} x PyTorch's step")
+                 f"take {sums['XLA'] / sums['PyTorch']:.2f} x PyTorch's products and {sums['XLA'] / torch_step:.2f} x "
+                 f"PyTorch's whole step; funcnn's manual step takes {step / torch_step:.2f} x PyTorch's step")
     return line + "."
 
 
