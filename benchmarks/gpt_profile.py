@@ -22,7 +22,11 @@ own at the shape it has in the model, in the same interleaved rounds as the whol
   whole training step (nanoGPT, fused AdamW). Summed with their counts, the products say how
   fast each library's GEMM alone would run the step. The PyTorch parts are timed in rounds of
   their own after the JAX parts: PyTorch's OpenMP threads spin a while after each call, which
-  would slow whatever XLA runs next on the same cores.
+  would slow whatever XLA runs next on the same cores;
+* the same products on one core: a second process pinned to one CPU (``--one-core``, set
+  before JAX and PyTorch start their thread pools; PyTorch with one thread) times them
+  again, so the line under the table tells the GEMMs' speed on one core from how each
+  library spreads one product over the cores.
 
 Pieces compiled apart are not the step: XLA fuses across pieces in the whole step, so the
 shares are estimates that need not add up to one.
@@ -31,13 +35,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+if "--one-core" in sys.argv:  # before JAX and PyTorch size their thread pools
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contenders_gpt as C  # noqa: E402
@@ -135,9 +146,9 @@ def flops(lhs, rhs):
     return 2 * int(np.prod(lhs)) * rhs[-1]
 
 
-def product_parts():
-    """({"XLA: label": (callable, count)}, {"PyTorch: label": ...} with PyTorch's whole step,
-    or an empty dict without PyTorch)."""
+def product_parts(with_step=True):
+    """({"XLA: label": (callable, count)}, {"PyTorch: label": ...} with PyTorch's whole step
+    unless ``with_step`` is False, or an empty dict without PyTorch)."""
     rng = np.random.default_rng(0)
     xla, torch_parts = {}, {}
     dot = jax.jit(jnp.matmul)
@@ -145,6 +156,8 @@ def product_parts():
         import torch
     except ImportError:
         torch = None
+    if torch is not None and len(os.sched_getaffinity(0)) == 1:
+        torch.set_num_threads(1)
     for label, lhs, rhs, count in products():
         a, b = (rng.standard_normal(s).astype(np.float32) for s in (lhs, rhs))
         ja, jb = jnp.asarray(a), jnp.asarray(b)
@@ -153,16 +166,22 @@ def product_parts():
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             op = torch.mm if len(lhs) == 2 else torch.bmm
             torch_parts[f"PyTorch: {label}"] = (lambda ta=ta, tb=tb, op=op: op(ta, tb), count)
-    if torch is not None:
+    if torch is not None and with_step:
         torch_parts["PyTorch training step (nanoGPT, fused AdamW)"] = (C.contenders(CFG, only=["pytorch"])["pytorch"], 1)
     return xla, torch_parts
 
 
-def floor_line(med, counts):
-    """The products' sums (``product_parts``) against the manual step and PyTorch's step."""
+def product_sums(med, counts):
+    """{"XLA": ms, "PyTorch": ms}: the step's products (``product_parts``), each median x its count."""
+    return {lib: sum(counts[n] * m for n, m in med.items() if n.startswith(f"{lib}: ")) for lib in ("XLA", "PyTorch")}
+
+
+def floor_line(med, counts, one_core=None):
+    """The products' sums against the manual step and PyTorch's step; ``one_core``: the products'
+    medians on one core (``one_core_times``), or None."""
     total = sum(count * flops(lhs, rhs) for _, lhs, rhs, count in products())
     step = med["training step (manual)"]
-    sums = {lib: sum(counts[n] * m for n, m in med.items() if n.startswith(f"{lib}: ")) for lib in ("XLA", "PyTorch")}
+    sums = product_sums(med, counts)
     line = (f"The step's matrix products ({total / 1e9:.2f} GFLOP), each shape timed alone and summed with its count: "
             f"XLA {sums['XLA']:.1f} ms ({total / sums['XLA'] / 1e6:.0f} GFLOP/s, {sums['XLA'] / step:.2f} of funcnn's "
             "manual step)")
@@ -172,33 +191,68 @@ def floor_line(med, counts):
                  f"{sums['PyTorch'] / torch_step:.2f} of its own step of {torch_step:.1f} ms); XLA's products alone "
                  f"take {sums['XLA'] / sums['PyTorch']:.2f} x PyTorch's products and {sums['XLA'] / torch_step:.2f} x "
                  f"PyTorch's whole step; funcnn's manual step takes {step / torch_step:.2f} x PyTorch's step")
-    return line + "."
+    line += "."
+    one = product_sums(one_core, counts) if one_core else None
+    if one and one["PyTorch"]:
+        x1, t1 = one["XLA"], one["PyTorch"]
+        line += (f" On one core (a process pinned to one CPU, PyTorch with one thread) the same products take: XLA "
+                 f"{x1:.1f} ms ({total / x1 / 1e6:.0f} GFLOP/s), PyTorch {t1:.1f} ms ({total / t1 / 1e6:.0f} GFLOP/s), "
+                 f"XLA / PyTorch {x1 / t1:.2f}; from one core to all, XLA's products run {x1 / sums['XLA']:.2f} x as fast "
+                 f"and PyTorch's {t1 / sums['PyTorch']:.2f} x.")
+    return line
 
 
-def report(times, counts, command):
+def report(times, counts, command, one_core=None):
     med = {n: 1e3 * float(np.median(t)) for n, t in times.items()}
     step = med["training step (manual)"]
     lines = [
         f"### GPT step profile: {C.TITLE} ({jax.devices()[0].platform})", "",
         f"Measured {datetime.date.today().isoformat()} on {machine()} ({load()}); {versions()}.",
         f"Reproduce: `{command}`. {len(next(iter(times.values())))} interleaved rounds; median ms of each "
-        "piece compiled alone; x n: such pieces per step; x n share: n x median / the manual step's median.", "",
-        "| piece | median ms | x n | x n share of step |",
-        "|---|---:|---:|---:|",
+        "piece compiled alone; x n: such pieces per step; x n share: n x median / the manual step's median; "
+        "one core ms: the matrix products again in a process pinned to one CPU (PyTorch with one thread).", "",
+        "| piece | median ms | x n | x n share of step | one core ms |",
+        "|---|---:|---:|---:|---:|",
     ]
     for n, m in med.items():
-        lines.append(f"| {n} | {m:.3f} | {counts[n]} | {counts[n] * m / step:.2f} |")
+        alone = f"{one_core[n]:.3f}" if one_core and n in one_core else ""
+        lines.append(f"| {n} | {m:.3f} | {counts[n]} | {counts[n] * m / step:.2f} | {alone} |")
     if any(n.startswith("XLA: ") for n in med):
-        lines += ["", floor_line(med, counts)]
+        lines += ["", floor_line(med, counts, one_core)]
     return "\n".join(lines) + "\n"
+
+
+def timed_products(rounds):
+    """{name: median ms} of the products alone, JAX's parts then PyTorch's (apart, as in ``main``)."""
+    xla, torch_parts = product_parts(with_step=False)
+    times = time_interleaved({n: f for n, (f, _) in xla.items()}, rounds=rounds)
+    if torch_parts:
+        times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=rounds))
+    return {n: 1e3 * float(np.median(t)) for n, t in times.items()}
+
+
+def one_core_times(rounds):
+    """``timed_products`` in a process pinned to one CPU, or None where pinning is unavailable."""
+    if not hasattr(os, "sched_setaffinity") or jax.devices()[0].platform != "cpu":
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "one_core.json"
+        subprocess.run([sys.executable, __file__, "--one-core", "--rounds", str(rounds), "--json", str(out)], check=True)
+        return json.loads(out.read_text())
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--one-core", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.json:  # the pinned worker of one_core_sums
+        Path(args.json).write_text(json.dumps(timed_products(args.rounds)))
+        return
     t0 = time.perf_counter()
+    one_core = one_core_times(args.rounds)
     pieces = parts()
     xla, torch_parts = product_parts()
     pieces.update(xla)
@@ -207,7 +261,7 @@ def main(argv=None):
         times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=args.rounds))
         pieces.update(torch_parts)
     command = "python benchmarks/gpt_profile.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
-    text = report(times, {n: c for n, (_, c) in pieces.items()}, command)
+    text = report(times, {n: c for n, (_, c) in pieces.items()}, command, one_core)
     print(text)
     print(f"({time.perf_counter() - t0:.0f} s)")
     path = Path(args.out)
