@@ -21,8 +21,7 @@ own at the shape it has in the model, in the same interleaved rounds as the whol
   XLA dot and as one ``torch.mm``/``torch.bmm`` on the same row-major operands, and PyTorch's
   whole training step (nanoGPT, fused AdamW). Summed with their counts, the products say how
   fast each library's GEMM alone would run the step. The PyTorch parts are timed in rounds of
-  their own after the JAX parts: PyTorch's OpenMP threads spin a while after each call, which
-  would slow whatever XLA runs next on the same cores;
+  their own after the JAX parts, as in ``benchmarks/lstm_profile.py``;
 * the same products on one core: a second process pinned to one CPU (``--one-core``, set
   before JAX and PyTorch start their thread pools; PyTorch with one thread) times them
   again, so the line under the table tells the GEMMs' speed on one core from how each
@@ -248,7 +247,7 @@ def main(argv=None):
     p.add_argument("--one-core", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.json:  # the pinned worker of one_core_sums
+    if args.json:  # the pinned worker of one_core_times
         Path(args.json).write_text(json.dumps(timed_products(args.rounds)))
         return
     t0 = time.perf_counter()
@@ -257,7 +256,7 @@ def main(argv=None):
     xla, torch_parts = product_parts()
     pieces.update(xla)
     times = time_interleaved({n: f for n, (f, _) in pieces.items()}, rounds=args.rounds)
-    if torch_parts:  # apart: PyTorch's idle threads spin a while after each call
+    if torch_parts:  # in rounds of their own, as lstm_profile.py
         times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=args.rounds))
         pieces.update(torch_parts)
     command = "python benchmarks/gpt_profile.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
