@@ -55,9 +55,30 @@ def in_layer_order(params: dict) -> list:
     return [params[k] for k in sorted(params, key=lambda k: int(k.split("_", 1)[0]))]
 
 
+def on_gpu() -> bool:
+    """Whether the contenders run on a GPU: JAX's default backend is one. There PyTorch runs on
+    CUDA too (``torch_device``), and both compute their float32 products in float32 (no TF32:
+    ``jax_default_matmul_precision`` "highest" is set by ``train_step.py``, PyTorch's TF32 is
+    turned off in ``torch_device``), so the equivalence check compares the same arithmetic."""
+    return jax.default_backend() == "gpu"
+
+
+def torch_device() -> str:
+    """PyTorch's device for the contenders: "cuda" when ``on_gpu`` and PyTorch sees a GPU, else "cpu"."""
+    import torch
+
+    if on_gpu() and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return "cuda"
+    return "cpu"
+
+
 def made(makers: dict, only: Any = None) -> dict:
-    """``{name: make()}`` of the contender makers named in ``only`` (every one when None)."""
-    return {k: make() for k, make in makers.items() if only is None or k in only}
+    """``{name: make()}`` of the contender makers named in ``only`` (every one when None). On a GPU
+    the contenders that restrict PyTorch's CPU threads ("... (1 thread)") are left out."""
+    return {k: make() for k, make in makers.items()
+            if (only is None or k in only) and not (on_gpu() and "(1 thread)" in k)}
 
 
 class Contender:
@@ -327,6 +348,10 @@ def torch_stepper(model: Any, loss_fn: Callable, optimizer: Any, x: Any, y: Any,
     Its ``value_and_grads`` gives the loss and ``{name: grad}`` of ``model.named_parameters()``."""
     import torch
 
+    device = torch_device()
+    if device != "cpu":  # the same Parameter objects move, so the optimizer keeps them
+        model.to(device)
+        x, y = x.to(device), y.to(device)
     forward = model if forward is None else forward
 
     def run():
@@ -334,13 +359,15 @@ def torch_stepper(model: Any, loss_fn: Callable, optimizer: Any, x: Any, y: Any,
         loss = loss_fn(forward(x), y)
         loss.backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()  # the step is done when the clock is read
         return None
 
     def value_and_grads():
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(forward(x), y)
         loss.backward()
-        grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+        grads = {n: p.grad.detach().cpu().numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), grads
 

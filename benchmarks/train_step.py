@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from harness import check_equivalence, table, table_runs, time_interleaved, write_section  # noqa: E402
+from harness import check_equivalence, on_gpu, table, table_runs, time_interleaved, write_section  # noqa: E402
 
 MODELS = ("mlp", "cnn", "lstm", "gpt", "gpt2")
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "train_step.md")
@@ -41,6 +41,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child run writes its times here
     p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    full_float32()
     if args.runs > 1:
         return repeat(args)
     mod = importlib.import_module(f"contenders_{args.model}")
@@ -64,10 +65,21 @@ def main(argv=None):
     write_section(args.out, key, text)
 
 
+def full_float32():
+    """On a GPU, float32 products in float32 (no TF32) for the JAX contenders, as
+    ``harness.torch_device`` sets for PyTorch's: the same arithmetic on both sides."""
+    import jax
+
+    if on_gpu():
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
 def notes(mod, runs, equivalence):
     """The table's notes: the module's ``NOTES``, the equivalence check of the first run, and
     for a module with ``TOKENS`` (tokens per step) and ``peak_memory``, tokens/s and peak memory."""
-    parts = [getattr(mod, "NOTES", "")] + [e for e in equivalence[:1] if e]
+    gpu = ("On the GPU, PyTorch runs on CUDA (the contenders that set its CPU threads are left out), and every "
+           "float32 product runs in float32 in both libraries (no TF32)." if on_gpu() else "")
+    parts = [getattr(mod, "NOTES", ""), gpu] + [e for e in equivalence[:1] if e]
     if hasattr(mod, "TOKENS"):
         names = sorted(runs[0], key=lambda n: np.mean([np.median(r[n]) for r in runs]))
         memory = mod.peak_memory(names) if hasattr(mod, "peak_memory") else {}

@@ -1,8 +1,11 @@
-"""``funcnn check --only``: every case can be selected, by name or by prefix."""
+"""``funcnn check``: every case can be selected with ``--only``, by name or by prefix; its
+worker processes share an accelerator's memory."""
+import os
+
 import pytest
 
 from funcnn.check import catalog
-from funcnn.cli.check import select, split_names
+from funcnn.cli.check import select, share_accelerator_memory, split_names
 
 NAMES = [c.name for c in catalog.LAYER_CASES + catalog.LOSS_CASES + catalog.MODEL_CASES]
 
@@ -40,3 +43,16 @@ def test_bad_only_is_one_line(text, message):
 def test_unknown_entry_is_named():
     with pytest.raises(ValueError, match=r"--only: unknown case\(s\) nonesuch;"):
         select(NAMES, ["dense", "nonesuch"])
+
+
+def test_parallel_jobs_share_the_accelerators_memory(monkeypatch):
+    """Several check processes on one GPU each take memory as they need it (JAX's default
+    preallocation of 75 % lets only the first start); a value set by the user is kept."""
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    share_accelerator_memory(1)
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+    share_accelerator_memory(2)
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    share_accelerator_memory(2)
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"

@@ -118,3 +118,16 @@ def test_reusing_references_runs_only_the_backward_again_and_keeps_every_verdict
     assert len(again_calls) < len(first_calls) == len(outside_calls) // 2, (again_calls, first_calls)
     assert rows(first) == rows(outside[False]) and first.ok
     assert rows(again) == rows(outside[True]) and not again.ok
+
+
+def test_the_checkers_xla_cpu_options_go_only_to_cpu_programs():
+    """XLA:CPU's options (a GPU's compiler refuses them: "No such compile option") are given only
+    on CPU; there a program with a convolution gets the level-3 set, the others the fast one."""
+    from funcnn.check.core import COMPILER_OPTIONS, CONV_COMPILER_OPTIONS, compiler_options
+
+    plain = jax.make_jaxpr(lambda x: x * 2)(1.0).jaxpr
+    conv = jax.make_jaxpr(lambda x, w: jax.lax.conv(x, w, (1, 1), "SAME"))(
+        jnp.ones((1, 1, 4, 4)), jnp.ones((1, 1, 3, 3))).jaxpr
+    assert compiler_options(plain, "cpu") == COMPILER_OPTIONS
+    assert compiler_options(conv, "cpu") == CONV_COMPILER_OPTIONS
+    assert compiler_options(plain, "gpu") is None and compiler_options(conv, "tpu") is None

@@ -228,7 +228,8 @@ FD_BATCH_ELEMENTS = 1 << 21  # ... fewer when 4 forwards of that many outputs wo
 # defaults, stated here so that XLA_FLAGS asking for level 0 do not reach them. Either way the
 # LLVM module is compiled whole, not split into parts compiled on threads: for programs this
 # small the split costs more than it saves (`funcnn check` of 7 cases on 2 cores: CPU -10%,
-# wall -6%, 3 runs each).
+# wall -6%, 3 runs each). These are XLA:CPU's options: on another backend (a GPU, whose compiler
+# refuses them) the checker compiles with that backend's defaults (``compiler_options``).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
                     "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 DEFAULT_LEVEL_PRIMITIVES = ("conv_general_dilated",)
@@ -337,6 +338,16 @@ def _program(forward, backward, reference_fn, plan, with_manual, forms):
             _Program(jax.jit(jax.vmap(manual, in_axes=(0, None, None)))) if with_manual else None)
 
 
+def compiler_options(jaxpr, platform: str) -> dict | None:
+    """The options a checker program compiles with on ``platform`` ("cpu", "gpu", ...):
+    ``CONV_COMPILER_OPTIONS`` for a ``jaxpr`` that uses a primitive of
+    ``DEFAULT_LEVEL_PRIMITIVES``, else ``COMPILER_OPTIONS``, on CPU; None (the backend's
+    defaults) elsewhere."""
+    if platform != "cpu":
+        return None
+    return CONV_COMPILER_OPTIONS if _uses(jaxpr, DEFAULT_LEVEL_PRIMITIVES) else COMPILER_OPTIONS
+
+
 def _uses(jaxpr, names) -> bool:
     """True when a primitive named in ``names`` occurs anywhere in ``jaxpr`` (sub-jaxprs included)."""
     return any(eqn.primitive.name in names or any(_uses(sub, names) for sub in _sub_jaxprs(eqn.params))
@@ -344,9 +355,8 @@ def _uses(jaxpr, names) -> bool:
 
 
 class _Program:
-    """A jitted function compiled on its first call, with ``COMPILER_OPTIONS`` unless it uses a
-    primitive of ``DEFAULT_LEVEL_PRIMITIVES``; later calls (same shapes, the cache key's
-    promise) reuse the executable."""
+    """A jitted function compiled on its first call, with ``compiler_options`` for the default
+    backend; later calls (same shapes, the cache key's promise) reuse the executable."""
 
     def __init__(self, jitted):
         self.jitted, self.executable = jitted, None
@@ -356,7 +366,7 @@ class _Program:
             return self.jitted(*args)
         if self.executable is None:
             traced = self.jitted.trace(*args)
-            options = CONV_COMPILER_OPTIONS if _uses(traced.jaxpr.jaxpr, DEFAULT_LEVEL_PRIMITIVES) else COMPILER_OPTIONS
+            options = compiler_options(traced.jaxpr.jaxpr, jax.default_backend())
             self.executable = traced.lower().compile(compiler_options=options)
         return self.executable(*args)
 

@@ -127,6 +127,21 @@ def run_cases(names: list[str], quiet: bool) -> list[tuple[str, bool, str]]:
     return out
 
 
+def share_accelerator_memory(jobs: int) -> None:
+    """With ``jobs`` > 1 worker processes, every process of the check (this one and its workers)
+    takes accelerator memory as it needs it (``XLA_PYTHON_CLIENT_PREALLOCATE=false``), instead
+    of JAX's default of 75 % of a GPU's memory when its backend starts, which lets only the first
+    process start and fails the others with out-of-memory. A value you set wins; no effect on CPU.
+    Call before JAX's backend starts (the workers inherit the environment).
+
+    **Arguments:**
+
+    - `jobs`: the number of worker processes.
+    """
+    if jobs > 1:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the selected cases (all by default), print their reports and a summary line.
 
@@ -142,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     # deferred: the catalog builds its cases' arrays at import, which starts JAX's backend, and
     # every command module is imported to build the parser (`funcnn train --devices N` must
     # still set the CPU device count before the backend starts)
+    share_accelerator_memory(args.jobs)
     from funcnn.check import catalog
 
     names = [c.name for c in (*catalog.LAYER_CASES, *catalog.LOSS_CASES, *catalog.MODEL_CASES)]
