@@ -63,8 +63,11 @@ def _train_two_processes(flags):
     for i, (code, _, err) in enumerate(done):
         assert code == 0, f"process {i}: {err[-2000:]}"
     # Gloo's lines are not ours; its threads may interleave them ("[Gloo] Rank [Gloo] Rank 3 is connected
-    # to 3 peer ranks. ...\n2 is connected to 3 peer ranks. ..."), so they are known by their words too
-    own = [line for line in done[1][1].splitlines() if not line.startswith("[Gloo]") and "peer ranks" not in line]
+    # to 3 peer ranks. ...\n2 is connected to 3 peer ranks. ..."), so they are known by their words too;
+    # each thread writes its text and its newline apart, so two texts on one line leave an empty line after
+    # it ("A-text B-text\n\n", seen once in a clean-clone run)
+    own = [line for line in done[1][1].splitlines()
+           if line.strip() and not line.startswith("[Gloo]") and "peer ranks" not in line]
     assert own == [], f"only process 0 prints: {own}"
     return done[0][1:]
 
