@@ -221,12 +221,18 @@ def report(times, counts, command, one_core=None):
     return "\n".join(lines) + "\n"
 
 
-def timed_products(rounds):
-    """{name: median ms} of the products alone, JAX's parts then PyTorch's (apart, as in ``main``)."""
-    xla, torch_parts = product_parts(with_step=False)
-    times = time_interleaved({n: f for n, (f, _) in xla.items()}, rounds=rounds)
+def time_apart(jax_parts, torch_parts, rounds):
+    """Seconds per call of every part: ``{name: (callable, count)}``, JAX's parts in interleaved
+    rounds, then PyTorch's in rounds of their own (as ``lstm_profile.py``)."""
+    times = time_interleaved({n: f for n, (f, _) in jax_parts.items()}, rounds=rounds)
     if torch_parts:
         times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=rounds))
+    return times
+
+
+def timed_products(rounds):
+    """{name: median ms} of the products alone (``time_apart``)."""
+    times = time_apart(*product_parts(with_step=False), rounds)
     return {n: 1e3 * float(np.median(t)) for n, t in times.items()}
 
 
@@ -252,13 +258,10 @@ def main(argv=None):
         return
     t0 = time.perf_counter()
     one_core = one_core_times(args.rounds)
-    pieces = parts()
     xla, torch_parts = product_parts()
-    pieces.update(xla)
-    times = time_interleaved({n: f for n, (f, _) in pieces.items()}, rounds=args.rounds)
-    if torch_parts:  # in rounds of their own, as lstm_profile.py
-        times.update(time_interleaved({n: f for n, (f, _) in torch_parts.items()}, rounds=args.rounds))
-        pieces.update(torch_parts)
+    pieces = {**parts(), **xla}
+    times = time_apart(pieces, torch_parts, args.rounds)
+    pieces.update(torch_parts)
     command = "python benchmarks/gpt_profile.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
     text = report(times, {n: c for n, (_, c) in pieces.items()}, command, one_core)
     print(text)

@@ -57,21 +57,30 @@ def in_layer_order(params: dict) -> list:
 
 def on_gpu() -> bool:
     """Whether the contenders run on a GPU: JAX's default backend is one. There PyTorch runs on
-    CUDA too (``torch_device``), and both compute their float32 products in float32 (no TF32:
-    ``jax_default_matmul_precision`` "highest" is set by ``train_step.py``, PyTorch's TF32 is
-    turned off in ``torch_device``), so the equivalence check compares the same arithmetic."""
+    CUDA too (``torch_device``) and ``full_float32`` makes both compute float32 products in float32."""
     return jax.default_backend() == "gpu"
+
+
+def full_float32() -> None:
+    """On a GPU, float32 products in float32 in both libraries (no TF32: JAX's
+    ``jax_default_matmul_precision`` "highest", PyTorch's ``allow_tf32`` off), so the equivalence
+    check compares the same arithmetic. Call before any contender compiles; nothing on CPU."""
+    if not on_gpu():
+        return
+    jax.config.update("jax_default_matmul_precision", "highest")
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def torch_device() -> str:
     """PyTorch's device for the contenders: "cuda" when ``on_gpu`` and PyTorch sees a GPU, else "cpu"."""
     import torch
 
-    if on_gpu() and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        return "cuda"
-    return "cpu"
+    return "cuda" if on_gpu() and torch.cuda.is_available() else "cpu"
 
 
 def made(makers: dict, only: Any = None) -> dict:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from harness import check_equivalence, on_gpu, table, table_runs, time_interleaved, write_section  # noqa: E402
+from harness import check_equivalence, full_float32, on_gpu, table, table_runs, time_interleaved, write_section  # noqa: E402
 
 MODELS = ("mlp", "cnn", "lstm", "gpt", "gpt2")
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / "train_step.md")
@@ -63,15 +63,6 @@ def main(argv=None):
                  f"{mod.TITLE} ({jax.devices()[0].platform})", command, notes(mod, [times], [equivalence]))
     print(text)
     write_section(args.out, key, text)
-
-
-def full_float32():
-    """On a GPU, float32 products in float32 (no TF32) for the JAX contenders, as
-    ``harness.torch_device`` sets for PyTorch's: the same arithmetic on both sides."""
-    import jax
-
-    if on_gpu():
-        jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def notes(mod, runs, equivalence):
